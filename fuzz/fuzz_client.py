@@ -1,0 +1,39 @@
+"""Fuzz the client connection: bytes become a sequence of client inputs.
+
+Run with atheris (see fuzz/README.md)::
+
+    python fuzz/fuzz_client.py -max_total_time=600
+
+Each input is interpreted by ``meshproto.testing.ClientHarness.run_bytes``:
+sends, transport opens and failures, hello_acks, acks and rejections, pushes
+(with duplicates), link drops, refusals, garbage frames, timers, pings and
+close. After every step ``ClientOracle`` checks the client's contracts, the
+same oracle the property tests use; a violation raises and atheris reports
+the input that caused it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from meshproto.testing import ClientHarness
+
+
+def test_one_input(data: bytes) -> None:
+    """One fuzz case: the first two bytes seed the rng, the rest are operations."""
+    seed = int.from_bytes(data[:2], "big")
+    ClientHarness(seed=seed).run_bytes(data[2:])
+
+
+def main() -> None:
+    try:
+        import atheris  # type: ignore[import-not-found]
+    except ImportError:
+        sys.exit("atheris is not installed: pip install atheris (see fuzz/README.md)")
+    atheris.instrument_all()
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,226 @@
+"""The wire codec: one ``encode(frame) -> str`` and one ``decode(text) -> frame``.
+
+Each WebSocket text message is one JSON object with a string ``type``
+(PROTOCOL.md §1). ``decode`` checks that shape, the type of every field it
+knows and the presence of every required one, and ignores fields it does not
+know. A ``type`` it does not know becomes :class:`UnknownFrame`. Anything else
+(malformed JSON, a non-object, a wrong field type, a binary payload) raises
+:class:`RemoteProtocolError` with a message that says what was wrong.
+
+The field tables are derived once, at import, from the dataclass metadata in
+:mod:`meshproto._frames`, so a frame's shape is written in one place only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import MISSING, fields
+from typing import Any
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._frames import (
+    Ack,
+    ClientAck,
+    ErrorFrame,
+    Frame,
+    Group,
+    Hello,
+    HelloAck,
+    ListPeers,
+    ParentAttestation,
+    Peer,
+    PeersList,
+    Push,
+    Send,
+    SessionHello,
+    SetStatus,
+    SetSummary,
+    UnknownFrame,
+)
+
+__all__ = ["FRAME_TYPES", "decode", "encode"]
+
+# (attribute, wire name, kind, required, default)
+_Field = tuple[str, str, str, bool, Any]
+
+_TYPED = (
+    Hello,
+    SessionHello,
+    HelloAck,
+    Send,
+    Ack,
+    ErrorFrame,
+    Push,
+    ClientAck,
+    SetStatus,
+    SetSummary,
+    ListPeers,
+    PeersList,
+)
+
+#: Every frame type this version knows, by its wire ``type``.
+FRAME_TYPES: dict[str, type[Any]] = {cls.TYPE: cls for cls in _TYPED}
+
+
+def _table(cls: type[Any]) -> tuple[_Field, ...]:
+    return tuple(
+        (
+            f.name,
+            f.metadata["wire"],
+            f.metadata["kind"],
+            f.default is MISSING,
+            None if f.default is MISSING else f.default,
+        )
+        for f in fields(cls)
+    )
+
+
+_TABLES: dict[type[Any], tuple[_Field, ...]] = {
+    cls: _table(cls) for cls in (*_TYPED, Group, Peer, ParentAttestation)
+}
+
+_JSON_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+    dict: "an object",
+    list: "an array",
+    type(None): "null",
+}
+
+
+def _wrong(where: str, wire: str, want: str, value: object) -> RemoteProtocolError:
+    got = _JSON_NAMES.get(type(value), type(value).__name__)
+    return RemoteProtocolError(f"{where}: field {wire!r} must be {want}, got {got}")
+
+
+def _dec_str(v: object, where: str, wire: str) -> Any:
+    if type(v) is str:
+        return v
+    raise _wrong(where, wire, "a string", v)
+
+
+def _dec_int(v: object, where: str, wire: str) -> Any:
+    if type(v) is int:
+        return v
+    raise _wrong(where, wire, "an integer", v)
+
+
+def _dec_bool(v: object, where: str, wire: str) -> Any:
+    if type(v) is bool:
+        return v
+    raise _wrong(where, wire, "a boolean", v)
+
+
+def _dec_obj(v: object, where: str, wire: str) -> Any:
+    if type(v) is dict:
+        return v
+    raise _wrong(where, wire, "an object", v)
+
+
+def _dec_list_of(cls: type[Any]) -> Callable[[object, str, str], Any]:
+    def dec(v: object, where: str, wire: str) -> Any:
+        if type(v) is not list:
+            raise _wrong(where, wire, "an array", v)
+        out = []
+        for i, item in enumerate(v):
+            if type(item) is not dict:
+                raise _wrong(where, f"{wire}[{i}]", "an object", item)
+            out.append(_decode_object(cls, item, f"{where}.{wire}[{i}]"))
+        return tuple(out)
+
+    return dec
+
+
+def _dec_attestation(v: object, where: str, wire: str) -> Any:
+    if type(v) is not dict:
+        raise _wrong(where, wire, "an object", v)
+    return _decode_object(ParentAttestation, v, f"{where}.{wire}")
+
+
+_DECODERS: dict[str, Callable[[object, str, str], Any]] = {
+    "str": _dec_str,
+    "int": _dec_int,
+    "bool": _dec_bool,
+    "obj": _dec_obj,
+    "groups": _dec_list_of(Group),
+    "peers": _dec_list_of(Peer),
+    "attestation": _dec_attestation,
+}
+
+_ABSENT = object()
+
+
+def _decode_object(cls: type[Any], obj: dict[str, Any], where: str) -> Any:
+    values = []
+    for _attr, wire, kind, required, default in _TABLES[cls]:
+        v = obj.get(wire, _ABSENT)
+        if v is _ABSENT or (v is None and not required):
+            if required:
+                raise RemoteProtocolError(f"{where}: missing required field {wire!r}")
+            values.append(default)
+        else:
+            values.append(_DECODERS[kind](v, where, wire))
+    return cls(*values)
+
+
+def decode(data: str | bytes | bytearray) -> Frame:
+    """Decode one WebSocket message into a frame.
+
+    Raises :class:`RemoteProtocolError` for a binary payload, malformed JSON, a
+    JSON value that is not an object, a missing or non-string ``type``, or a
+    known frame whose fields have the wrong types or are missing.
+    """
+    if not isinstance(data, str):
+        raise RemoteProtocolError(
+            f"binary message of {len(data)} bytes: the protocol allows only text messages"
+        )
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"malformed JSON: {exc}") from None
+    if type(obj) is not dict:
+        got = _JSON_NAMES.get(type(obj), type(obj).__name__)
+        raise RemoteProtocolError(f"a frame must be a JSON object, got {got}")
+    frame_type = obj.get("type")
+    if type(frame_type) is not str:
+        raise _wrong("frame", "type", "a string", frame_type)
+    cls = FRAME_TYPES.get(frame_type)
+    if cls is None:
+        return UnknownFrame(frame_type, obj)
+    frame: Frame = _decode_object(cls, obj, frame_type)
+    return frame
+
+
+def _enc_value(kind: str, v: Any) -> Any:
+    if kind in ("groups", "peers"):
+        return [_encode_object(item) for item in v]
+    if kind == "attestation":
+        return _encode_object(v)
+    if kind == "obj":
+        return dict(v)
+    return v
+
+
+def _encode_object(obj: Any, into: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {} if into is None else into
+    for attr, wire, kind, required, _default in _TABLES[type(obj)]:
+        v = getattr(obj, attr)
+        if v is None and not required:
+            continue
+        out[wire] = _enc_value(kind, v)
+    return out
+
+
+def encode(frame: Frame) -> str:
+    """Encode a frame as the text of one WebSocket message (compact JSON)."""
+    if isinstance(frame, UnknownFrame):
+        body = dict(frame.fields)
+        body["type"] = frame.type
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    if type(frame) not in _TABLES or not hasattr(frame, "TYPE"):
+        raise LocalProtocolError(f"cannot encode {type(frame).__name__}: not a frame")
+    out = _encode_object(frame, {"type": frame.TYPE})
+    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)

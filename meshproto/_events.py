@@ -1,0 +1,228 @@
+"""What the client connection hands back after each input.
+
+*Actions* are for the transport, in the order they must be carried out:
+open a WebSocket, write a text frame, send a ping, close. *Events* are for
+the application. Both are frozen dataclasses; an adapter matches on their
+types.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ._errors import RemoteProtocolError
+from ._frames import HelloAck, Peer, Push
+from ._reasons import FailureReason
+
+__all__ = [
+    "Action",
+    "BrokerError",
+    "CloseTransport",
+    "Closed",
+    "ConnectionState",
+    "Event",
+    "HandshakeComplete",
+    "MalformedFrame",
+    "MessageReceived",
+    "OpenTransport",
+    "PeersListed",
+    "ReconnectScheduled",
+    "RequestFailed",
+    "SendAcked",
+    "SendFailed",
+    "SendPing",
+    "StateChanged",
+    "SystemMessage",
+    "UnreadableMessage",
+    "WriteFrame",
+]
+
+
+class ConnectionState(str, enum.Enum):
+    """Where the client connection is; see the theory of operation in ``_client``."""
+
+    IDLE = "idle"
+    CONNECTING = "connecting"
+    HANDSHAKING = "handshaking"
+    OPEN = "open"
+    RECONNECTING = "reconnecting"
+    CLOSED = "closed"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# --- actions for the transport ---------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OpenTransport:
+    """Open a WebSocket to ``url``; report back with ``transport_id``."""
+
+    url: str
+    transport_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteFrame:
+    """Write ``text`` as one WebSocket text message on the current transport."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendPing:
+    """Send a WebSocket ping control frame."""
+
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class CloseTransport:
+    """Close the current transport with ``code`` and ``reason``.
+
+    The core has already let go of it: nothing more read from it, its close
+    included, may be fed back in.
+    """
+
+    code: int
+    reason: str
+
+
+Action = OpenTransport | WriteFrame | SendPing | CloseTransport
+
+
+# --- events for the application --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    old: ConnectionState
+    new: ConnectionState
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeComplete:
+    """``hello_ack`` arrived; the connection is open."""
+
+    ack: HelloAck
+
+
+@dataclass(frozen=True, slots=True)
+class SendAcked:
+    """The broker accepted send ``send_id`` as ``message_id``."""
+
+    send_id: str
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    """Send ``send_id`` failed; it will never be written again."""
+
+    send_id: str
+    reason: FailureReason
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A message pushed to us, seen for the first time, with its opened body."""
+
+    message_id: str
+    client_message_id: str | None
+    sender_pubkey: str
+    priority: str
+    body: bytes
+    created_at: str
+    push: Push
+
+    @property
+    def text(self) -> str:
+        """The body as text (undecodable bytes are replaced, never raised)."""
+        return self.body.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True, slots=True)
+class UnreadableMessage:
+    """A message pushed to us whose body could not be opened."""
+
+    message_id: str
+    sender_pubkey: str
+    reason: str
+    push: Push
+
+
+@dataclass(frozen=True, slots=True)
+class SystemMessage:
+    """A ``subtype: system`` push: ``peer_joined``, ``peer_left`` ..."""
+
+    event: str
+    data: Mapping[str, Any]
+    message_id: str
+    push: Push
+
+
+@dataclass(frozen=True, slots=True)
+class PeersListed:
+    request_id: str
+    peers: tuple[Peer, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFailed:
+    request_id: str
+    reason: FailureReason
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerError:
+    """An ``error`` frame that answers nothing we have in flight."""
+
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class MalformedFrame:
+    """The broker sent something the protocol forbids; it was dropped."""
+
+    error: RemoteProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectScheduled:
+    """The next connection attempt, number ``attempt``, is due at ``at``."""
+
+    at: float
+    delay: float
+    attempt: int
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class Closed:
+    """The connection stopped for good. ``permanent`` refusals carry the broker's reason."""
+
+    reason: str
+    code: int | None = None
+    by_user: bool = False
+
+
+Event = (
+    StateChanged
+    | HandshakeComplete
+    | SendAcked
+    | SendFailed
+    | MessageReceived
+    | UnreadableMessage
+    | SystemMessage
+    | PeersListed
+    | RequestFailed
+    | BrokerError
+    | MalformedFrame
+    | ReconnectScheduled
+    | Closed
+)

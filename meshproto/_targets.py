@@ -1,0 +1,43 @@
+"""Target specs (PROTOCOL.md §4.1), checked locally.
+
+The real broker answers a malformed ``send`` with silence, so a client
+validates targets before it writes anything: a direct target is a 64-hex
+lowercase member or session pubkey; ``*`` and ``@all`` reach everyone else;
+``@name`` a group; ``#id`` a topic.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ._errors import LocalProtocolError
+
+__all__ = ["check_target", "is_direct_target", "is_pubkey"]
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[^\s@#*]{1,128}")
+
+
+def is_pubkey(text: object) -> bool:
+    """Whether ``text`` is 64 lowercase hex characters."""
+    return isinstance(text, str) and _HEX64.fullmatch(text) is not None
+
+
+def is_direct_target(target_spec: str) -> bool:
+    """Whether a target names one peer (and its body is therefore sealed)."""
+    return _HEX64.fullmatch(target_spec) is not None
+
+
+def check_target(target: object) -> None:
+    """Raise :class:`LocalProtocolError` unless ``target`` is a well-formed target spec."""
+    if not isinstance(target, str):
+        raise LocalProtocolError(f"target must be a str, got {type(target).__name__}")
+    if target in ("*", "@all") or _HEX64.fullmatch(target):
+        return
+    if target[:1] in ("@", "#") and _NAME.fullmatch(target[1:]):
+        return
+    if len(target) == 64 and _HEX64.fullmatch(target.lower()):
+        raise LocalProtocolError(f"target pubkey must be lowercase hex: {target!r}")
+    raise LocalProtocolError(
+        f"target must be a 64-hex pubkey, '*', '@all', '@group' or '#topic', got {target!r}"
+    )

@@ -1,0 +1,132 @@
+"""Property tests: the client driven through arbitrary interleavings.
+
+A hypothesis ``RuleBasedStateMachine`` plays a scripted broker against one
+``ClientConnection`` (through ``meshproto.testing.ClientHarness``) and the
+``ClientOracle`` checks every contract after every step. The fuzz harness in
+``fuzz/fuzz_client.py`` drives the same harness and oracle from raw bytes;
+``test_byte_driven_runs_keep_the_contracts`` runs that path here, so CI needs
+no fuzzer.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from meshproto import ClientOptions
+from meshproto.testing import ClientHarness
+
+small = st.integers(min_value=0, max_value=255)
+
+
+class ClientAgainstScriptedBroker(RuleBasedStateMachine):
+    """Send, ack, reject, push (with duplicates), link drops, garbage, timers, close."""
+
+    harness: ClientHarness
+
+    @initialize(
+        seed=st.integers(min_value=0, max_value=2**32 - 1),
+        resend=st.booleans(),
+        outbox=st.integers(min_value=1, max_value=8),
+        inbox=st.integers(min_value=0, max_value=6),
+    )
+    def start(self, seed: int, resend: bool, outbox: int, inbox: int) -> None:
+        options = ClientOptions(resend_in_flight=resend, max_outbox=outbox, inbox_limit=inbox)
+        self.harness = ClientHarness(seed=seed, options=options)
+
+    @rule(to=small, priority=small, size=small)
+    def send(self, to: int, priority: int, size: int) -> None:
+        self.harness.op_send(to, priority, size)
+
+    @rule()
+    def transport_opens(self) -> None:
+        self.harness.op_open()
+
+    @rule()
+    def transport_fails_to_open(self) -> None:
+        self.harness.op_open_fails()
+
+    @rule()
+    def hello_ack(self) -> None:
+        self.harness.op_hello_ack()
+
+    @rule(index=small, how=small)
+    def broker_answers_a_send(self, index: int, how: int) -> None:
+        self.harness.op_answer(index, how)
+
+    @rule(index=small)
+    def stale_ack(self, index: int) -> None:
+        self.harness.op_stale_ack(index)
+
+    @rule(key=small, flags=small)
+    def push(self, key: int, flags: int) -> None:
+        self.harness.op_push(key, flags)
+
+    @rule(which=small)
+    def link_drop(self, which: int) -> None:
+        self.harness.op_link_drop(which)
+
+    @rule(which=small)
+    def permanent_refusal(self, which: int) -> None:
+        self.harness.op_refuse(which)
+
+    @rule(data=st.binary(max_size=64), binary=st.booleans())
+    def garbage(self, data: bytes, binary: bool) -> None:
+        self.harness.op_garbage(data, binary)
+
+    @rule(text=st.sampled_from(['{"type":"ack"}', "[]", "null", '{"type":1}', '{"type":"push"}']))
+    def malformed_known_frame(self, text: str) -> None:
+        self.harness.op_garbage(text.encode(), False)
+
+    @rule(step=small)
+    def time_passes(self, step: int) -> None:
+        self.harness.op_advance(step)
+
+    @rule()
+    def next_timer_fires(self) -> None:
+        self.harness.op_fire_next_deadline()
+
+    @rule(pong=st.booleans())
+    def ping_or_pong(self, pong: bool) -> None:
+        self.harness.op_ping(pong)
+
+    @rule(which=small)
+    def set_status(self, which: int) -> None:
+        self.harness.op_set_status(which)
+
+    @rule()
+    def list_peers(self) -> None:
+        self.harness.op_list_peers()
+
+    @rule(index=small)
+    def broker_answers_list_peers(self, index: int) -> None:
+        self.harness.op_answer_peers(index)
+
+    @rule()
+    def user_closes(self) -> None:
+        self.harness.op_close()
+
+    @invariant()
+    def contracts_hold(self) -> None:
+        # Each op already checks after its step; this also covers the start.
+        self.harness.oracle.check()
+
+    def teardown(self) -> None:
+        if hasattr(self, "harness"):
+            self.harness.finish()
+
+
+ClientAgainstScriptedBroker.TestCase.settings = settings(
+    max_examples=600,
+    stateful_step_count=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_client_keeps_its_contracts_in_any_interleaving = ClientAgainstScriptedBroker.TestCase
+
+
+@settings(max_examples=500, deadline=None)
+@given(seed=st.integers(min_value=0, max_value=2**16), data=st.binary(max_size=600))
+def test_byte_driven_runs_keep_the_contracts(seed: int, data: bytes) -> None:
+    ClientHarness(seed=seed).run_bytes(data)
