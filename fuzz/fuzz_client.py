@@ -27,7 +27,7 @@ def test_one_input(data: bytes) -> None:
 
 def main() -> None:
     try:
-        import atheris  # type: ignore[import-not-found]
+        import atheris  # type: ignore[import-not-found]  # noqa: PLC0415 (optional)
     except ImportError:
         sys.exit("atheris is not installed: pip install atheris (see fuzz/README.md)")
     atheris.instrument_all()

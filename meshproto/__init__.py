@@ -22,7 +22,14 @@ from ._client import (
     is_permanent_close,
 )
 from ._codec import FRAME_TYPES, decode, encode
-from ._errors import LocalProtocolError, MeshProtoError, RemoteProtocolError
+from ._errors import (
+    ConnectionClosedError,
+    LocalProtocolError,
+    MeshProtoError,
+    RemoteProtocolError,
+    RequestError,
+    SendError,
+)
 from ._events import (
     Action,
     BrokerError,
@@ -87,6 +94,7 @@ __all__ = [
     "ClientOptions",
     "CloseTransport",
     "Closed",
+    "ConnectionClosedError",
     "ConnectionState",
     "Counters",
     "ErrorFrame",
@@ -112,10 +120,12 @@ __all__ = [
     "Push",
     "ReconnectScheduled",
     "RemoteProtocolError",
+    "RequestError",
     "RequestFailed",
     "Sealer",
     "Send",
     "SendAcked",
+    "SendError",
     "SendFailed",
     "SendHandle",
     "SendPing",

@@ -36,9 +36,10 @@ Outputs, after every input:
 Rules
 -----
 
-* The first frame on every transport is the one ``hello``; no other frame is
-  written before ``hello_ack``. Pushes that arrive before ``hello_ack`` are
-  taken normally. Without ``hello_ack`` in ``hello_timeout`` the transport is
+* The first frame on every transport is the one ``hello``; until
+  ``hello_ack`` nothing else is written but the ``client_ack`` of a push that
+  arrives early (the broker drains queued messages before it acks the hello,
+  and such pushes are taken normally). Without ``hello_ack`` in ``hello_timeout`` the transport is
   closed and a reconnect is scheduled.
 * A send is validated and encoded once, in ``send()``, and gets an id that it
   keeps for life (it is also its ``client_message_id``). It then sits in the
@@ -164,6 +165,14 @@ PERMANENT_REFUSALS = frozenset(
 )
 
 
+def _is_utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 # States in which a transport exists (opening, handshaking or open).
 _WITH_TRANSPORT = frozenset(
     {ConnectionState.CONNECTING, ConnectionState.HANDSHAKING, ConnectionState.OPEN}
@@ -237,15 +246,16 @@ class ClientOptions:
             "liveness_timeout",
         ):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0):
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0):
                 raise LocalProtocolError(
                     f"{name} must be a positive number of seconds, got {value!r}"
                 )
         for name in ("max_outbox", "dedupe_window", "max_requests"):
             value = getattr(self, name)
-            if not (isinstance(value, int) and value >= 1):
+            if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
                 raise LocalProtocolError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.inbox_limit, int) and self.inbox_limit >= 0):
+        limit = self.inbox_limit
+        if isinstance(limit, bool) or not (isinstance(limit, int) and limit >= 0):
             raise LocalProtocolError(f"inbox_limit must be >= 0, got {self.inbox_limit!r}")
 
 
@@ -423,12 +433,15 @@ class ClientConnection:
         if self._state is ConnectionState.CLOSED:
             raise LocalProtocolError("cannot send: the connection is closed")
         check_target(target)
-        if priority not in PRIORITIES:
+        if not isinstance(priority, str) or priority not in PRIORITIES:
             raise LocalProtocolError(
                 f"priority must be one of 'now', 'next', 'low', got {priority!r}"
             )
         if isinstance(body, str):
-            data = body.encode("utf-8", errors="surrogatepass")
+            try:
+                data = body.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise LocalProtocolError(f"body is not valid Unicode text: {exc}") from None
         elif isinstance(body, (bytes, bytearray, memoryview)):
             data = bytes(body)
         else:
@@ -468,7 +481,7 @@ class ClientConnection:
         """Set presence (``idle``, ``working``, ``dnd``); re-sent after every reconnect."""
         if self._state is ConnectionState.CLOSED:
             raise LocalProtocolError("cannot set status: the connection is closed")
-        if status not in STATUSES:
+        if not isinstance(status, str) or status not in STATUSES:
             raise LocalProtocolError(
                 f"status must be one of 'idle', 'working', 'dnd', got {status!r}"
             )
@@ -482,6 +495,8 @@ class ClientConnection:
             raise LocalProtocolError("cannot set summary: the connection is closed")
         if not isinstance(summary, str):
             raise LocalProtocolError(f"summary must be a str, got {type(summary).__name__}")
+        if not _is_utf8_encodable(summary):
+            raise LocalProtocolError("summary is not valid Unicode text (lone surrogate)")
         self._summary = summary
         if self._state is ConnectionState.OPEN:
             self._write(encode(SetSummary(summary)))

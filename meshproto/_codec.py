@@ -152,6 +152,9 @@ _DECODERS: dict[str, Callable[[object, str, str], Any]] = {
 
 _ABSENT = object()
 
+# One encoder, built once: ``json.dumps`` with options builds a new one per call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
 
 def _decode_object(cls: type[Any], obj: dict[str, Any], where: str) -> Any:
     values = []
@@ -184,7 +187,9 @@ def decode(data: str | bytes | bytearray) -> Frame:
     if type(obj) is not dict:
         got = _JSON_NAMES.get(type(obj), type(obj).__name__)
         raise RemoteProtocolError(f"a frame must be a JSON object, got {got}")
-    frame_type = obj.get("type")
+    frame_type = obj.get("type", _ABSENT)
+    if frame_type is _ABSENT:
+        raise RemoteProtocolError("frame: missing required field 'type'")
     if type(frame_type) is not str:
         raise _wrong("frame", "type", "a string", frame_type)
     cls = FRAME_TYPES.get(frame_type)
@@ -219,8 +224,8 @@ def encode(frame: Frame) -> str:
     if isinstance(frame, UnknownFrame):
         body = dict(frame.fields)
         body["type"] = frame.type
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        return _dumps(body)
     if type(frame) not in _TABLES or not hasattr(frame, "TYPE"):
         raise LocalProtocolError(f"cannot encode {type(frame).__name__}: not a frame")
     out = _encode_object(frame, {"type": frame.TYPE})
-    return json.dumps(out, separators=(",", ":"), ensure_ascii=False)
+    return _dumps(out)

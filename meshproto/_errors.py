@@ -12,7 +12,16 @@ raises it; the client connection never lets it escape and turns it into a
 
 from __future__ import annotations
 
-__all__ = ["LocalProtocolError", "MeshProtoError", "RemoteProtocolError"]
+from ._reasons import FailureReason
+
+__all__ = [
+    "ConnectionClosedError",
+    "LocalProtocolError",
+    "MeshProtoError",
+    "RemoteProtocolError",
+    "RequestError",
+    "SendError",
+]
 
 
 class MeshProtoError(Exception):
@@ -25,3 +34,37 @@ class LocalProtocolError(MeshProtoError):
 
 class RemoteProtocolError(MeshProtoError):
     """The remote side sent something the protocol forbids."""
+
+
+class SendError(MeshProtoError):
+    """A send failed; ``reason`` says why and whether retrying can help.
+
+    Raised by the adapters' blocking and awaiting ``send()``, never by the core.
+    """
+
+    def __init__(self, send_id: str, reason: FailureReason) -> None:
+        super().__init__(f"send {send_id} failed: {reason}")
+        self.send_id = send_id
+        self.reason = reason
+
+    @property
+    def retryable(self) -> bool:
+        return self.reason.retryable
+
+
+class RequestError(MeshProtoError):
+    """A request (``list_peers``) failed; ``reason`` says why."""
+
+    def __init__(self, request_id: str, reason: FailureReason) -> None:
+        super().__init__(f"request {request_id} failed: {reason}")
+        self.request_id = request_id
+        self.reason = reason
+
+
+class ConnectionClosedError(MeshProtoError):
+    """The client is closed (by the user, or for good by the broker); ``reason`` says which."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason if code is None else f"{reason} (close code {code})")
+        self.reason = reason
+        self.code = code

@@ -32,6 +32,8 @@ def check_target(target: object) -> None:
     """Raise :class:`LocalProtocolError` unless ``target`` is a well-formed target spec."""
     if not isinstance(target, str):
         raise LocalProtocolError(f"target must be a str, got {type(target).__name__}")
+    if not target.isprintable():
+        raise LocalProtocolError(f"target contains unprintable characters: {target!r}")
     if target in ("*", "@all") or _HEX64.fullmatch(target):
         return
     if target[:1] in ("@", "#") and _NAME.fullmatch(target[1:]):
