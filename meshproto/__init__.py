@@ -9,6 +9,8 @@ starts no thread and depends on nothing outside the standard library.
 from __future__ import annotations
 
 from ._backoff import BACKOFF_CAPS, Backoff
+from ._broker import NO_PEER_TEXT, Broker, BrokerOptions
+from ._broker_outputs import BrokerOutput, CloseConnection, PingConnection, SendText
 from ._client import (
     MAX_FRAME_BYTES,
     PERMANENT_REFUSALS,
@@ -72,7 +74,16 @@ from ._frames import (
     UnknownFrame,
 )
 from ._reasons import FailureReason, classify_ack_error, classify_error_frame
+from ._registry import (
+    AcceptingVerifier,
+    AdmittingRegistry,
+    Member,
+    MemberRegistry,
+    StaticRegistry,
+    Verifier,
+)
 from ._seams import OpenError, PlaintextSealer, Sealer, Signer, hello_signing_payload
+from ._store import MemoryStore, Store, StoredMessage
 from ._targets import check_target, is_direct_target, is_pubkey
 
 __version__ = "0.1.0"
@@ -81,17 +92,24 @@ __all__ = [
     "BACKOFF_CAPS",
     "FRAME_TYPES",
     "MAX_FRAME_BYTES",
+    "NO_PEER_TEXT",
     "PERMANENT_REFUSALS",
     "PRIORITIES",
     "STATUSES",
+    "AcceptingVerifier",
     "Ack",
     "Action",
+    "AdmittingRegistry",
     "Backoff",
+    "Broker",
     "BrokerError",
+    "BrokerOptions",
+    "BrokerOutput",
     "ClientAck",
     "ClientConfig",
     "ClientConnection",
     "ClientOptions",
+    "CloseConnection",
     "CloseTransport",
     "Closed",
     "ConnectionClosedError",
@@ -108,6 +126,9 @@ __all__ = [
     "ListPeers",
     "LocalProtocolError",
     "MalformedFrame",
+    "Member",
+    "MemberRegistry",
+    "MemoryStore",
     "MeshProtoError",
     "MessageReceived",
     "OpenError",
@@ -116,6 +137,7 @@ __all__ = [
     "Peer",
     "PeersList",
     "PeersListed",
+    "PingConnection",
     "PlaintextSealer",
     "Push",
     "ReconnectScheduled",
@@ -129,14 +151,19 @@ __all__ = [
     "SendFailed",
     "SendHandle",
     "SendPing",
+    "SendText",
     "SessionHello",
     "SetStatus",
     "SetSummary",
     "Signer",
     "StateChanged",
+    "StaticRegistry",
+    "Store",
+    "StoredMessage",
     "SystemMessage",
     "UnknownFrame",
     "UnreadableMessage",
+    "Verifier",
     "WriteFrame",
     "__version__",
     "check_target",

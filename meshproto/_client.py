@@ -106,9 +106,11 @@ from ._frames import (
     Hello,
     HelloAck,
     ListPeers,
+    ParentAttestation,
     PeersList,
     Push,
     Send,
+    SessionHello,
     SetStatus,
     SetSummary,
 )
@@ -124,10 +126,19 @@ from ._reasons import (
     classify_ack_error,
     classify_error_frame,
 )
-from ._seams import OpenError, PlaintextSealer, Sealer, Signer, hello_signing_payload
+from ._seams import (
+    OpenError,
+    PlaintextSealer,
+    Sealer,
+    Signer,
+    attestation_signing_payload,
+    hello_signing_payload,
+    session_hello_signing_payload,
+)
 from ._targets import check_target
 
 __all__ = [
+    "ATTESTATION_MAX_TTL_MS",
     "MAX_FRAME_BYTES",
     "PERMANENT_REFUSALS",
     "PRIORITIES",
@@ -141,6 +152,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("meshproto.client")
+
+#: A parent attestation lives at most 24 hours (PROTOCOL.md §3.2).
+ATTESTATION_MAX_TTL_MS = 24 * 3600 * 1000
 
 #: The largest frame a client writes and the largest body it accepts (§1, §7).
 MAX_FRAME_BYTES = 65_536
@@ -200,6 +214,13 @@ def is_permanent_close(code: int | None, reason: str, refusal: str | None = None
 class ClientConfig:
     """Who this peer is and where its broker is.
 
+    ``signer`` holds the member key. With ``session_signer`` (a session key,
+    PROTOCOL.md §3.2) every transport opens with ``session_hello``: a parent
+    attestation minted afresh, valid ``attestation_ttl_ms`` (at most 24 h),
+    signed by the member key, and the hello signed by the session key.
+    Without it, the transport opens with a member ``hello``, which may still
+    name a ``session_pubkey`` so that the broker can reattach the session.
+
     ``pid`` and ``cwd`` are reported in the hello; the core does not read them
     from the process, the adapters fill them in.
     """
@@ -217,6 +238,16 @@ class ClientConfig:
     groups: tuple[Group, ...] | None = None
     session_pubkey: str | None = None
     sealer: Sealer = field(default_factory=PlaintextSealer)
+    session_signer: Signer | None = None
+    attestation_ttl_ms: int = ATTESTATION_MAX_TTL_MS
+    role: str | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < self.attestation_ttl_ms <= ATTESTATION_MAX_TTL_MS:
+            raise LocalProtocolError(
+                f"attestation_ttl_ms must be in (0, {ATTESTATION_MAX_TTL_MS}], "
+                f"got {self.attestation_ttl_ms!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -755,8 +786,10 @@ class ClientConnection:
 
     # --- internals ------------------------------------------------------------
 
-    def _hello(self, wall_time_ms: int) -> Hello:
+    def _hello(self, wall_time_ms: int) -> Hello | SessionHello:
         config = self.config
+        if config.session_signer is not None:
+            return self._session_hello(wall_time_ms, config.session_signer)
         pubkey = config.signer.public_key
         payload = hello_signing_payload(config.mesh_id, config.member_id, pubkey, wall_time_ms)
         return Hello(
@@ -773,6 +806,40 @@ class ClientConnection:
             hostname=config.hostname,
             peer_type=config.peer_type,
             groups=config.groups,
+        )
+
+    def _session_hello(self, wall_time_ms: int, session: Signer) -> SessionHello:
+        config = self.config
+        member_pubkey = config.signer.public_key
+        session_pubkey = session.public_key
+        expires_at = wall_time_ms + config.attestation_ttl_ms
+        attestation = ParentAttestation(
+            session_pubkey=session_pubkey,
+            parent_member_pubkey=member_pubkey,
+            expires_at=expires_at,
+            signature=config.signer.sign(
+                attestation_signing_payload(member_pubkey, session_pubkey, expires_at)
+            ).hex(),
+        )
+        payload = session_hello_signing_payload(
+            config.mesh_id, member_pubkey, session_pubkey, wall_time_ms
+        )
+        return SessionHello(
+            mesh_id=config.mesh_id,
+            parent_member_id=config.member_id,
+            parent_member_pubkey=member_pubkey,
+            session_pubkey=session_pubkey,
+            parent_attestation=attestation,
+            session_id=config.session_id,
+            pid=config.pid,
+            cwd=config.cwd,
+            timestamp=wall_time_ms,
+            signature=session.sign(payload).hex(),
+            display_name=config.display_name,
+            hostname=config.hostname,
+            peer_type=config.peer_type,
+            groups=config.groups,
+            role=config.role,
         )
 
     def _set_state(self, new: ConnectionState) -> None:

@@ -23,6 +23,7 @@ __all__ = [
     "RATE_LIMITED",
     "REFUSED",
     "REJECTED",
+    "STORE_FULL",
     "TIMEOUT",
     "classify_ack_error",
     "classify_error_frame",
@@ -38,9 +39,12 @@ RATE_LIMITED = "rate_limited"
 PAYLOAD_TOO_LARGE = "payload_too_large"
 NO_PEER = "no_peer"
 BLOCKED = "blocked"
+STORE_FULL = "store_full"
 REJECTED = "rejected"
 
-_RETRYABLE = frozenset({QUEUE_FULL, ACK_TIMEOUT, TIMEOUT, CONNECTION_LOST, RATE_LIMITED})
+_RETRYABLE = frozenset(
+    {QUEUE_FULL, ACK_TIMEOUT, TIMEOUT, CONNECTION_LOST, RATE_LIMITED, STORE_FULL}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,7 @@ _ACK_PREFIXES = (
     ("payload too large", PAYLOAD_TOO_LARGE),
     ("no connected peer", NO_PEER),
     ("blocked by recipient", BLOCKED),
+    ("store full", STORE_FULL),  # the reference broker's per-recipient bound
 )
 
 

@@ -19,6 +19,8 @@ from ._frames import Push
 
 __all__ = [
     "OpenError",
+    "attestation_signing_payload",
+    "session_hello_signing_payload",
     "PlaintextSealer",
     "Sealer",
     "Signer",
@@ -44,6 +46,24 @@ def b64decode(text: str) -> bytes:
 def hello_signing_payload(mesh_id: str, member_id: str, pubkey: str, timestamp_ms: int) -> bytes:
     """The bytes a member signs in ``hello``: ``meshId|memberId|pubkey|timestamp``."""
     return f"{mesh_id}|{member_id}|{pubkey}|{timestamp_ms}".encode()
+
+
+def attestation_signing_payload(
+    parent_member_pubkey: str, session_pubkey: str, expires_at_ms: int
+) -> bytes:
+    """What a member signs to vouch for a session key (§3.2)."""
+    return (
+        f"claudemesh-session-attest|{parent_member_pubkey}|{session_pubkey}|{expires_at_ms}"
+    ).encode()
+
+
+def session_hello_signing_payload(
+    mesh_id: str, parent_member_pubkey: str, session_pubkey: str, timestamp_ms: int
+) -> bytes:
+    """What a session key signs in ``session_hello`` (§3.2)."""
+    return (
+        f"claudemesh-session-hello|{mesh_id}|{parent_member_pubkey}|{session_pubkey}|{timestamp_ms}"
+    ).encode()
 
 
 @runtime_checkable

@@ -1,0 +1,998 @@
+"""The reference broker: a sans-IO state machine for every socket of every mesh.
+
+Theory of operation
+===================
+
+``Broker`` is the whole broker of PROTOCOL.md, minus the sockets. The adapter
+gives every socket an integer ``conn_id`` and reports what happens on it; the
+broker answers with :data:`BrokerOutput` values (write text, ping, close) and
+the absolute time at which it wants ``handle_timer``. It performs no I/O and
+reads no clock: every input carries ``now``, the **Unix wall-clock time in
+seconds** (the broker stamps ``createdAt``, checks the hello's ±60 s skew and
+expires stored messages with it, and a persistent store must make sense
+after a restart). Ids come from the injected ``random.Random``.
+
+Inputs: ``connection_opened``, ``receive_text``, ``receive_binary``,
+``receive_ping``, ``receive_pong``, ``connection_closed``, ``handle_timer``
+(and ``shutdown``). Outputs: ``drain_outputs()`` and ``next_deadline()``.
+
+Sockets and presences
+---------------------
+
+A socket starts *unhelloed*. Its first ``hello`` is checked (see
+:mod:`meshproto._admission` for the order: ``timestamp_skew``, ``malformed``,
+``bad_session_pubkey``, ``bad_signature``, then the registry:
+``unauthorized``, ``revoked``, a session key owned by another member, and
+``capacity``); a refusal is one ``error{code, message}`` and a close (1008,
+or 4002 ``banned`` for ``revoked``). Any other frame before the hello gets
+``error{no_hello}`` and the socket stays open; ``session_hello`` is decoded
+and refused with ``unsupported`` (1008) for now. A second hello on a helloed
+socket gets ``error{already_helloed}`` and changes nothing.
+
+A good hello attaches the socket to a *presence* (the peer others see):
+
+* the presence with the same ``sessionPubkey`` (of the same member), else
+  the one with the same ``sessionId`` of the same member, if the broker still
+  knows it: it keeps its ``presenceId``, status and summary, and nobody is
+  told. If that presence still has a live socket, the old socket is closed
+  with 1000 ``session_replaced`` first (the new one takes over);
+* else a new presence, and every other live socket of the mesh gets a
+  system push: ``peer_joined`` the first time the store has ever seen the
+  member, ``peer_returned`` after that.
+
+The socket then gets ``hello_ack`` (``restored: true`` and ``lastSeenAt``
+when the member was seen before), and *after* it every stored direct message
+for it, oldest first (the real broker drains before the ack; a client must
+accept both). When a socket closes, its presence stays for ``grace`` seconds
+(still listed by ``list_peers`` and counted against ``capacity``, as at the
+real broker); if nobody reattaches it by then it is dropped and the rest of
+the mesh gets ``peer_left``.
+
+Messages
+--------
+
+A ``send`` is charged to the member's token bucket first (``rate_limit``
+ack), then checked: an unknown priority or a bad target spec is answered with
+``error{malformed, id}`` **[ours]**; a payload over ``max_payload`` with an
+``ack{queued: false}``. A ``client_message_id`` already recorded for this
+member (records are kept in the store for ``dedupe_ttl``, at most
+``dedupe_limit_per_member`` per member) is acknowledged with the original
+``messageId`` and nothing else happens. Otherwise:
+
+* **direct** (64-hex target): a live or in-grace session pubkey addresses
+  that session, else a member pubkey addresses every session of that member
+  (except the sending one). Unknown keys, the sender's own session key, and
+  the sender's member key with no other session are refused
+  (``no connected peer ...``). Accepted messages are written to the
+  :class:`~meshproto.Store` (bounded per recipient member; over the bound the
+  send is refused) *before* the ack, and pushed at once to every live socket
+  of the recipient whose status lets it through: ``now`` always, ``next`` and
+  ``low`` only to an ``idle`` socket. A pushed message is *claimed* for
+  ``lease`` seconds; without a ``client_ack`` it is pushed again when the
+  lease runs out **[ours]** and, regardless of the lease, on every later
+  hello of the recipient. A ``client_ack`` (by ``brokerMessageId``, else by
+  ``clientMessageId``) deletes it from the store. Messages held by status go
+  out, oldest first, the moment the socket's status becomes ``idle``.
+  Messages for a member with no live socket simply wait in the store (its
+  time to live is ``store_ttl``); one addressed to a session waits for that
+  session only (its body is sealed to the session's key).
+* **broadcast** (``*``, ``@all``), **group** (``@name``: presences whose
+  hello or registry groups include ``name``) and **topic** (``#id``: treated
+  as a broadcast to the whole mesh, with ``topic`` set in the push): pushed
+  once, at once, ungated, to the live sockets concerned except the sending
+  socket (other sessions of the same member do get it), with
+  ``senderMemberPubkey``, ``senderMemberId``, ``senderName`` and the
+  ``messageId`` of the sender's ack. Never stored, never re-pushed.
+
+Liveness
+--------
+
+Every socket is pinged every ``ping_interval`` from the moment it opens and
+closed with 1001 ``liveness timeout`` after ``liveness_timeout`` seconds in
+which nothing (text, binary, ping or pong) arrived. A text message over
+``hard_frame_cap`` bytes closes the socket with 1009.
+
+Invariants
+----------
+
+* No input raises for anything a peer can send; garbage gets
+  ``error{malformed}`` (echoing a string ``id``) and the socket stays open.
+  Misuse by the adapter (opening a ``conn_id`` twice) raises
+  :class:`LocalProtocolError` before any state changes.
+* Every ``send`` on an open socket is answered exactly once, by an ``ack``
+  or an ``error`` with its ``id``.
+* Outputs address only sockets that are open at the time they are produced;
+  after :class:`CloseConnection` the socket is forgotten.
+* After ``handle_timer(now)``, ``next_deadline()`` is ``None`` or ``> now``.
+* Whatever must survive a restart (stored messages, dedupe records, members'
+  last-seen times) is written through the store before the frame that
+  depends on it is produced; presence is memory only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import math
+from dataclasses import dataclass
+from random import Random
+from typing import Any
+
+from ._admission import (
+    Refusal,
+    capacity,
+    check_hello,
+    refuse_undecodable_hello,
+    revoked,
+    session_key_taken,
+    unauthorized,
+)
+from ._broker_outputs import BrokerOutput, CloseConnection, PingConnection, SendText
+from ._brokerwire import (
+    group_dicts,
+    hello_ack_text,
+    iso_ms,
+    peers_list_text,
+    random_id,
+    random_uuid,
+)
+from ._codec import decode, encode
+from ._errors import LocalProtocolError, RemoteProtocolError
+from ._frames import (
+    Ack,
+    ClientAck,
+    ErrorFrame,
+    Frame,
+    Group,
+    Hello,
+    ListPeers,
+    Peer,
+    Push,
+    Send,
+    SessionHello,
+    SetStatus,
+    SetSummary,
+    UnknownFrame,
+)
+from ._presence import Conn, Presence, PresenceTable
+from ._ratelimit import TokenBucket
+from ._registry import AdmittingRegistry, MemberRegistry, Verifier
+from ._store import MemoryStore, Store, StoredMessage
+from ._targets import check_target, is_direct_target
+
+__all__ = [
+    "NO_PEER_TEXT",
+    "Broker",
+    "BrokerOptions",
+]
+
+logger = logging.getLogger("meshproto.broker")
+
+_PRIORITIES = frozenset({"now", "next", "low"})
+_STATUSES = frozenset({"idle", "working", "dnd"})
+
+#: The real broker's refusal of a direct send it cannot route (PROTOCOL.md §4.1).
+NO_PEER_TEXT = (
+    "no connected peer for target (not online, or targetSpec is your own key "
+    "without another session)"
+)
+
+# Timer kinds (heap entries are (when, seq, kind, key, token)).
+_T_CONN = 0
+_T_LEASE = 1
+_T_GRACE = 2
+_T_EXPIRY = 3
+
+_Timer = tuple[float, int, int, Any, int]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """Limits and timers (seconds). The defaults are PROTOCOL.md §7's."""
+
+    max_connections_per_mesh: int = 1000
+    ping_interval: float = 30.0
+    liveness_timeout: float = 75.0
+    grace: float = 90.0
+    lease: float = 30.0
+    store_ttl: float = 7 * 24 * 3600.0
+    store_limit_per_member: int = 1000
+    rate_burst: int = 10
+    rate_per_minute: float = 60.0
+    max_payload: int = 65_536
+    hard_frame_cap: int = 1_048_576
+    skew: float = 60.0
+    dedupe_ttl: float = 24 * 3600.0
+    dedupe_limit_per_member: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in (
+            "ping_interval",
+            "liveness_timeout",
+            "grace",
+            "lease",
+            "store_ttl",
+            "rate_per_minute",
+            "skew",
+            "dedupe_ttl",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise LocalProtocolError(f"{name} must be a positive number, got {value!r}")
+        for name in (
+            "max_connections_per_mesh",
+            "store_limit_per_member",
+            "rate_burst",
+            "max_payload",
+            "hard_frame_cap",
+            "dedupe_limit_per_member",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise LocalProtocolError(f"{name} must be a positive integer, got {value!r}")
+
+
+class _Claim:
+    """A pushed direct message waiting for its client_ack until ``until``."""
+
+    __slots__ = ("member", "mesh_id", "until")
+
+    def __init__(self, mesh_id: str, member: str, until: float) -> None:
+        self.mesh_id = mesh_id
+        self.member = member
+        self.until = until
+
+
+def _raw_object(text: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return obj if type(obj) is dict else None
+
+
+def _merge_groups(first: tuple[Group, ...] | None, second: tuple[Group, ...]) -> tuple[Group, ...]:
+    merged: dict[str, Group] = {}
+    for group in (*(first or ()), *second):
+        merged.setdefault(group.name, group)
+    return tuple(merged.values())
+
+
+class Broker:
+    """The reference broker. See the module docstring."""
+
+    def __init__(
+        self,
+        registry: MemberRegistry,
+        *,
+        verifier: Verifier,
+        store: Store | None = None,
+        rng: Random,
+        options: BrokerOptions | None = None,
+    ) -> None:
+        self.registry = registry
+        self.verifier = verifier
+        self.store: Store = store if store is not None else MemoryStore()
+        self.options = options if options is not None else BrokerOptions()
+        self._rng = rng
+        self._outputs: list[BrokerOutput] = []
+        self._conns: dict[int, Conn] = {}
+        self._presences = PresenceTable()
+        self._claims: dict[str, _Claim] = {}
+        self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._timers: list[_Timer] = []
+        self._seq = 0
+        self._expiry_at: float | None = None
+        self._schedule_expiry(self.store.next_expiry(), None)
+
+    # --- observation ----------------------------------------------------------
+
+    @property
+    def connection_count(self) -> int:
+        """Open sockets, helloed or not."""
+        return len(self._conns)
+
+    @property
+    def presence_count(self) -> int:
+        """Presences in every mesh, live or inside their grace window."""
+        return len(self._presences)
+
+    @property
+    def claimed_count(self) -> int:
+        """Direct messages pushed and waiting for their client_ack (lease running)."""
+        return len(self._claims)
+
+    def is_open(self, conn_id: int) -> bool:
+        """Whether the broker still knows socket ``conn_id``."""
+        return conn_id in self._conns
+
+    def is_helloed(self, conn_id: int) -> bool:
+        """Whether socket ``conn_id`` is open and its hello was accepted."""
+        conn = self._conns.get(conn_id)
+        return conn is not None and conn.presence is not None
+
+    def presence_id(self, conn_id: int) -> str | None:
+        """The ``presenceId`` socket ``conn_id`` is attached to, if any."""
+        conn = self._conns.get(conn_id)
+        return None if conn is None or conn.presence is None else conn.presence.presence_id
+
+    def peers(self, mesh_id: str) -> tuple[Peer, ...]:
+        """What ``list_peers`` would answer in ``mesh_id`` right now."""
+        return tuple(
+            Peer(
+                pubkey=p.pubkey,
+                member_pubkey=p.member_pubkey,
+                display_name=p.display_name,
+                status=p.status,
+                summary=p.summary,
+                groups=p.groups,
+                session_id=p.session_id,
+                connected_at=iso_ms(p.connected_at),
+                cwd=p.cwd,
+                peer_role="session",
+                visible=True,
+            )
+            for p in self._presences.in_mesh(mesh_id)
+        )
+
+    def drain_outputs(self) -> list[BrokerOutput]:
+        """The outputs produced so far, in order; the list is handed over."""
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def next_deadline(self) -> float | None:
+        """When ``handle_timer`` should next run, or ``None`` if nothing is timed."""
+        timers = self._timers
+        while timers and self._is_stale(timers[0]):
+            heapq.heappop(timers)
+        return timers[0][0] if timers else None
+
+    # --- inputs ---------------------------------------------------------------
+
+    def connection_opened(self, conn_id: int, *, now: float) -> None:
+        """A socket was accepted (and upgraded); it must say hello first."""
+        if conn_id in self._conns:
+            raise LocalProtocolError(f"connection {conn_id} is already open")
+        conn = Conn(conn_id, now, self.options.ping_interval)
+        self._conns[conn_id] = conn
+        self._schedule_conn(conn)
+
+    def receive_text(self, conn_id: int, text: str, *, now: float) -> None:
+        """A text message arrived on socket ``conn_id``."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        self._alive(conn, now)
+        cap = self.options.hard_frame_cap
+        size = len(text)
+        if size * 4 > cap and (size > cap or len(text.encode("utf-8", "surrogatepass")) > cap):
+            self._close(conn, 1009, f"frame too large (over {cap} bytes)", now)
+            return
+        try:
+            frame = decode(text)
+        except RemoteProtocolError as exc:
+            self._on_undecodable(conn, text, exc, now)
+            return
+        self._dispatch(conn, frame, now)
+
+    def receive_binary(self, conn_id: int, data: bytes, *, now: float) -> None:
+        """A binary message arrived: answered with ``error{malformed}``; the socket stays open."""
+        conn = self._conns.get(conn_id)
+        if conn is None:
+            return
+        self._alive(conn, now)
+        self._error(
+            conn,
+            "malformed",
+            f"binary message of {len(data)} bytes: the protocol allows only text messages",
+        )
+
+    def receive_ping(self, conn_id: int, *, now: float) -> None:
+        """A WebSocket ping arrived (the adapter answers it); it counts as life."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._alive(conn, now)
+
+    def receive_pong(self, conn_id: int, *, now: float) -> None:
+        """A WebSocket pong arrived; it counts as life."""
+        conn = self._conns.get(conn_id)
+        if conn is not None:
+            self._alive(conn, now)
+
+    def connection_closed(self, conn_id: int, *, now: float) -> None:
+        """Socket ``conn_id`` is gone (closed by either side, or dropped)."""
+        conn = self._conns.pop(conn_id, None)
+        if conn is None:
+            return
+        if self._outputs:
+            self._outputs = [o for o in self._outputs if o.conn_id != conn_id]
+        self._detach(conn, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run everything that is due at or before ``now``."""
+        timers = self._timers
+        drains: dict[tuple[str, str], None] = {}
+        while timers and timers[0][0] <= now:
+            _when, _seq, kind, key, token = heapq.heappop(timers)
+            if kind == _T_CONN:
+                conn = self._conns.get(key)
+                if conn is not None and conn.timer_token == token:
+                    self._conn_timer(conn, now)
+            elif kind == _T_LEASE:
+                claim = self._claims.get(key)
+                if claim is not None and claim.until <= now:
+                    del self._claims[key]
+                    drains[(claim.mesh_id, claim.member)] = None
+            elif kind == _T_GRACE:
+                presence = self._presences.get(key)
+                if presence is not None and presence.conn is None and presence.grace_token == token:
+                    self._drop_presence(presence, now)
+            elif self._expiry_at is not None and self._expiry_at <= now:
+                self._expiry_at = None
+                expired = self.store.expire(now)
+                if expired and logger.isEnabledFor(logging.DEBUG):
+                    logger.debug("%d stored messages expired", expired)
+                self._schedule_expiry(self.store.next_expiry(), now)
+        for mesh_id, member in drains:
+            self._drain(mesh_id, member, now)
+
+    def shutdown(self, *, now: float) -> None:
+        """Close every socket with 1001 (the broker is going away)."""
+        for conn in list(self._conns.values()):
+            self._close(conn, 1001, "broker shutting down", now)
+
+    # --- frames ---------------------------------------------------------------
+
+    def _dispatch(self, conn: Conn, frame: Frame, now: float) -> None:
+        kind = type(frame)
+        presence = conn.presence
+        if kind is Hello or kind is SessionHello:
+            if presence is not None:
+                self._error(
+                    conn,
+                    "already_helloed",
+                    "this socket has already said hello; the second hello is ignored",
+                )
+            elif isinstance(frame, Hello):
+                self._on_hello(conn, frame, now)
+            else:
+                self._refuse(conn, _UNSUPPORTED, now)
+            return
+        if presence is None:
+            self._error(conn, "no_hello", "must send hello first", _frame_id(frame))
+            return
+        if kind is Send:
+            assert isinstance(frame, Send)
+            self._on_send(conn, presence, frame, now)
+        elif kind is ClientAck:
+            assert isinstance(frame, ClientAck)
+            self._on_client_ack(presence, frame)
+        elif kind is SetStatus:
+            assert isinstance(frame, SetStatus)
+            self._on_set_status(conn, presence, frame.status, now)
+        elif kind is SetSummary:
+            assert isinstance(frame, SetSummary)
+            presence.summary = frame.summary
+        elif kind is ListPeers:
+            assert isinstance(frame, ListPeers)
+            self._on_list_peers(conn, presence, frame.req_id)
+        # Anything else (unknown types, frames only a broker sends) is ignored.
+
+    def _on_undecodable(self, conn: Conn, text: str, exc: RemoteProtocolError, now: float) -> None:
+        raw = _raw_object(text)
+        frame_type = raw.get("type") if raw is not None else None
+        if frame_type in ("hello", "session_hello") and raw is not None:
+            if conn.presence is not None:
+                self._error(
+                    conn,
+                    "already_helloed",
+                    "this socket has already said hello; the second hello is ignored",
+                )
+            elif frame_type == "hello":
+                self._refuse(conn, refuse_undecodable_hello(raw), now)
+            else:
+                self._refuse(conn, _UNSUPPORTED, now)
+            return
+        frame_id = raw.get("id") if raw is not None else None
+        self._error(conn, "malformed", str(exc), frame_id if type(frame_id) is str else None)
+
+    # --- hello ------------------------------------------------------------------
+
+    def _on_hello(self, conn: Conn, hello: Hello, now: float) -> None:
+        refusal = check_hello(hello, now=now, skew=self.options.skew, verifier=self.verifier)
+        if refusal is not None:
+            self._refuse(conn, refusal, now)
+            return
+        mesh_id = hello.mesh_id
+        registry = self.registry
+        member = registry.lookup(mesh_id, hello.pubkey)
+        if member is None and isinstance(registry, AdmittingRegistry):
+            member = registry.admit(
+                mesh_id, hello.pubkey, member_id=hello.member_id, display_name=hello.display_name
+            )
+        if member is None or member.pubkey != hello.pubkey or member.mesh_id != mesh_id:
+            self._refuse(conn, unauthorized(), now)
+            return
+        if member.revoked:
+            self._refuse(conn, revoked(mesh_id), now)
+            return
+        presences = self._presences
+        existing: Presence | None = None
+        if hello.session_pubkey is not None:
+            existing = presences.by_session_key(mesh_id, hello.session_pubkey)
+            if existing is not None and existing.member_pubkey != member.pubkey:
+                self._refuse(conn, session_key_taken(), now)
+                return
+        if existing is None and hello.session_id is not None:
+            existing = presences.by_session_id(mesh_id, member.pubkey, hello.session_id)
+        limit = self.options.max_connections_per_mesh
+        if existing is None and presences.count(mesh_id) >= limit:
+            self._refuse(conn, capacity(limit), now)
+            return
+
+        store = self.store
+        last_seen = store.last_seen(mesh_id, member.pubkey)
+        store.set_last_seen(mesh_id, member.pubkey, now)
+        if existing is not None:
+            presence = existing
+            if presence.conn is not None:
+                self._close(presence.conn, 1000, "session_replaced", now)
+            presence.member = member
+            is_new = False
+        else:
+            presence_id = random_id(self._rng)
+            while presence_id in presences:
+                presence_id = random_id(self._rng)
+            presence = Presence(presence_id, member, now)
+            is_new = True
+        presence.display_name = hello.display_name or member.display_name
+        presence.set_groups(_merge_groups(hello.groups, member.groups))
+        presence.cwd = hello.cwd
+        presence.pid = hello.pid
+        presence.hostname = hello.hostname
+        presence.peer_type = hello.peer_type
+        if is_new:
+            presence.session_id = hello.session_id
+            presence.session_pubkey = hello.session_pubkey
+            presences.add(presence)
+        elif (presence.session_id, presence.session_pubkey) != (
+            hello.session_id,
+            hello.session_pubkey,
+        ):
+            presences.rekey(
+                presence,
+                hello.session_id if hello.session_id is not None else presence.session_id,
+                hello.session_pubkey
+                if hello.session_pubkey is not None
+                else presence.session_pubkey,
+            )
+        presence.grace_token += 1  # cancels a pending grace expiry
+        presence.conn = conn
+        conn.presence = presence
+
+        self._send(
+            conn,
+            hello_ack_text(
+                presence_id=presence.presence_id,
+                display_name=presence.display_name,
+                profile_groups=member.groups,
+                last_seen=last_seen,
+            ),
+        )
+        self._drain(mesh_id, member.pubkey, now, only=conn, force=True)
+        if is_new:
+            event_data: dict[str, Any] = {
+                "name": presence.display_name,
+                "pubkey": presence.pubkey,
+                "groups": group_dicts(presence.groups),
+            }
+            if last_seen is not None:
+                event_data["lastSeenAt"] = iso_ms(last_seen)
+            event = "peer_joined" if last_seen is None else "peer_returned"
+            self._system_push(mesh_id, event, event_data, now, skip=conn)
+
+    # --- sends ------------------------------------------------------------------
+
+    def _on_send(self, conn: Conn, sender: Presence, send: Send, now: float) -> None:
+        options = self.options
+        member_key = (sender.mesh_id, sender.member_pubkey)
+        bucket = self._buckets.get(member_key)
+        if bucket is None:
+            bucket = TokenBucket(options.rate_burst, options.rate_per_minute, now)
+            self._buckets[member_key] = bucket
+        if not bucket.take(now):
+            self._reject(
+                conn,
+                send.id,
+                f"rate_limit: max {options.rate_per_minute:g} msg/min "
+                f"(burst {options.rate_burst}) \u2014 slow down",
+            )
+            return
+        if send.priority not in _PRIORITIES:
+            self._error(
+                conn,
+                "malformed",
+                f"send: priority must be one of 'now', 'next', 'low', got {send.priority!r}",
+                send.id,
+            )
+            return
+        target = send.target_spec
+        try:
+            check_target(target)
+        except LocalProtocolError as exc:
+            self._error(conn, "malformed", f"send: {exc}", send.id)
+            return
+        size = len(send.ciphertext) + len(send.nonce) + len(target)
+        if size > options.max_payload:
+            self._reject(
+                conn,
+                send.id,
+                f"payload too large: {size} bytes > MAX_MESSAGE_BYTES={options.max_payload}",
+            )
+            return
+        store = self.store
+        cmid = send.client_message_id or None
+        if cmid is not None:
+            original = store.dedupe_get(sender.mesh_id, sender.member_pubkey, cmid, now=now)
+            if original is not None:
+                self._send(conn, encode(Ack(send.id, original, True)))
+                return
+        if is_direct_target(target):
+            self._send_direct(conn, sender, send, cmid, now)
+        else:
+            self._send_broadcast(conn, sender, send, cmid, now)
+
+    def _remember(self, sender: Presence, cmid: str | None, message_id: str, now: float) -> None:
+        if cmid is not None:
+            options = self.options
+            self.store.dedupe_put(
+                sender.mesh_id,
+                sender.member_pubkey,
+                cmid,
+                message_id,
+                now=now,
+                expires_at=now + options.dedupe_ttl,
+                limit=options.dedupe_limit_per_member,
+            )
+
+    def _route_direct(self, sender: Presence, target: str) -> tuple[str, str | None] | None:
+        """(recipient member, recipient session or None) for a direct target, or None."""
+        mesh_id = sender.mesh_id
+        owner = self._presences.by_session_key(mesh_id, target)
+        if owner is not None:
+            return None if owner is sender else (owner.member_pubkey, target)
+        presences = self._presences
+        if target == sender.member_pubkey:
+            others = [p for p in presences.of_member(mesh_id, target) if p is not sender]
+            return (target, None) if others else None
+        if presences.member_has_presences(mesh_id, target):
+            return target, None
+        member = self.registry.lookup(mesh_id, target)
+        if member is None or member.revoked:
+            return None
+        return target, None
+
+    def _send_direct(
+        self, conn: Conn, sender: Presence, send: Send, cmid: str | None, now: float
+    ) -> None:
+        route = self._route_direct(sender, send.target_spec)
+        if route is None:
+            self._reject(conn, send.id, NO_PEER_TEXT)
+            return
+        recipient, recipient_session = route
+        mesh_id = sender.mesh_id
+        store = self.store
+        limit = self.options.store_limit_per_member
+        held = store.count_for(mesh_id, recipient)
+        if held >= limit:
+            self._reject(
+                conn,
+                send.id,
+                f"store full: {held} undelivered messages are already held for this "
+                f"recipient (store_limit_per_member={limit}); try again later",
+            )
+            return
+        message = StoredMessage(
+            message_id=random_id(self._rng),
+            mesh_id=mesh_id,
+            recipient=recipient,
+            recipient_session=recipient_session,
+            sender_pubkey=sender.pubkey,
+            sender_member_pubkey=sender.member_pubkey,
+            sender_session=sender.session_key,
+            priority=send.priority,
+            nonce=send.nonce,
+            ciphertext=send.ciphertext,
+            client_message_id=cmid,
+            created_at=now,
+            expires_at=now + self.options.store_ttl,
+        )
+        store.add_message(message)
+        self._remember(sender, cmid, message.message_id, now)
+        self._schedule_expiry(message.expires_at, None)
+        self._send(conn, encode(Ack(send.id, message.message_id, True)))
+        targets = [
+            c
+            for c in self._presences.live_conns_of_member(mesh_id, recipient)
+            if self._wants(c, message)
+        ]
+        if targets:
+            self._push_stored(message, targets, now)
+
+    def _send_broadcast(
+        self, conn: Conn, sender: Presence, send: Send, cmid: str | None, now: float
+    ) -> None:
+        target = send.target_spec
+        conns = self._presences.live_conns(sender.mesh_id)
+        topic: str | None = None
+        if target.startswith("@") and target != "@all":
+            group = target[1:]
+            conns = [c for c in conns if c.presence is not None and group in c.presence.group_names]
+        elif target.startswith("#"):
+            topic = target[1:]
+        message_id = random_id(self._rng)
+        self._remember(sender, cmid, message_id, now)
+        self._send(conn, encode(Ack(send.id, message_id, True)))
+        text = encode(
+            Push(
+                message_id=message_id,
+                mesh_id=sender.mesh_id,
+                sender_pubkey=sender.pubkey,
+                priority=send.priority,
+                nonce=send.nonce,
+                ciphertext=send.ciphertext,
+                created_at=iso_ms(now),
+                sender_member_pubkey=sender.member_pubkey,
+                sender_member_id=sender.member.member_id,
+                sender_name=sender.display_name,
+                topic=topic,
+            )
+        )
+        out = self._outputs
+        for c in conns:
+            if c is not conn:
+                out.append(SendText(c.conn_id, text))
+
+    def _reject(self, conn: Conn, send_id: str, error: str) -> None:
+        self._send(conn, encode(Ack(send_id, "", False, error)))
+
+    # --- delivery of stored messages -------------------------------------------
+
+    @staticmethod
+    def _wants(conn: Conn, message: StoredMessage) -> bool:
+        """Whether ``message`` may be pushed to ``conn`` now (recipient, not its sender, gate)."""
+        p = conn.presence
+        if p is None:
+            return False
+        if message.recipient_session is not None and p.session_pubkey != message.recipient_session:
+            return False
+        if p.member_pubkey == message.sender_member_pubkey and (
+            p.session_key == message.sender_session
+        ):
+            return False
+        return message.priority == "now" or p.status == "idle"
+
+    def _push_stored(self, message: StoredMessage, conns: list[Conn], now: float) -> None:
+        text = encode(
+            Push(
+                message_id=message.message_id,
+                mesh_id=message.mesh_id,
+                sender_pubkey=message.sender_pubkey,
+                priority=message.priority,
+                nonce=message.nonce,
+                ciphertext=message.ciphertext,
+                created_at=iso_ms(message.created_at),
+                client_message_id=message.client_message_id,
+            )
+        )
+        out = self._outputs
+        for c in conns:
+            out.append(SendText(c.conn_id, text))
+        until = now + self.options.lease
+        claim = self._claims.get(message.message_id)
+        if claim is None:
+            self._claims[message.message_id] = _Claim(message.mesh_id, message.recipient, until)
+        else:
+            claim.until = until
+        self._push_timer(until, _T_LEASE, message.message_id, 0)
+
+    def _drain(
+        self,
+        mesh_id: str,
+        member: str,
+        now: float,
+        *,
+        only: Conn | None = None,
+        force: bool = False,
+    ) -> None:
+        """Push the member's stored messages that may go out now, oldest first.
+
+        ``force`` (a new hello): also the claimed ones, to ``only`` that socket.
+        """
+        conns = (
+            [only] if only is not None else self._presences.live_conns_of_member(mesh_id, member)
+        )
+        if not conns:
+            return
+        claims = self._claims
+        for message in self.store.messages_for(mesh_id, member):
+            if message.expires_at <= now or (not force and message.message_id in claims):
+                continue
+            targets = [c for c in conns if self._wants(c, message)]
+            if targets:
+                self._push_stored(message, targets, now)
+
+    def _on_client_ack(self, presence: Presence, ack: ClientAck) -> None:
+        if ack.broker_message_id is None and ack.client_message_id is None:
+            return
+        gone = self.store.remove_acked(
+            presence.mesh_id,
+            presence.member_pubkey,
+            message_id=ack.broker_message_id,
+            client_message_id=ack.client_message_id,
+        )
+        for message_id in gone:
+            self._claims.pop(message_id, None)
+
+    # --- presence ------------------------------------------------------------------
+
+    def _on_set_status(self, conn: Conn, presence: Presence, status: str, now: float) -> None:
+        if status not in _STATUSES:
+            self._error(
+                conn,
+                "malformed",
+                f"set_status: status must be one of 'idle', 'working', 'dnd', got {status!r}",
+            )
+            return
+        before = presence.status
+        presence.status = status
+        if status == "idle" and before != "idle":
+            self._drain(presence.mesh_id, presence.member_pubkey, now)
+
+    def _on_list_peers(self, conn: Conn, presence: Presence, req_id: str | None) -> None:
+        peers = [
+            {
+                "pubkey": p.pubkey,
+                "memberPubkey": p.member_pubkey,
+                "displayName": p.display_name,
+                "status": p.status,
+                "summary": p.summary,
+                "groups": group_dicts(p.groups),
+                "sessionId": p.session_id,
+                "connectedAt": iso_ms(p.connected_at),
+                "cwd": p.cwd,
+                "peerRole": "session",
+                "visible": True,
+            }
+            for p in self._presences.in_mesh(presence.mesh_id)
+        ]
+        self._send(conn, peers_list_text(peers, req_id))
+
+    def _system_push(
+        self, mesh_id: str, event: str, data: dict[str, Any], now: float, *, skip: Conn | None
+    ) -> None:
+        conns = self._presences.live_conns(mesh_id)
+        if not conns or (len(conns) == 1 and conns[0] is skip):
+            return
+        text = encode(
+            Push(
+                message_id=random_uuid(self._rng),
+                mesh_id=mesh_id,
+                sender_pubkey="system",
+                priority="low",
+                nonce="",
+                ciphertext="",
+                created_at=iso_ms(now),
+                subtype="system",
+                event=event,
+                event_data=data,
+            )
+        )
+        out = self._outputs
+        for c in conns:
+            if c is not skip:
+                out.append(SendText(c.conn_id, text))
+
+    def _detach(self, conn: Conn, now: float) -> None:
+        """``conn`` is gone: its presence (if still its own) starts the grace window."""
+        presence = conn.presence
+        conn.presence = None
+        if presence is None or presence.conn is not conn:
+            return
+        presence.conn = None
+        presence.grace_token += 1
+        self._push_timer(
+            now + self.options.grace, _T_GRACE, presence.presence_id, presence.grace_token
+        )
+        self.store.set_last_seen(presence.mesh_id, presence.member_pubkey, now)
+
+    def _drop_presence(self, presence: Presence, now: float) -> None:
+        """The grace window ran out: forget the presence and tell the mesh."""
+        presences = self._presences
+        presences.remove(presence)
+        mesh_id, member = presence.mesh_id, presence.member_pubkey
+        if not presences.member_has_presences(mesh_id, member):
+            self._buckets.pop((mesh_id, member), None)
+        data = {"name": presence.display_name, "pubkey": presence.pubkey}
+        self._system_push(mesh_id, "peer_left", data, now, skip=None)
+
+    # --- sockets and timers ----------------------------------------------------------
+
+    def _alive(self, conn: Conn, now: float) -> None:
+        conn.last_inbound = max(conn.last_inbound, now)
+
+    def _conn_timer(self, conn: Conn, now: float) -> None:
+        options = self.options
+        # Same expressions as _schedule_conn, so float rounding cannot loop.
+        if now >= conn.last_inbound + options.liveness_timeout:
+            self._close(conn, 1001, "liveness timeout", now)
+            return
+        if now >= conn.next_ping:
+            self._outputs.append(PingConnection(conn.conn_id))
+            conn.next_ping = now + options.ping_interval
+        self._schedule_conn(conn)
+
+    def _schedule_conn(self, conn: Conn) -> None:
+        conn.timer_token += 1
+        when = min(conn.next_ping, conn.last_inbound + self.options.liveness_timeout)
+        self._push_timer(when, _T_CONN, conn.conn_id, conn.timer_token)
+
+    def _schedule_expiry(self, when: float | None, now: float | None) -> None:
+        if when is None:
+            return
+        if now is not None and when <= now:  # a store that left an expired message behind
+            when = math.nextafter(now, math.inf)
+        if self._expiry_at is None or when < self._expiry_at:
+            self._expiry_at = when
+            self._push_timer(when, _T_EXPIRY, None, 0)
+
+    def _push_timer(self, when: float, kind: int, key: Any, token: int) -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (when, self._seq, kind, key, token))
+
+    def _is_stale(self, timer: _Timer) -> bool:
+        when, _seq, kind, key, token = timer
+        if kind == _T_CONN:
+            conn = self._conns.get(key)
+            return conn is None or conn.timer_token != token
+        if kind == _T_LEASE:
+            claim = self._claims.get(key)
+            return claim is None or claim.until > when
+        if kind == _T_GRACE:
+            presence = self._presences.get(key)
+            return presence is None or presence.conn is not None or presence.grace_token != token
+        return self._expiry_at != when
+
+    def _close(self, conn: Conn, code: int, reason: str, now: float) -> None:
+        """Close ``conn`` from our side and forget it."""
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("closing connection %d: %d %s", conn.conn_id, code, reason)
+        del self._conns[conn.conn_id]
+        self._outputs.append(CloseConnection(conn.conn_id, code, reason))
+        self._detach(conn, now)
+
+    def _refuse(self, conn: Conn, refusal: Refusal, now: float) -> None:
+        self._send(conn, encode(ErrorFrame(refusal.code, refusal.message)))
+        self._close(conn, refusal.close_code, refusal.reason, now)
+
+    def _send(self, conn: Conn, text: str) -> None:
+        self._outputs.append(SendText(conn.conn_id, text))
+
+    def _error(self, conn: Conn, code: str, message: str, frame_id: str | None = None) -> None:
+        self._send(conn, encode(ErrorFrame(code, message, frame_id)))
+
+
+_UNSUPPORTED = Refusal(
+    "unsupported", "session_hello is not supported by this broker yet; send a member hello"
+)
+
+
+def _frame_id(frame: Frame) -> str | None:
+    """The ``id`` of a frame that has one (to echo in an error)."""
+    if isinstance(frame, Send):
+        return frame.id
+    if isinstance(frame, UnknownFrame):
+        value = frame.fields.get("id")
+        return value if type(value) is str else None
+    return None

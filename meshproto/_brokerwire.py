@@ -1,0 +1,106 @@
+"""The reference broker's ids, timestamps and the frames it builds by hand.
+
+Ids come from the injected ``random.Random``: message and presence ids are
+32 base62 characters, system messages carry a UUID-4-shaped id (PROTOCOL.md
+§3.3, §4.1, §4.2). Timestamps are ISO-8601 in UTC with milliseconds and a
+``Z``. ``hello_ack`` and ``peers_list`` are built here rather than with
+:func:`meshproto.encode` because the broker sends fields the client-side frame
+classes do not model (``lastSeenAt``) or must send as ``null``
+(``summary``, ``roleTag``); the texts stay compact JSON like ``encode``'s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, timezone
+from random import Random
+from typing import Any
+
+from ._frames import Group
+
+__all__ = [
+    "group_dicts",
+    "hello_ack_text",
+    "iso_ms",
+    "peers_list_text",
+    "random_id",
+    "random_uuid",
+    "to_json",
+]
+
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def random_id(rng: Random, length: int = 32) -> str:
+    """``length`` base62 characters drawn from ``rng``."""
+    value = rng.getrandbits(6 * length)
+    chars = []
+    for _ in range(length):
+        value, digit = divmod(value, 62)
+        chars.append(_BASE62[digit])
+    return "".join(chars)
+
+
+def random_uuid(rng: Random) -> str:
+    """A UUID-4-shaped string drawn from ``rng``."""
+    value = rng.getrandbits(128)
+    value = (value & ~(0xF000 << 64)) | (0x4000 << 64)  # version 4
+    value = (value & ~(0xC000 << 48)) | (0x8000 << 48)  # RFC 4122 variant
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def iso_ms(when: float) -> str:
+    """Unix seconds as ``2026-11-27T00:20:27.982Z``; out-of-range times clamp to the epoch."""
+    try:
+        moment = _EPOCH + timedelta(milliseconds=int(when * 1000))
+    except (OverflowError, ValueError):
+        moment = _EPOCH
+    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+
+def to_json(obj: Mapping[str, Any]) -> str:
+    """Compact JSON, as :func:`meshproto.encode` writes it."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def group_dicts(groups: Iterable[Group]) -> list[dict[str, str]]:
+    """Groups as the wire writes them, ``[{name, role?}]``."""
+    return [
+        {"name": g.name} if g.role is None else {"name": g.name, "role": g.role} for g in groups
+    ]
+
+
+def hello_ack_text(
+    *,
+    presence_id: str,
+    display_name: str,
+    profile_groups: Iterable[Group],
+    last_seen: float | None,
+) -> str:
+    """``hello_ack`` (PROTOCOL.md §3.3); ``restored``/``lastSeenAt`` when seen before."""
+    ack: dict[str, Any] = {
+        "type": "hello_ack",
+        "presenceId": presence_id,
+        "memberDisplayName": display_name,
+        "memberProfile": {
+            "roleTag": None,
+            "groups": group_dicts(profile_groups),
+            "messageMode": "push",
+        },
+        "meshPolicy": {},
+    }
+    if last_seen is not None:
+        ack["restored"] = True
+        ack["lastSeenAt"] = iso_ms(last_seen)
+    return to_json(ack)
+
+
+def peers_list_text(peers: list[dict[str, Any]], req_id: str | None) -> str:
+    """``peers_list``; ``_reqId`` only when the request had one (§4.4)."""
+    out: dict[str, Any] = {"type": "peers_list", "peers": peers}
+    if req_id is not None:
+        out["_reqId"] = req_id
+    return to_json(out)

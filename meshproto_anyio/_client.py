@@ -1,0 +1,563 @@
+"""The client on anyio (asyncio or trio): :func:`connect` and :class:`Client`.
+
+The client core decides everything (when to connect, what to write, when to
+ping, give up, reconnect); :class:`~meshproto_ws.ClientDriver` turns its
+decisions into socket commands. This module only carries them out:
+
+* a task per socket opens it (``anyio.connect_tcp``, TLS for ``wss://``)
+  and then owns it as a :class:`~meshproto_anyio._link.SocketLink`, whose
+  reader feeds bytes, EOF and errors back to the driver;
+* one timer task calls ``handle_timer`` at the driver's ``next_deadline()``,
+  on anyio's clock (``anyio.current_time()``); it is re-armed after every
+  input, so every wait is bounded by the core's own timers;
+* user calls go to the core, then the resulting commands are carried out
+  and the resulting events delivered, all synchronously, so nothing
+  interleaves with a half-applied input.
+
+Events reach the application three ways: ``await send()`` and
+``await list_peers()`` return (or raise) when their outcome arrives;
+:meth:`Client.messages` and :meth:`Client.system_messages` iterate what was
+pushed; an ``on_event`` hook sees every core event as it happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import ssl
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Generic, TypeVar
+
+import anyio
+from anyio.abc import ByteStream, TaskGroup
+
+from meshproto import (
+    ClientConfig,
+    ClientConnection,
+    ClientOptions,
+    Closed,
+    ConnectionClosedError,
+    ConnectionState,
+    Counters,
+    Event,
+    Group,
+    LocalProtocolError,
+    MessageReceived,
+    Peer,
+    PeersListed,
+    PlaintextSealer,
+    RequestError,
+    RequestFailed,
+    Sealer,
+    SendAcked,
+    SendError,
+    SendFailed,
+    Signer,
+    StateChanged,
+    SystemMessage,
+    UnreadableMessage,
+)
+from meshproto_ws import (
+    DEFAULT_CLOSE_TIMEOUT,
+    ClientDriver,
+    CloseSocket,
+    OpenSocket,
+    WriteBytes,
+    WsAddress,
+)
+
+from ._link import SocketLink
+
+__all__ = ["MAX_SEND_BUFFER", "SYSTEM_MESSAGE_LIMIT", "Client", "connect"]
+
+logger = logging.getLogger("meshproto.anyio")
+
+T = TypeVar("T")
+
+#: System messages kept for :meth:`Client.system_messages` (oldest dropped first).
+SYSTEM_MESSAGE_LIMIT = 256
+#: Bytes waiting to be written before the socket is given up on (a broker
+#: that pushes but never reads would otherwise grow the client_acks forever).
+#: The core's outbox already bounds sends: 100 of at most 64 KiB each.
+MAX_SEND_BUFFER = 8 * 1_048_576
+
+Message = MessageReceived | UnreadableMessage
+
+
+class _Pulse:
+    """Wakes every task waiting on it; re-armed by each ``fire``."""
+
+    __slots__ = ("_event",)
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def fire(self) -> None:
+        self._event.set()
+        self._event = anyio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+class _Outcome(Generic[T]):
+    """The one outcome of a send or a request: a value or an error."""
+
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    def resolve(self, value: T) -> None:
+        self._value = value
+        self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self._error = error
+        self._done.set()
+
+    async def wait(self) -> T:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        assert self._value is not None
+        return self._value
+
+
+class Client:
+    """One mesh membership on anyio. Made by :func:`connect`; see the module docstring."""
+
+    def __init__(
+        self,
+        driver: ClientDriver,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        max_send_buffer: int = MAX_SEND_BUFFER,
+    ) -> None:
+        self._driver = driver
+        self._max_send_buffer = max_send_buffer
+        self._core = driver.connection
+        self._ssl_context = ssl_context
+        self._on_event = on_event
+        self._tasks: TaskGroup | None = None
+        self._links: dict[int, SocketLink] = {}
+        self._opening: dict[int, anyio.CancelScope] = {}
+        self._sends: dict[str, _Outcome[str]] = {}
+        self._requests: dict[str, _Outcome[tuple[Peer, ...]]] = {}
+        self._system: deque[SystemMessage] = deque(maxlen=SYSTEM_MESSAGE_LIMIT)
+        self._closed: Closed | None = None
+        self._rearm = anyio.Event()
+        self._messages_pulse = _Pulse()
+        self._system_pulse = _Pulse()
+        self._state_pulse = _Pulse()
+        self._sockets_pulse = _Pulse()
+
+    # --- observation -------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._core.state
+
+    @property
+    def counters(self) -> Counters:
+        return self._core.counters
+
+    @property
+    def session_id(self) -> str:
+        return self._core.config.session_id
+
+    @property
+    def public_key(self) -> str:
+        """This member's public key (what other peers send direct messages to)."""
+        return self._core.config.signer.public_key
+
+    @property
+    def closed(self) -> Closed | None:
+        """Why the client stopped for good, or ``None`` while it is not closed."""
+        return self._closed
+
+    async def wait_state(self, *states: ConnectionState) -> ConnectionState:
+        """Wait until the state is one of ``states``; return it.
+
+        Raises :class:`~meshproto.ConnectionClosedError` if the client closes
+        first (unless ``CLOSED`` is one of ``states``). Bound it with
+        ``anyio.fail_after``.
+        """
+        wanted = frozenset(states)
+        while True:
+            state = self._core.state
+            if state in wanted:
+                return state
+            if state is ConnectionState.CLOSED:
+                raise self._closed_error()
+            await self._state_pulse.wait()
+
+    # --- user calls ----------------------------------------------------------------
+
+    async def send(self, target: str, body: str | bytes, priority: str = "next") -> str:
+        """Send ``body`` to ``target`` and wait for the broker's ack; return its ``messageId``.
+
+        Sends made while offline wait in the core's bounded outbox. Raises
+        :class:`~meshproto.SendError` (with a reason that says whether
+        retrying can help) if the send fails, :class:`~meshproto.LocalProtocolError`
+        for a bad target, priority or size, and
+        :class:`~meshproto.ConnectionClosedError` once closed. Cancelling the
+        wait does not withdraw the send.
+        """
+        self._check_open()
+        handle = self._core.send(target, body, priority, now=anyio.current_time())
+        outcome: _Outcome[str] = _Outcome()
+        self._sends[handle.id] = outcome
+        try:
+            self._apply()
+            return await outcome.wait()
+        finally:
+            self._sends.pop(handle.id, None)
+
+    async def set_status(self, status: str) -> None:
+        """Set presence (``idle``, ``working``, ``dnd``); kept across reconnects."""
+        self._check_open()
+        self._core.set_status(status, now=anyio.current_time())
+        self._apply()
+
+    async def set_summary(self, summary: str) -> None:
+        """Set the one-line summary other peers see; kept across reconnects."""
+        self._check_open()
+        self._core.set_summary(summary, now=anyio.current_time())
+        self._apply()
+
+    async def list_peers(self) -> tuple[Peer, ...]:
+        """Ask the broker for the peers of the mesh.
+
+        Raises :class:`~meshproto.RequestError` if the request fails or times out.
+        """
+        self._check_open()
+        request_id = self._core.list_peers(now=anyio.current_time())
+        outcome: _Outcome[tuple[Peer, ...]] = _Outcome()
+        self._requests[request_id] = outcome
+        try:
+            self._apply()
+            return await outcome.wait()
+        finally:
+            self._requests.pop(request_id, None)
+
+    def messages(self) -> AsyncIterator[Message]:
+        """Messages pushed to this peer, in order, each once; ends when the client closes.
+
+        Backed by the core's bounded inbox (``ClientOptions.inbox_limit``):
+        when nobody reads, the oldest messages are dropped and counted in
+        ``counters.dropped_pushes``.
+        """
+        if self._core.options.inbox_limit == 0:
+            raise LocalProtocolError("messages() needs an inbox: inbox_limit is 0")
+        return _Messages(self)
+
+    def system_messages(self) -> AsyncIterator[SystemMessage]:
+        """System pushes (``peer_joined``, ``peer_left`` …); ends when the client closes.
+
+        The last :data:`SYSTEM_MESSAGE_LIMIT` are kept while nobody reads.
+        """
+        return _SystemMessages(self)
+
+    async def aclose(self) -> None:
+        """Close for good: say goodbye to the broker and close the socket (bounded).
+
+        Pending sends and requests fail with reason ``closed``; later calls
+        raise :class:`~meshproto.ConnectionClosedError`. Idempotent.
+        """
+        with anyio.CancelScope(shield=True):
+            if self._core.state is not ConnectionState.CLOSED:
+                self._core.close(now=anyio.current_time())
+                self._apply()
+            with anyio.move_on_after(self._driver.close_timeout + 1.0):
+                while self._links or self._opening:
+                    await self._sockets_pulse.wait()
+
+    # --- running -------------------------------------------------------------------
+
+    def _start(self, tasks: TaskGroup) -> None:
+        self._tasks = tasks
+        tasks.start_soon(self._run_timer)
+        self._driver.start(anyio.current_time())
+        self._apply()
+
+    async def _run_timer(self) -> None:
+        while True:
+            self._rearm = anyio.Event()
+            deadline = self._driver.next_deadline()
+            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
+                await self._rearm.wait()
+            if deadline is not None:
+                now = anyio.current_time()
+                if now >= deadline:
+                    self._driver.handle_timer(now)
+                    self._apply()
+
+    def _apply(self) -> None:
+        """Carry out the driver's commands until there are none, then deliver the events."""
+        driver = self._driver
+        now = anyio.current_time()
+        while commands := driver.drain_commands(now=now):
+            for command in commands:
+                if isinstance(command, WriteBytes):
+                    link = self._links.get(command.socket_id)
+                    if link is not None and not link.write(command.data) and not link.closing:
+                        link.abort()
+                        driver.socket_failed(
+                            command.socket_id, now=now, reason="send buffer overflow"
+                        )
+                elif isinstance(command, OpenSocket):
+                    assert self._tasks is not None
+                    self._opening[command.socket_id] = anyio.CancelScope()
+                    self._tasks.start_soon(self._run_socket, command.socket_id, command.address)
+                elif isinstance(command, CloseSocket):
+                    link = self._links.get(command.socket_id)
+                    if link is not None:
+                        link.close()
+                    scope = self._opening.get(command.socket_id)
+                    if scope is not None:
+                        scope.cancel()
+        for event in driver.drain_events():
+            self._deliver(event)
+        self._rearm.set()
+
+    async def _run_socket(self, socket_id: int, address: WsAddress) -> None:
+        scope = self._opening.get(socket_id)
+        if scope is None:  # pragma: no cover - abandoned before this task ran
+            return
+        stream: ByteStream | None = None
+        try:
+            with scope:
+                stream = await self._open_stream(address)
+        except OSError as exc:  # ssl.SSLError and connection refusals are OSErrors
+            self._socket_failed(socket_id, f"could not connect to {address.url}: {exc}")
+            return
+        except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+            # The TLS handshake broke, or the server hung up during it.
+            why = f"{exc!r} ({exc.__cause__!r})" if exc.__cause__ else repr(exc)
+            self._socket_failed(socket_id, f"TLS handshake with {address.url} failed: {why}")
+            return
+        finally:
+            self._opening.pop(socket_id, None)
+            self._sockets_pulse.fire()
+        if stream is None:
+            return  # abandoned while opening
+        if scope.cancel_called:  # abandoned just as it opened
+            await anyio.aclose_forcefully(stream)
+            return
+        link = SocketLink(
+            socket_id,
+            stream,
+            on_data=self._on_data,
+            on_error=self._socket_failed,
+            close_timeout=self._driver.close_timeout,
+            max_buffered=self._max_send_buffer,
+        )
+        self._links[socket_id] = link
+        try:
+            self._driver.socket_opened(socket_id, now=anyio.current_time())
+            self._apply()
+            await link.run()
+        finally:
+            del self._links[socket_id]
+            self._sockets_pulse.fire()
+
+    async def _open_stream(self, address: WsAddress) -> ByteStream:
+        if not address.secure:
+            return await anyio.connect_tcp(address.host, address.port)
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return await anyio.connect_tcp(
+            address.host,
+            address.port,
+            ssl_context=self._ssl_context,
+            tls_hostname=address.host,
+            tls_standard_compatible=False,
+        )
+
+    def _on_data(self, socket_id: int, data: bytes | None) -> None:
+        self._driver.receive_data(
+            socket_id, data, now=anyio.current_time(), wall_time_ms=time.time_ns() // 1_000_000
+        )
+        self._apply()
+
+    def _socket_failed(self, socket_id: int, reason: str) -> None:
+        self._driver.socket_failed(socket_id, now=anyio.current_time(), reason=reason)
+        self._apply()
+
+    def _deliver(self, event: Event) -> None:
+        if self._on_event is not None:
+            self._on_event(event)
+        if isinstance(event, SendAcked):
+            sent = self._sends.get(event.send_id)
+            if sent is not None:
+                sent.resolve(event.message_id)
+        elif isinstance(event, SendFailed):
+            sent = self._sends.get(event.send_id)
+            if sent is not None:
+                sent.fail(SendError(event.send_id, event.reason))
+        elif isinstance(event, (MessageReceived, UnreadableMessage)):
+            self._messages_pulse.fire()
+        elif isinstance(event, SystemMessage):
+            self._system.append(event)
+            self._system_pulse.fire()
+        elif isinstance(event, StateChanged):
+            self._state_pulse.fire()
+        elif isinstance(event, PeersListed):
+            request = self._requests.get(event.request_id)
+            if request is not None:
+                request.resolve(event.peers)
+        elif isinstance(event, RequestFailed):
+            request = self._requests.get(event.request_id)
+            if request is not None:
+                request.fail(RequestError(event.request_id, event.reason))
+        elif isinstance(event, Closed):
+            self._closed = event
+            self._messages_pulse.fire()
+            self._system_pulse.fire()
+            self._state_pulse.fire()
+
+    def _closed_error(self) -> ConnectionClosedError:
+        closed = self._closed
+        if closed is None:  # pragma: no cover - CLOSED always comes with Closed
+            return ConnectionClosedError("the client is closed")
+        return ConnectionClosedError(closed.reason, closed.code)
+
+    def _check_open(self) -> None:
+        if self._core.state is ConnectionState.CLOSED:
+            raise self._closed_error()
+
+
+class _Messages:
+    """``Client.messages()``: takes from the core's inbox one message at a time."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __aiter__(self) -> _Messages:
+        return self
+
+    async def __anext__(self) -> Message:
+        client = self._client
+        while True:
+            taken = client._core.take_messages(1)
+            if taken:
+                return taken[0]
+            if client._core.state is ConnectionState.CLOSED:
+                raise StopAsyncIteration
+            await client._messages_pulse.wait()
+
+
+class _SystemMessages:
+    """``Client.system_messages()``."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def __aiter__(self) -> _SystemMessages:
+        return self
+
+    async def __anext__(self) -> SystemMessage:
+        client = self._client
+        while True:
+            if client._system:
+                return client._system.popleft()
+            if client._core.state is ConnectionState.CLOSED:
+                raise StopAsyncIteration
+            await client._system_pulse.wait()
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    *,
+    mesh_id: str,
+    member_id: str,
+    signer: Signer,
+    session_id: str | None = None,
+    display_name: str | None = None,
+    groups: Sequence[Group] | None = None,
+    hostname: str | None = None,
+    peer_type: str | None = None,
+    session_pubkey: str | None = None,
+    session_signer: Signer | None = None,
+    role: str | None = None,
+    sealer: Sealer | None = None,
+    options: ClientOptions | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    rng: random.Random | None = None,
+    max_message_bytes: int | None = None,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    on_event: Callable[[Event], None] | None = None,
+) -> AsyncIterator[Client]:
+    """Join a mesh through the broker at ``url`` (``ws://`` or ``wss://``).
+
+    Yields a :class:`Client` at once; it connects (and reconnects) in the
+    background, and sends made before the handshake completes wait in the
+    outbox. Use ``await client.wait_state(ConnectionState.OPEN)`` to wait for
+    the broker's ``hello_ack``. On exit the client is closed (bounded by
+    ``close_timeout``).
+
+    ``signer`` holds the member key; with ``session_signer`` every socket
+    opens with a ``session_hello`` (PROTOCOL.md §3.2). ``session_id``
+    defaults to a fresh random id, stable for this client's life. ``rng``
+    (ids, nonces, backoff jitter) defaults to :class:`random.SystemRandom`.
+    ``ssl_context`` is used for ``wss://`` (default:
+    :func:`ssl.create_default_context`). ``max_message_bytes`` caps a
+    received message (see :data:`meshproto_ws.CLIENT_MAX_MESSAGE_BYTES`).
+    ``on_event`` is called with every core event, synchronously, from the
+    client's tasks: it must not block or raise.
+
+    Raises :class:`~meshproto.LocalProtocolError` at once for a URL that is
+    not ``ws://`` or ``wss://``.
+    """
+    rng = rng if rng is not None else random.SystemRandom()
+    config = ClientConfig(
+        url=url,
+        mesh_id=mesh_id,
+        member_id=member_id,
+        signer=signer,
+        session_id=session_id if session_id is not None else f"{rng.getrandbits(64):016x}",
+        pid=os.getpid(),
+        cwd=os.getcwd(),
+        display_name=display_name,
+        hostname=hostname,
+        peer_type=peer_type,
+        groups=tuple(groups) if groups is not None else None,
+        session_pubkey=session_pubkey,
+        sealer=sealer if sealer is not None else PlaintextSealer(),
+        session_signer=session_signer,
+        role=role,
+    )
+    driver = ClientDriver(
+        ClientConnection(config, rng=rng, options=options),
+        max_message_bytes=max_message_bytes,
+        close_timeout=close_timeout,
+    )
+    body_error: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+        client = Client(driver, ssl_context=ssl_context, on_event=on_event)
+        client._start(tasks)
+        try:
+            yield client
+        except Exception as exc:
+            # Re-raised below, outside the task group, so that the caller
+            # sees its own exception rather than an exception group.
+            body_error = exc
+        finally:
+            await client.aclose()
+            tasks.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error

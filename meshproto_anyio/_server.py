@@ -1,0 +1,310 @@
+"""The reference broker on anyio: :func:`serve_broker` and :func:`running_broker`.
+
+The :class:`~meshproto.Broker` decides; :class:`~meshproto_ws.BrokerDriver`
+turns its outputs into socket commands and socket bytes into its inputs.
+This module listens, accepts, does TLS, and carries the commands out:
+
+* every accepted socket gets a :class:`~meshproto_anyio._link.SocketLink`
+  (a reader task and a writer task) and a driver socket id, which is also
+  the broker's ``conn_id``;
+* after every input (bytes read, EOF, an I/O error, a timer) the driver's
+  commands are carried out synchronously, then one timer task is re-armed
+  for ``next_deadline()``. The broker's clock is Unix wall-clock seconds
+  (``time.time()``);
+* writes never wait: each socket has its own bounded buffer drained by its
+  own writer, so a peer that stops reading delays nobody else. A socket whose
+  buffer would exceed ``max_send_buffer`` is dropped, and the broker hears
+  ``connection_closed``.
+
+:func:`serve_broker` runs until cancelled (cancelling drops every socket);
+:meth:`BrokerServer.aclose` closes gracefully (1001 to every client first).
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
+from anyio.streams.tls import TLSStream
+
+from meshproto import Broker, LocalProtocolError
+from meshproto_ws import BrokerDriver, CloseSocket, OpenSocket, WriteBytes
+
+from ._link import SocketLink
+
+__all__ = ["BrokerAddress", "BrokerServer", "ServerOptions", "running_broker", "serve_broker"]
+
+logger = logging.getLogger("meshproto.anyio.server")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerOptions:
+    """Socket-level limits of the server (the broker's own are ``BrokerOptions``).
+
+    ``max_message_bytes`` defaults to the broker's ``hard_frame_cap``.
+    """
+
+    max_message_bytes: int | None = None
+    max_send_buffer: int = 4 * 1_048_576
+    handshake_timeout: float = 10.0
+    close_timeout: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_send_buffer < 1:
+            raise LocalProtocolError(f"max_send_buffer must be positive: {self.max_send_buffer}")
+        for name in ("handshake_timeout", "close_timeout"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise LocalProtocolError(f"{name} must be a positive number, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where a served broker listens."""
+
+    host: str
+    port: int
+    secure: bool
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'wss' if self.secure else 'ws'}://{host}:{self.port}/ws"
+
+
+class BrokerServer:
+    """A running broker server: its address, its broker, and a few controls."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        address: BrokerAddress,
+        options: ServerOptions,
+        ssl_context: ssl.SSLContext | None,
+        tasks: TaskGroup,
+    ) -> None:
+        self.broker = broker
+        self.address = address
+        self.options = options
+        self._ssl_context = ssl_context
+        self._tasks = tasks
+        cap = options.max_message_bytes
+        self._driver = BrokerDriver(
+            broker,
+            max_message_bytes=cap if cap is not None else broker.options.hard_frame_cap,
+            handshake_timeout=options.handshake_timeout,
+            close_timeout=options.close_timeout,
+        )
+        self._links: dict[int, SocketLink] = {}
+        self._rearm = anyio.Event()
+        self._idle = anyio.Event()
+        #: Sockets dropped because their send buffer would have overflowed.
+        self.overflows = 0
+
+    @property
+    def url(self) -> str:
+        return self.address.url
+
+    @property
+    def port(self) -> int:
+        return self.address.port
+
+    @property
+    def socket_count(self) -> int:
+        """Sockets accepted and not yet closed."""
+        return len(self._links)
+
+    def abort_connections(self) -> int:
+        """Drop every socket without a close frame, as a failing network would.
+
+        The broker hears ``connection_closed`` for each. Returns how many.
+        """
+        now = time.time()
+        links = list(self._links.values())
+        for link in links:
+            link.abort()
+            self._driver.socket_failed(link.socket_id, now=now, reason="aborted")
+        self._apply()
+        return len(links)
+
+    async def aclose(self) -> None:
+        """Close every socket with 1001, wait (bounded) for them to go, stop serving."""
+        with anyio.CancelScope(shield=True):
+            self.broker.shutdown(now=time.time())
+            self._apply()
+            with anyio.move_on_after(self.options.close_timeout + 1.0):
+                while self._links:
+                    self._idle = anyio.Event()
+                    await self._idle.wait()
+        self._tasks.cancel_scope.cancel()
+
+    # --- running -------------------------------------------------------------------
+
+    async def _handle(self, stream: ByteStream) -> None:
+        if self._ssl_context is not None:
+            try:
+                with anyio.fail_after(self.options.handshake_timeout):
+                    stream = await TLSStream.wrap(
+                        stream,
+                        server_side=True,
+                        ssl_context=self._ssl_context,
+                        standard_compatible=False,
+                    )
+            except (OSError, anyio.BrokenResourceError, anyio.EndOfStream) as exc:
+                logger.debug("TLS handshake failed: %r", exc)
+                await anyio.aclose_forcefully(stream)
+                return
+        socket_id = self._driver.socket_opened(now=time.time())
+        link = SocketLink(
+            socket_id,
+            stream,
+            on_data=self._on_data,
+            on_error=self._on_error,
+            close_timeout=self.options.close_timeout,
+            max_buffered=self.options.max_send_buffer,
+        )
+        self._links[socket_id] = link
+        try:
+            self._apply()
+            await link.run()
+        finally:
+            del self._links[socket_id]
+            self._idle.set()
+            # The link may have ended without telling the driver (cancelled).
+            self._driver.socket_failed(socket_id, now=time.time(), reason="socket ended")
+            self._apply()
+
+    def _on_data(self, socket_id: int, data: bytes | None) -> None:
+        self._driver.receive_data(socket_id, data, now=time.time())
+        self._apply()
+
+    def _on_error(self, socket_id: int, reason: str) -> None:
+        self._driver.socket_failed(socket_id, now=time.time(), reason=reason)
+        self._apply()
+
+    def _apply(self) -> None:
+        """Carry out the driver's commands until there are none, then re-arm the timer."""
+        driver = self._driver
+        now = time.time()
+        while commands := driver.drain_commands(now=now):
+            for command in commands:
+                link = self._links.get(command.socket_id)
+                if link is None:
+                    continue
+                if isinstance(command, WriteBytes):
+                    if not link.write(command.data):
+                        self._overflow(link, now)
+                elif isinstance(command, CloseSocket):
+                    link.close()
+                elif isinstance(command, OpenSocket):  # pragma: no cover - clients only
+                    raise AssertionError("a broker never opens sockets")
+        self._rearm.set()
+
+    def _overflow(self, link: SocketLink, now: float) -> None:
+        if link.closing:
+            return  # a write after the close began: nothing to overflow
+        self.overflows += 1
+        logger.info(
+            "socket %d: send buffer over %d bytes, dropped",
+            link.socket_id,
+            self.options.max_send_buffer,
+        )
+        link.abort()
+        self._driver.socket_failed(link.socket_id, now=now, reason="send buffer overflow")
+
+    async def _run_timer(self) -> None:
+        driver = self._driver
+        while True:
+            self._rearm = anyio.Event()
+            deadline = driver.next_deadline()
+            if deadline is None:
+                await self._rearm.wait()
+                continue
+            delay = deadline - time.time()
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._rearm.wait()
+                if time.time() < deadline:
+                    continue
+            driver.handle_timer(time.time())
+            self._apply()
+
+
+async def serve_broker(
+    broker: Broker,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
+    options: ServerOptions | None = None,
+    task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``broker`` on ``host:port`` (``ws://…/ws``, or ``wss://`` with ``ssl_context``).
+
+    Reports the running :class:`BrokerServer` (whose ``port`` is the bound
+    one, useful with ``port=0``) through ``task_status``, so::
+
+        server = await task_group.start(serve_broker, broker)
+
+    Runs until cancelled.
+    """
+    options = options if options is not None else ServerOptions()
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    bound = listener.extra(SocketAttribute.local_port)
+    address = BrokerAddress(host, bound, ssl_context is not None)
+    async with listener, anyio.create_task_group() as tasks:
+        server = BrokerServer(broker, address, options, ssl_context, tasks)
+        tasks.start_soon(server._run_timer)
+        task_status.started(server)
+        logger.info("broker listening on %s", address.url)
+        await listener.serve(server._handle, task_group=tasks)
+
+
+@asynccontextmanager
+async def running_broker(
+    broker: Broker,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
+    options: ServerOptions | None = None,
+) -> AsyncIterator[BrokerServer]:
+    """``async with running_broker(broker) as server:`` serves until the block ends,
+    then closes gracefully (:meth:`BrokerServer.aclose`)."""
+    body_error: Exception | None = None
+    async with anyio.create_task_group() as tasks:
+        server: BrokerServer = await tasks.start(_serve, broker, host, port, ssl_context, options)
+        try:
+            yield server
+        except Exception as exc:
+            body_error = exc  # re-raised outside the task group, not as an exception group
+        finally:
+            await server.aclose()
+            tasks.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
+
+
+async def _serve(
+    broker: Broker,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    options: ServerOptions | None,
+    *,
+    task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve_broker(
+        broker,
+        host=host,
+        port=port,
+        ssl_context=ssl_context,
+        options=options,
+        task_status=task_status,
+    )

@@ -1,0 +1,75 @@
+"""meshproto_ws: the WebSocket glue shared by meshproto's I/O adapters.
+
+Sans-IO, like the core: it imports wsproto, but no event loop, no socket
+module and no threads. Three layers:
+
+* :class:`WsConnection`: one WebSocket (client or server side) over wsproto,
+  with the duties wsproto leaves to its user (pings, close echo, fragments,
+  a message size cap, EOF) done once.
+* :class:`ClientDriver`: a :class:`~meshproto.ClientConnection` over
+  WebSockets; turns the core's actions into socket commands and socket
+  bytes into core inputs, in order.
+* :class:`BrokerDriver`: the reference :class:`~meshproto.Broker` over many
+  WebSocket sockets.
+
+An adapter (``meshproto_anyio``, a blocking-socket one) opens, writes and
+closes sockets as the :data:`SocketCommand` values say, feeds back what it
+reads, and calls ``handle_timer`` at ``next_deadline()``.
+"""
+
+from __future__ import annotations
+
+try:
+    import wsproto as _wsproto  # noqa: F401
+except ImportError as _exc:  # pragma: no cover - exercised in a subprocess
+    raise ImportError(
+        "meshproto_ws needs wsproto, which comes with an adapter extra: "
+        "pip install 'meshproto[anyio]' (or 'meshproto[sync]')"
+    ) from _exc
+
+from ._broker_driver import DEFAULT_HANDSHAKE_TIMEOUT, BrokerDriver
+from ._client_driver import DEFAULT_CLOSE_TIMEOUT, ClientDriver
+from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
+from ._connection import (
+    CLIENT_MAX_MESSAGE_BYTES,
+    CLOSE_MESSAGE_TOO_BIG,
+    SERVER_MAX_MESSAGE_BYTES,
+    BinaryReceived,
+    Closed,
+    Opened,
+    PingReceived,
+    PongReceived,
+    Role,
+    TextReceived,
+    WsConnection,
+    WsEvent,
+    WsState,
+)
+from ._url import DEFAULT_PATH, WsAddress, parse_ws_url
+
+__all__ = [
+    "CLIENT_MAX_MESSAGE_BYTES",
+    "CLOSE_MESSAGE_TOO_BIG",
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "DEFAULT_PATH",
+    "SERVER_MAX_MESSAGE_BYTES",
+    "BinaryReceived",
+    "BrokerDriver",
+    "ClientDriver",
+    "CloseSocket",
+    "Closed",
+    "OpenSocket",
+    "Opened",
+    "PingReceived",
+    "PongReceived",
+    "Role",
+    "SocketCommand",
+    "TextReceived",
+    "WriteBytes",
+    "WsAddress",
+    "WsConnection",
+    "WsEvent",
+    "WsState",
+    "parse_ws_url",
+]

@@ -1,0 +1,214 @@
+"""The broker driver: the reference :class:`~meshproto.Broker` over WebSockets, no I/O.
+
+Theory of operation
+===================
+
+The broker core thinks in *connections* (ids in, text frames, pings and
+closes per connection out); a server adapter thinks in accepted *sockets*.
+This module sits between them, so that any server adapter is only sockets
+and a clock.
+
+Each accepted socket gets an id (``socket_opened``), which is also the
+broker's ``conn_id``. Its server :class:`WsConnection` upgrades only ``/ws``
+and caps received messages (1 MiB by default, PROTOCOL.md §1 [ours]). The
+broker hears of the connection only once the WebSocket handshake is done,
+and of every complete message after that; it hears ``connection_closed``
+exactly once, when the socket stops carrying messages (a close frame, EOF,
+a protocol error, a message over the cap, an I/O error), unless the broker
+closed it itself.
+
+Outputs become commands: ``SendText`` and ``PingConnection`` → WebSocket
+bytes (:class:`WriteBytes`); ``CloseConnection`` → a close frame, then a
+bounded wait (``close_timeout``) for the client's echo or EOF, then
+:class:`CloseSocket`. A socket that does not finish its handshake within
+``handshake_timeout`` is closed. The broker's outputs are carried out after
+every broker input, in order.
+
+The clock is the broker's: Unix wall-clock seconds (``now`` of every input).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshproto import Broker, CloseConnection, PingConnection, SendText
+
+from ._commands import CloseSocket, SocketCommand, WriteBytes
+from ._connection import (
+    BinaryReceived,
+    Closed,
+    Opened,
+    PingReceived,
+    PongReceived,
+    TextReceived,
+    WsConnection,
+    WsEvent,
+    WsState,
+)
+
+__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "BrokerDriver"]
+
+#: How long an accepted socket may take to send its upgrade request.
+DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+_DEFAULT_CLOSE_TIMEOUT = 2.0
+
+
+@dataclass(slots=True)
+class _Socket:
+    ws: WsConnection
+    registered: bool = False  # the broker knows this connection
+    deadline: float | None = None  # handshake deadline, then close deadline
+
+
+class BrokerDriver:
+    """Drives one :class:`~meshproto.Broker` over many WebSocket sockets."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        max_message_bytes: int | None = None,
+        handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+        close_timeout: float = _DEFAULT_CLOSE_TIMEOUT,
+    ) -> None:
+        self._broker = broker
+        self.max_message_bytes = max_message_bytes
+        self.handshake_timeout = handshake_timeout
+        self.close_timeout = close_timeout
+        self._sockets: dict[int, _Socket] = {}
+        self._next_id = 0
+        self._commands: list[SocketCommand] = []
+
+    @property
+    def broker(self) -> Broker:
+        return self._broker
+
+    @property
+    def socket_count(self) -> int:
+        """Sockets accepted and not yet closed (handshaking, open or closing)."""
+        return len(self._sockets)
+
+    def socket_ids(self) -> list[int]:
+        return list(self._sockets)
+
+    # --- inputs --------------------------------------------------------------------
+
+    def socket_opened(self, *, now: float) -> int:
+        """A socket was accepted (TLS already done); returns its id."""
+        self._next_id += 1
+        socket_id = self._next_id
+        ws = WsConnection.server(max_message_bytes=self.max_message_bytes)
+        self._sockets[socket_id] = _Socket(ws, deadline=now + self.handshake_timeout)
+        return socket_id
+
+    def receive_data(self, socket_id: int, data: bytes | None, *, now: float) -> None:
+        """Bytes read from the socket (``None`` at EOF)."""
+        self._pump(now)
+        sock = self._sockets.get(socket_id)
+        if sock is None:
+            return
+        for event in sock.ws.receive_data(data):
+            self._feed(socket_id, sock, event, now)
+        self._flush(socket_id, sock.ws)
+        self._settle(socket_id, sock, now)
+
+    def socket_failed(self, socket_id: int, *, now: float, reason: str = "") -> None:
+        """The socket broke (reset, TLS error, its send buffer overflowed …)."""
+        self._pump(now)
+        sock = self._sockets.pop(socket_id, None)
+        if sock is None:
+            return
+        self._commands.append(CloseSocket(socket_id))
+        if sock.registered:
+            sock.registered = False
+            self._broker.connection_closed(socket_id, now=now)
+            self._pump(now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run what is due: handshake and close deadlines, then the broker's timers."""
+        self._pump(now)
+        for socket_id, sock in list(self._sockets.items()):
+            if sock.deadline is not None and now >= sock.deadline:
+                del self._sockets[socket_id]
+                self._commands.append(CloseSocket(socket_id))
+                if sock.registered:  # pragma: no cover - registered sockets have no deadline
+                    self._broker.connection_closed(socket_id, now=now)
+        self._broker.handle_timer(now)
+        self._pump(now)
+
+    # --- outputs -------------------------------------------------------------------
+
+    def drain_commands(self, *, now: float) -> list[SocketCommand]:
+        """What the adapter must do, in order (after carrying out the broker's outputs)."""
+        self._pump(now)
+        commands, self._commands = self._commands, []
+        return commands
+
+    def next_deadline(self) -> float | None:
+        best = self._broker.next_deadline()
+        for sock in self._sockets.values():
+            due = sock.deadline
+            if due is not None and (best is None or due < best):
+                best = due
+        return best
+
+    # --- internals -----------------------------------------------------------------
+
+    def _feed(self, socket_id: int, sock: _Socket, event: WsEvent, now: float) -> None:
+        broker = self._broker
+        if isinstance(event, Opened):
+            sock.registered = True
+            sock.deadline = None
+            broker.connection_opened(socket_id, now=now)
+        elif not sock.registered:
+            return
+        elif isinstance(event, TextReceived):
+            broker.receive_text(socket_id, event.text, now=now)
+        elif isinstance(event, PingReceived):
+            broker.receive_ping(socket_id, now=now)
+        elif isinstance(event, PongReceived):
+            broker.receive_pong(socket_id, now=now)
+        elif isinstance(event, BinaryReceived):
+            broker.receive_binary(socket_id, event.data, now=now)
+        elif isinstance(event, Closed):
+            sock.registered = False
+            broker.connection_closed(socket_id, now=now)
+        self._pump(now)
+
+    def _pump(self, now: float) -> None:
+        """Carry out the broker's outputs."""
+        for output in self._broker.drain_outputs():
+            sock = self._sockets.get(output.conn_id)
+            if sock is None:
+                continue
+            ws = sock.ws
+            if isinstance(output, SendText):
+                if ws.send_text(output.text):
+                    self._flush(output.conn_id, ws)
+            elif isinstance(output, PingConnection):
+                if ws.send_ping():
+                    self._flush(output.conn_id, ws)
+            elif isinstance(output, CloseConnection):
+                sock.registered = False
+                ws.close(output.code, output.reason)
+                self._flush(output.conn_id, ws)
+                self._settle(output.conn_id, sock, now)
+
+    def _flush(self, socket_id: int, ws: WsConnection) -> None:
+        data = ws.data_to_send()
+        if data:
+            self._commands.append(WriteBytes(socket_id, data))
+
+    def _settle(self, socket_id: int, sock: _Socket, now: float) -> None:
+        """Close a socket whose WebSocket is done; arm the close deadline of a closing one."""
+        if socket_id not in self._sockets:
+            return
+        state = sock.ws.state
+        if state is WsState.CLOSED:
+            del self._sockets[socket_id]
+            self._commands.append(CloseSocket(socket_id))
+            if sock.registered:  # pragma: no cover - Closed was reported first
+                sock.registered = False
+                self._broker.connection_closed(socket_id, now=now)
+        elif state is WsState.CLOSING and not sock.registered and sock.deadline is None:
+            sock.deadline = now + self.close_timeout

@@ -1,0 +1,290 @@
+"""The client driver: a :class:`~meshproto.ClientConnection` over WebSockets, no I/O.
+
+Theory of operation
+===================
+
+The core (:class:`~meshproto.ClientConnection`) thinks in *transports*: open
+one, write text frames, ping, close; it is told when a transport opened,
+what arrived on it and when it closed. An adapter thinks in *sockets*: open a
+TCP connection, write bytes, read bytes, close. Between the two sit
+WebSocket framing and the order in which things must happen; that is this
+module, written once for every adapter (anyio, blocking sockets).
+
+One socket per transport: the socket's id is the core's ``transport_id``.
+
+Inputs (each carries ``now``, the same monotonic clock the core uses):
+
+* ``start(now)``: the core connects;
+* ``socket_opened(id)``: TCP (and TLS) is up; the WebSocket handshake starts;
+* ``receive_data(id, data)``: bytes from the socket, ``None`` at EOF;
+* ``socket_failed(id, reason)``: opening failed, or the socket broke;
+* ``handle_timer(now)``: at ``next_deadline()``;
+* user calls go straight to :attr:`ClientDriver.connection` (``send``,
+  ``set_status``, ``list_peers``, ``close`` …), followed by ``drain_commands``.
+
+Outputs: ``drain_commands(now=...)`` (:data:`SocketCommand` values, in order),
+``drain_events()`` (the core's events) and ``next_deadline()``.
+
+How the core's actions become commands:
+
+* ``OpenTransport`` → :class:`OpenSocket`; when the socket opens, a client
+  :class:`WsConnection` is made and its handshake request is written. The core
+  hears ``transport_opened`` only when the WebSocket handshake is done, so its
+  connect timeout covers TCP, TLS and the upgrade.
+* ``WriteFrame`` / ``SendPing`` → the WebSocket's bytes, :class:`WriteBytes`.
+* ``CloseTransport`` → a close frame and a bounded wait (``close_timeout``)
+  for the broker's echo or EOF, then :class:`CloseSocket`; a socket still
+  opening is abandoned at once.
+
+How the WebSocket's events become core inputs: ``Opened`` →
+``transport_opened``; text, binary, ping and pong → the matching ``receive_*``
+(the pong is already written); ``Closed`` → ``transport_closed`` with the
+broker's code, or with no code (1006) when this side closed because the broker
+broke the protocol: a 1009 of our own must not read as the broker refusing
+our last send.
+
+Rules:
+
+* The core's actions are translated before and after every core input, so
+  bytes leave in exactly the order the core decided, and a frame read after
+  the core let go of a transport is never fed back.
+* A socket the core let go of is only drained until it finishes closing;
+  nothing from it reaches the core.
+* The driver never raises for anything the network does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meshproto import (
+    ClientConnection,
+    CloseTransport,
+    Event,
+    OpenTransport,
+    SendPing,
+    WriteFrame,
+)
+
+from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
+from ._connection import (
+    BinaryReceived,
+    Closed,
+    Opened,
+    PingReceived,
+    PongReceived,
+    TextReceived,
+    WsConnection,
+    WsEvent,
+    WsState,
+)
+from ._url import WsAddress, parse_ws_url
+
+__all__ = ["DEFAULT_CLOSE_TIMEOUT", "ClientDriver"]
+
+#: How long a closing socket waits for the peer's close echo or EOF.
+DEFAULT_CLOSE_TIMEOUT = 2.0
+
+
+@dataclass(slots=True)
+class _Socket:
+    ws: WsConnection | None = None  # None until TCP (and TLS) is up
+    attached: bool = True  # the core still owns this transport
+    close_deadline: float | None = None  # set once attached is False
+
+
+class ClientDriver:
+    """Drives one :class:`~meshproto.ClientConnection` over WebSockets.
+
+    Raises :class:`~meshproto.LocalProtocolError` at once if the
+    connection's URL is not a ``ws://`` or ``wss://`` URL.
+    """
+
+    def __init__(
+        self,
+        connection: ClientConnection,
+        *,
+        max_message_bytes: int | None = None,
+        close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    ) -> None:
+        self._core = connection
+        self.address: WsAddress = parse_ws_url(connection.config.url)
+        self.max_message_bytes = max_message_bytes
+        self.close_timeout = close_timeout
+        self._sockets: dict[int, _Socket] = {}
+        self._current: int | None = None
+        self._commands: list[SocketCommand] = []
+
+    @property
+    def connection(self) -> ClientConnection:
+        return self._core
+
+    @property
+    def open_sockets(self) -> int:
+        """Sockets opening, open, or closing."""
+        return len(self._sockets)
+
+    # --- inputs --------------------------------------------------------------------
+
+    def start(self, now: float) -> None:
+        """Connect (``ClientConnection.connect``)."""
+        self._core.connect(now)
+        self._translate(now)
+
+    def socket_opened(self, socket_id: int, *, now: float) -> None:
+        """The socket from ``OpenSocket(socket_id)`` is connected: start the handshake."""
+        self._translate(now)
+        sock = self._sockets.get(socket_id)
+        if sock is None or sock.ws is not None:
+            return
+        sock.ws = WsConnection.client(self.address, max_message_bytes=self.max_message_bytes)
+        self._flush(socket_id, sock.ws)
+
+    def socket_failed(self, socket_id: int, *, now: float, reason: str) -> None:
+        """Opening the socket failed, or it broke (reset, TLS error …)."""
+        self._translate(now)
+        sock = self._sockets.pop(socket_id, None)
+        if sock is None:
+            return
+        self._commands.append(CloseSocket(socket_id))
+        if sock.attached:
+            self._detach(socket_id)
+            self._core.transport_closed(socket_id, now=now, code=None, reason=reason)
+            self._translate(now)
+
+    def receive_data(
+        self, socket_id: int, data: bytes | None, *, now: float, wall_time_ms: int
+    ) -> None:
+        """Bytes read from the socket (``None`` at EOF)."""
+        self._translate(now)
+        sock = self._sockets.get(socket_id)
+        if sock is None or sock.ws is None:
+            return
+        ws = sock.ws
+        for event in ws.receive_data(data):
+            if sock.attached:
+                self._feed(socket_id, sock, event, now, wall_time_ms)
+        self._flush(socket_id, ws)
+        self._settle(socket_id, sock, now)
+
+    def handle_timer(self, now: float) -> None:
+        """Run what is due: closing sockets that waited long enough, then the core."""
+        self._translate(now)
+        for socket_id, sock in list(self._sockets.items()):
+            if sock.close_deadline is not None and now >= sock.close_deadline:
+                del self._sockets[socket_id]
+                self._commands.append(CloseSocket(socket_id))
+        self._core.handle_timer(now)
+        self._translate(now)
+
+    # --- outputs -------------------------------------------------------------------
+
+    def drain_commands(self, *, now: float) -> list[SocketCommand]:
+        """What the adapter must do, in order (after translating the core's latest actions)."""
+        self._translate(now)
+        commands, self._commands = self._commands, []
+        return commands
+
+    def drain_events(self) -> list[Event]:
+        """The core's events, in order."""
+        return self._core.drain_events()
+
+    def next_deadline(self) -> float | None:
+        best = self._core.next_deadline()
+        for sock in self._sockets.values():
+            due = sock.close_deadline
+            if due is not None and (best is None or due < best):
+                best = due
+        return best
+
+    # --- internals -----------------------------------------------------------------
+
+    def _feed(
+        self, socket_id: int, sock: _Socket, event: WsEvent, now: float, wall_time_ms: int
+    ) -> None:
+        core = self._core
+        if isinstance(event, TextReceived):
+            core.receive_text(event.text, now=now)
+        elif isinstance(event, PingReceived):
+            core.receive_ping(now=now)
+        elif isinstance(event, PongReceived):
+            core.receive_pong(now=now)
+        elif isinstance(event, Opened):
+            core.transport_opened(socket_id, now=now, wall_time_ms=wall_time_ms)
+        elif isinstance(event, BinaryReceived):
+            core.receive_binary(event.data, now=now)
+        elif isinstance(event, Closed):
+            self._detach(socket_id)
+            if event.by_peer:
+                core.transport_closed(socket_id, now=now, code=event.code, reason=event.reason)
+            else:
+                core.transport_closed(
+                    socket_id,
+                    now=now,
+                    code=None,
+                    reason=f"closed by this side ({event.code} {event.reason})",
+                )
+        self._translate(now)
+
+    def _translate(self, now: float) -> None:
+        """Turn the core's pending actions into commands."""
+        for action in self._core.drain_actions():
+            if isinstance(action, WriteFrame):
+                ws = self._current_ws()
+                if ws is not None and ws.send_text(action.text):
+                    self._flush_current(ws)
+            elif isinstance(action, SendPing):
+                ws = self._current_ws()
+                if ws is not None and ws.send_ping(action.payload):
+                    self._flush_current(ws)
+            elif isinstance(action, OpenTransport):
+                if self._current is not None:  # pragma: no cover - the core detaches first
+                    self._close_current(1000, "superseded", now)
+                self._current = action.transport_id
+                self._sockets[action.transport_id] = _Socket()
+                self._commands.append(OpenSocket(action.transport_id, self.address))
+            elif isinstance(action, CloseTransport):
+                self._close_current(action.code, action.reason, now)
+
+    def _current_ws(self) -> WsConnection | None:
+        if self._current is None:
+            return None
+        sock = self._sockets.get(self._current)
+        return sock.ws if sock is not None else None
+
+    def _flush_current(self, ws: WsConnection) -> None:
+        assert self._current is not None
+        self._flush(self._current, ws)
+
+    def _flush(self, socket_id: int, ws: WsConnection) -> None:
+        data = ws.data_to_send()
+        if data:
+            self._commands.append(WriteBytes(socket_id, data))
+
+    def _detach(self, socket_id: int) -> None:
+        sock = self._sockets.get(socket_id)
+        if sock is not None:
+            sock.attached = False
+        if self._current == socket_id:
+            self._current = None
+
+    def _close_current(self, code: int, reason: str, now: float) -> None:
+        socket_id = self._current
+        if socket_id is None:
+            return
+        self._detach(socket_id)
+        sock = self._sockets[socket_id]
+        if sock.ws is not None:
+            sock.ws.close(code, reason)
+            self._flush(socket_id, sock.ws)
+        self._settle(socket_id, sock, now)
+
+    def _settle(self, socket_id: int, sock: _Socket, now: float) -> None:
+        """Close a detached socket once its WebSocket is done, or arm its close deadline."""
+        if sock.attached or socket_id not in self._sockets:
+            return
+        if sock.ws is None or sock.ws.state is WsState.CLOSED:
+            del self._sockets[socket_id]
+            self._commands.append(CloseSocket(socket_id))
+        elif sock.close_deadline is None:
+            sock.close_deadline = now + self.close_timeout

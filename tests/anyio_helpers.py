@@ -1,0 +1,246 @@
+"""Shared pieces of the anyio adapter tests: brokers, clients, scripted sockets.
+
+Everything binds 127.0.0.1 port 0 and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+from anyio.abc import ByteStream
+
+from meshproto import (
+    AcceptingVerifier,
+    Backoff,
+    Broker,
+    BrokerOptions,
+    ClientConfig,
+    ClientConnection,
+    ClientOptions,
+    Event,
+    LocalProtocolError,
+    Member,
+    StaticRegistry,
+    WriteFrame,
+)
+from meshproto.testing import FakeSigner
+from meshproto_anyio import Client, connect
+from meshproto_ws import (
+    Closed,
+    Opened,
+    TextReceived,
+    WsAddress,
+    WsConnection,
+    WsEvent,
+    parse_ws_url,
+)
+
+MESH = "mesh-test"
+
+#: Short timers so that no test waits through a real backoff or a real timeout.
+FAST = ClientOptions(
+    connect_timeout=2.0,
+    hello_timeout=2.0,
+    ack_timeout=3.0,
+    request_timeout=3.0,
+    ping_interval=0.2,
+    liveness_timeout=1.0,
+    backoff=Backoff(caps=(0.01, 0.02)),
+)
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def signer(name: str) -> FakeSigner:
+    return FakeSigner(f"member-{name}")
+
+
+def member(name: str) -> Member:
+    return Member(MESH, f"member-{name}", signer(name).public_key, name)
+
+
+def make_broker(*known: str, **options: Any) -> Broker:
+    """A broker whose mesh admits anyone, with ``known`` members registered up front."""
+    registry = StaticRegistry([member(name) for name in known], open_mesh=MESH)
+    return Broker(
+        registry,
+        verifier=AcceptingVerifier(),
+        rng=random.Random(7),
+        options=BrokerOptions(**options),
+    )
+
+
+def join(
+    url: str,
+    name: str,
+    *,
+    options: ClientOptions = FAST,
+    events: list[Event] | None = None,
+    **kwargs: Any,
+) -> AbstractAsyncContextManager[Client]:
+    """``connect`` as member ``name`` (one session per call unless ``session_id`` is given)."""
+    return connect(
+        url,
+        mesh_id=MESH,
+        member_id=f"member-{name}",
+        signer=signer(name),
+        display_name=name,
+        options=options,
+        rng=random.Random(zlib.crc32(name.encode())),
+        close_timeout=0.5,
+        on_event=events.append if events is not None else None,
+        **kwargs,
+    )
+
+
+async def eventually(predicate: Callable[[], bool], *, timeout: float = 5.0) -> None:
+    """Wait (polling every 10 ms, at most ``timeout`` seconds) until ``predicate()``."""
+    with anyio.fail_after(timeout):
+        for _ in range(int(timeout / 0.01) + 1):
+            if predicate():
+                return
+            await anyio.sleep(0.01)
+    raise AssertionError("condition never became true")  # pragma: no cover
+
+
+def hello_text(name: str, url: str) -> str:
+    """The signed hello a client as ``name`` would write."""
+    config = ClientConfig(
+        url=url, mesh_id=MESH, member_id=f"member-{name}", signer=signer(name), session_id=name
+    )
+    core = ClientConnection(config, rng=random.Random(0))
+    core.connect(0.0)
+    core.drain_actions()
+    core.transport_opened(1, now=0.0, wall_time_ms=time.time_ns() // 1_000_000)
+    (hello,) = core.drain_actions()
+    assert isinstance(hello, WriteFrame)
+    return hello.text
+
+
+def largest_body(target: str) -> int:
+    """The largest body whose encoded send to ``target`` fits in 65,536 bytes."""
+    config = ClientConfig(
+        url="ws://x/ws", mesh_id=MESH, member_id="m", signer=signer("x"), session_id="s"
+    )
+    low, high = 1, 65_536
+    while low < high:
+        middle = (low + high + 1) // 2
+        probe = ClientConnection(config, rng=random.Random(0))  # offline: sends just queue
+        try:
+            probe.send(target, b"y" * middle, now=0.0)
+        except LocalProtocolError:
+            high = middle - 1
+        else:
+            low = middle
+    return low
+
+
+class PeerClosed(AssertionError):
+    """The other side closed while a frame was expected."""
+
+
+class WsPeer:
+    """One WebSocket over a real socket, driven by hand (a raw client or a fake broker)."""
+
+    def __init__(self, stream: ByteStream, ws: WsConnection) -> None:
+        self.stream = stream
+        self.ws = ws
+        self.pending: deque[WsEvent] = deque()
+
+    @classmethod
+    async def open(cls, url: str, **ws_options: Any) -> WsPeer:
+        address: WsAddress = parse_ws_url(url)
+        stream = await anyio.connect_tcp(address.host, address.port)
+        peer = cls(stream, WsConnection.client(address, **ws_options))
+        await peer.flush()
+        assert isinstance(await peer.next_event(), Opened)
+        return peer
+
+    async def flush(self) -> None:
+        data = self.ws.data_to_send()
+        if data:
+            await self.stream.send(data)
+
+    async def next_event(self, timeout: float = 5.0) -> WsEvent:
+        """The next WebSocket event (EOF becomes ``Closed``), answering pings on the way."""
+        with anyio.fail_after(timeout):
+            while not self.pending:
+                try:
+                    data: bytes | None = await self.stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                    data = None
+                self.pending.extend(self.ws.receive_data(data))
+                await self.flush()
+                if data is None and not self.pending:
+                    return Closed(None, "EOF", True)
+            return self.pending.popleft()
+
+    async def next_frame(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next text message as JSON (other events are skipped)."""
+        with anyio.fail_after(timeout):
+            while True:
+                event = await self.next_event(timeout)
+                if isinstance(event, TextReceived):
+                    frame: dict[str, Any] = json.loads(event.text)
+                    return frame
+                if isinstance(event, Closed):
+                    raise PeerClosed(f"closed while waiting for a frame: {event}")
+
+    async def send_text(self, text: str) -> None:
+        self.ws.send_text(text)
+        await self.flush()
+
+    async def send_json(self, frame: dict[str, Any]) -> None:
+        await self.send_text(json.dumps(frame))
+
+    async def aclose(self) -> None:
+        await anyio.aclose_forcefully(self.stream)
+
+
+@asynccontextmanager
+async def fake_broker(
+    handler: Callable[[WsPeer], Awaitable[None]],
+) -> AsyncIterator[tuple[str, list[WsPeer]]]:
+    """A scripted broker: ``handler`` runs for every accepted, upgraded socket.
+
+    Yields its URL and the list of sockets accepted so far.
+    """
+    accepted: list[WsPeer] = []
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+
+    async def serve(stream: ByteStream) -> None:
+        peer = WsPeer(stream, WsConnection.server())
+        accepted.append(peer)
+        try:
+            if isinstance(await peer.next_event(), Opened):
+                await handler(peer)
+        except PeerClosed:
+            pass  # the client went away mid-script (it closes at the end of each test)
+        finally:
+            await peer.aclose()
+
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, serve)
+        yield f"ws://127.0.0.1:{port}/ws", accepted
+        tasks.cancel_scope.cancel()
+
+
+async def answer_hello(peer: WsPeer) -> dict[str, Any]:
+    """Read the hello and answer ``hello_ack``; returns the hello."""
+    hello = await peer.next_frame()
+    assert hello["type"] == "hello"
+    await peer.send_json({"type": "hello_ack", "presenceId": f"p-{hello['sessionId']}"})
+    return hello
