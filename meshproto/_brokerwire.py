@@ -11,6 +11,7 @@ classes do not model (``lastSeenAt``) or must send as ``null``
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
@@ -55,10 +56,25 @@ def random_uuid(rng: Random) -> str:
 def iso_ms(when: float) -> str:
     """Unix seconds as ``2026-11-27T00:20:27.982Z``; out-of-range times clamp to the epoch."""
     try:
-        moment = _EPOCH + timedelta(milliseconds=int(when * 1000))
+        millis = int(when * 1000)
     except (OverflowError, ValueError):
-        moment = _EPOCH
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+        millis = 0
+    seconds, fraction = divmod(millis, 1000)
+    if not _FIRST_SECOND <= seconds <= _LAST_SECOND:
+        seconds, fraction = 0, 0
+    return f"{_iso_seconds(seconds)}.{fraction:03d}Z"
+
+
+# The seconds datetime can represent (years 1 to 9999), relative to the epoch.
+_FIRST_SECOND = -62_135_596_800
+_LAST_SECOND = 253_402_300_799
+
+
+@functools.lru_cache(maxsize=4)
+def _iso_seconds(seconds: int) -> str:
+    """The ``YYYY-MM-DDTHH:MM:SS`` part; consecutive pushes share a second, so it is cached."""
+    moment = _EPOCH + timedelta(seconds=seconds)
+    return f"{moment:%Y-%m-%dT%H:%M:%S}"
 
 
 def to_json(obj: Mapping[str, Any]) -> str:

@@ -284,7 +284,12 @@ class WsConnection:
 
     def _handle(self, event: wse.Event, events: list[WsEvent]) -> None:
         state = self._state
-        if isinstance(event, wse.Request):
+        # Messages first: they are nearly every event, and wsproto's event
+        # classes are ABCs, so each isinstance test before this one costs.
+        if isinstance(event, wse.Message):
+            if state is WsState.OPEN:
+                self._on_message(event, events)
+        elif isinstance(event, wse.Request):
             self._on_request(event, events)
         elif isinstance(event, wse.AcceptConnection):
             self._state = WsState.OPEN
@@ -303,8 +308,6 @@ class WsConnection:
                 events.append(PongReceived(bytes(event.payload)))
         elif isinstance(event, wse.CloseConnection):
             self._on_close(event, events)
-        elif isinstance(event, wse.Message) and state is WsState.OPEN:
-            self._on_message(event, events)
 
     def _on_request(self, request: wse.Request, events: list[WsEvent]) -> None:
         path = request.target.partition("?")[0]

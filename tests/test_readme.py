@@ -10,12 +10,26 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_readme_example_is_examples_in_memory_py() -> None:
+def test_readme_examples_are_the_files_in_examples() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = re.search(r"```python\n(.*?)```", readme, re.S)
-    assert block is not None, "README has no python example"
-    example = (ROOT / "examples" / "in_memory.py").read_text(encoding="utf-8")
-    assert example.endswith(block.group(1)), "README example and examples/in_memory.py differ"
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    names = ("two_peers.py", "in_memory.py")
+    assert len(blocks) == len(names), "README should show both examples"
+    for block, name in zip(blocks, names, strict=True):
+        example = (ROOT / "examples" / name).read_text(encoding="utf-8")
+        assert example.endswith(block), f"README example and examples/{name} differ"
+
+
+def test_two_peers_example_delivers_a_direct_message() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "two_peers.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "bob received: hello, bob" in result.stdout
 
 
 def test_in_memory_example_runs_and_round_trips() -> None:

@@ -1,0 +1,429 @@
+"""End to end on loopback: sender -> reference broker -> receiver, against a websockets echo.
+
+Run ``python bench/e2e.py`` (``--quick`` for a smoke run, ``--profile`` adds a
+cProfile of one of our runs, ``-n`` sets the messages per run). Everything binds
+127.0.0.1, port 0. Each measurement is its own event loop (``anyio.run``), with
+a fresh broker or server, and is bounded by ``anyio.fail_after``.
+
+Measurements
+------------
+
+e2e (ours)
+    The reference :class:`~meshproto.Broker` served by
+    :func:`meshproto_anyio.running_broker`; two clients
+    (:func:`meshproto_anyio.connect`), a sender and a receiver, both OPEN
+    before the clock starts. ``WINDOW`` tasks share the ``N`` sends, each doing
+    ``await sender.send(receiver.public_key, BODY, "now")`` in a loop, so that
+    ``WINDOW`` sends are in flight (unacked) at any time: direct messages, a
+    ~100-byte body. One task reads ``receiver.messages()``. messages/s = N /
+    (time of the N-th delivery to the receiver - start). Latency is each
+    ``await send()``: from the call to its return (the broker's ack), in ms.
+    The broker's rate limit is raised (``RATE_BURST``, ``RATE_PER_MINUTE``) so
+    that it never throttles the bench; its other options are the defaults.
+    Priority ``now`` is ungated by the receiver's status.
+websockets echo (the baseline)
+    ``websockets.asyncio.server.serve`` echoing every message back, and one
+    ``websockets.asyncio.client.connect`` client, both with compression off
+    (ours does not compress): a producer keeps ``WINDOW`` messages outstanding
+    (an ``asyncio.Semaphore``) while the main task reads the echoes. The
+    message is the very text frame our sender writes (same size, same bytes).
+    messages/s = N / (time of the N-th echo - start).
+
+The measurements alternate (ours, echo, ours on trio), ``REPEATS`` rounds, and
+medians are reported with the spread (slowest - fastest). The garbage
+collector stays on; a full collection runs before each measurement. One
+short warm-up run of each comes first and is not reported. Ours also runs on
+trio when it is installed (an extra line, not in the ratio). The last line is
+``e2e/websockets-echo ratio: X.XX`` = ours on asyncio (median messages/s) /
+the echo (median messages/s); higher is better for us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import importlib.util
+import io
+import json
+import os
+import platform
+import pstats
+import random
+import statistics
+import sysconfig
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+import anyio
+from websockets.asyncio.client import connect as ws_connect
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+
+import meshproto
+from meshproto import (
+    AcceptingVerifier,
+    Broker,
+    BrokerOptions,
+    ClientConfig,
+    ClientConnection,
+    ConnectionState,
+    MessageReceived,
+    OpenTransport,
+    StaticRegistry,
+    WriteFrame,
+)
+from meshproto.testing import FakeSigner
+from meshproto_anyio import Client, connect, running_broker
+
+MESH = "mesh-bench"
+WINDOW = 100
+N_FULL = 8_000
+N_QUICK = 300
+REPEATS = 5
+#: The broker's token bucket, raised so that it never throttles the bench.
+RATE_BURST = 1_000_000_000
+RATE_PER_MINUTE = 1e12
+#: A realistic chat-sized body: about 100 bytes of UTF-8 text (as in bench/core.py).
+BODY = (
+    "build 4711 passed on linux-x86_64; 2 flaky tests retried "
+    "(test_sync, test_io). deploying to staging"
+)
+HELLO_ACK = json.dumps({"type": "hello_ack", "presenceId": "BB8qpne0XK46JrD4QyXD4EQ6dvYX2wGB"})
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Run:
+    """One measurement: messages per second, and send->ack latencies (ms) for ours."""
+
+    rate: float
+    latencies_ms: tuple[float, ...] = ()
+
+
+def run_timeout(n: int) -> float:
+    """A generous bound on one run (connect, N messages, shutdown)."""
+    return 30.0 + n / 50
+
+
+def signer(name: str) -> FakeSigner:
+    return FakeSigner(f"member-{name}")
+
+
+def make_broker() -> Broker:
+    return Broker(
+        StaticRegistry([], open_mesh=MESH),
+        verifier=AcceptingVerifier(),
+        rng=random.Random(7),
+        options=BrokerOptions(rate_burst=RATE_BURST, rate_per_minute=RATE_PER_MINUTE),
+    )
+
+
+def join(url: str, name: str) -> Any:
+    return connect(
+        url,
+        mesh_id=MESH,
+        member_id=f"member-{name}",
+        signer=signer(name),
+        display_name=name,
+        rng=random.Random(name),
+        close_timeout=1.0,
+    )
+
+
+def send_frame_text() -> str:
+    """The text frame our sender writes for one message (made in memory, no socket)."""
+    core = ClientConnection(
+        ClientConfig(
+            url="ws://127.0.0.1:1/ws",
+            mesh_id=MESH,
+            member_id="member-sender",
+            signer=signer("sender"),
+            session_id=f"{random.Random('sender').getrandbits(64):016x}",
+        ),
+        rng=random.Random(0),
+    )
+    core.connect(0.0)
+    (opened,) = [a for a in core.drain_actions() if isinstance(a, OpenTransport)]
+    core.transport_opened(opened.transport_id, now=0.0, wall_time_ms=1_795_738_953_347)
+    core.receive_text(HELLO_ACK, now=0.0)
+    core.drain_actions()
+    assert core.state is ConnectionState.OPEN, core.state
+    core.send(signer("receiver").public_key, BODY, "now", now=0.0)
+    (text,) = [a.text for a in core.drain_actions() if isinstance(a, WriteFrame)]
+    return text
+
+
+async def check_no_leftover_tasks() -> None:
+    """Every task started by a run has ended (asyncio; trio's nurseries guarantee it)."""
+    try:
+        current = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop: trio
+        return
+    for _ in range(10):  # a few loop iterations for callbacks of closed transports
+        if not [t for t in asyncio.all_tasks() if t is not current]:
+            return
+        await asyncio.sleep(0)
+    left = [t for t in asyncio.all_tasks() if t is not current]
+    raise RuntimeError(f"tasks left over after a run: {left}")
+
+
+# --- ours ----------------------------------------------------------------------------
+
+
+async def run_ours(n: int) -> Run:
+    latencies = [0.0] * n
+    delivered_at = 0.0
+    with anyio.fail_after(run_timeout(n)):
+        async with (
+            running_broker(make_broker()) as server,
+            join(server.url, "sender") as sender,
+            join(server.url, "receiver") as receiver,
+        ):
+            await sender.wait_state(ConnectionState.OPEN)
+            await receiver.wait_state(ConnectionState.OPEN)
+            target = receiver.public_key
+            next_index = 0
+
+            async def send_loop(client: Client) -> None:
+                nonlocal next_index
+                send = client.send
+                while next_index < n:
+                    index = next_index
+                    next_index += 1
+                    began = perf_counter()
+                    await send(target, BODY, "now")
+                    latencies[index] = perf_counter() - began
+
+            async def receive_all() -> None:
+                nonlocal delivered_at
+                count = 0
+                async for message in receiver.messages():
+                    if not isinstance(message, MessageReceived):
+                        raise RuntimeError(f"unreadable message: {message!r}")
+                    count += 1
+                    if count == n:
+                        delivered_at = perf_counter()
+                        return
+                raise RuntimeError(f"receiver closed after {count} of {n} messages")
+
+            start = perf_counter()
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(receive_all)
+                for _ in range(WINDOW):
+                    tasks.start_soon(send_loop, sender)
+            if receiver.counters.dropped_pushes:
+                raise RuntimeError(f"receiver dropped {receiver.counters.dropped_pushes} pushes")
+    await check_no_leftover_tasks()
+    return Run(n / (delivered_at - start), tuple(x * 1_000 for x in latencies))
+
+
+# --- the baseline: a plain websockets echo -------------------------------------------
+
+
+async def run_echo(n: int, text: str) -> Run:
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    with anyio.fail_after(run_timeout(n)):
+        async with ws_serve(echo, "127.0.0.1", 0, compression=None, close_timeout=1.0) as server:
+            port = next(iter(server.sockets)).getsockname()[1]
+            async with ws_connect(
+                f"ws://127.0.0.1:{port}/", compression=None, close_timeout=1.0
+            ) as ws:
+                window = asyncio.Semaphore(WINDOW)
+
+                async def produce() -> None:
+                    for _ in range(n):
+                        await window.acquire()
+                        await ws.send(text)
+
+                start = perf_counter()
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(produce)
+                    for _ in range(n):
+                        echoed = await ws.recv()
+                        window.release()
+                    echoed_at = perf_counter()
+                if echoed != text:
+                    raise RuntimeError("the echo differs from what was sent")
+    await check_no_leftover_tasks()
+    return Run(n / (echoed_at - start))
+
+
+# --- measuring -----------------------------------------------------------------------
+
+
+def percentile(values: list[float] | tuple[float, ...], p: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
+
+
+def measure(runs: dict[str, Callable[[int], Run]], n: int, repeats: int) -> dict[str, list[Run]]:
+    """Every run once per round (interleaved), ``repeats`` rounds, after a warm-up."""
+    for run in runs.values():
+        run(min(n, 200))
+    results: dict[str, list[Run]] = {label: [] for label in runs}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            gc.collect()
+            results[label].append(run(n))
+    return results
+
+
+def summary(label: str, runs: list[Run]) -> str:
+    rates = [r.rate for r in runs]
+    line = (
+        f"{label + ':':<22}{statistics.median(rates):9.0f} messages/s"
+        f"  (spread {max(rates) - min(rates):.0f})"
+    )
+    if runs[0].latencies_ms:
+        p50 = statistics.median(percentile(r.latencies_ms, 50) for r in runs)
+        p99 = statistics.median(percentile(r.latencies_ms, 99) for r in runs)
+        line += f", send->ack p50 {p50:.2f} ms, p99 {p99:.2f} ms"
+    return line
+
+
+# --- profiling -----------------------------------------------------------------------
+
+#: (component, test on a pstats key (file, line, function)), first match wins.
+_BROKER_FILES = ("_broker", "_presence", "_store", "_ratelimit", "_admission", "_registry")
+COMPONENTS: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
+    ("bench harness (bench/e2e.py)", lambda f, _: f.endswith("bench/e2e.py")),
+    (
+        "broker state machine",
+        lambda f, _: "/meshproto/" in f and f.rsplit("/", 1)[-1].startswith(_BROKER_FILES),
+    ),
+    (
+        "codec (meshproto._codec, _frames)",
+        lambda f, _: f.endswith(("meshproto/_codec.py", "meshproto/_frames.py")),
+    ),
+    ("core client (other meshproto)", lambda f, _: "/meshproto/" in f),
+    ("ws glue (meshproto_ws)", lambda f, _: "/meshproto_ws/" in f),
+    ("adapter (meshproto_anyio)", lambda f, _: "/meshproto_anyio/" in f),
+    ("json (stdlib)", lambda f, fn: "/json/" in f or "_json" in fn),
+    ("wsproto (+h11)", lambda f, _: "/wsproto/" in f or "/h11/" in f),
+    ("anyio", lambda f, _: "/anyio/" in f),
+    ("socket syscalls", lambda f, fn: f == "~" and ("socket" in fn or "poll" in fn)),
+    ("asyncio event loop", lambda f, _: "/asyncio/" in f or f.endswith("selectors.py")),
+)
+
+
+OTHER = "other (no caller to charge)"
+
+#: A pstats entry: (calls, primitive calls, tottime, cumtime, {caller: (.., .., tottime, ..)}).
+StatsTable = dict[tuple[str, int, str], tuple[Any, ...]]
+
+
+def component(filename: str, function: str) -> str | None:
+    """The component of a function, ``None`` for a builtin or stdlib helper."""
+    for name, test in COMPONENTS:
+        if test(filename, function):
+            return name
+    return None
+
+
+def charge(table: StatsTable, key: tuple[str, int, str], depth: int = 0) -> dict[str, float]:
+    """Which components ``key``'s own time belongs to (fractions summing to 1).
+
+    A builtin or stdlib helper (``isinstance``, ``len``, ``enum``, ``codecs`` ...)
+    is charged to its callers, in proportion to the time it spent for each.
+    """
+    name = component(key[0], key[2])
+    if name is not None:
+        return {name: 1.0}
+    callers = table[key][4]
+    spent = sum(v[2] for v in callers.values())
+    if depth > 8 or spent <= 0:
+        return {OTHER: 1.0}
+    shares: dict[str, float] = {}
+    for caller, v in callers.items():
+        for owner, fraction in charge(table, caller, depth + 1).items():
+            shares[owner] = shares.get(owner, 0.0) + fraction * v[2] / spent
+    return shares
+
+
+def profile_ours(n: int) -> str:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    anyio.run(run_ours, n, backend="asyncio")
+    profiler.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(profiler, stream=out)
+    table: StatsTable = stats.stats  # type: ignore[attr-defined]
+    by_component: dict[str, float] = {}
+    for key, entry in table.items():
+        for name, fraction in charge(table, key).items():
+            by_component[name] = by_component.get(name, 0.0) + fraction * entry[2]
+    total = sum(by_component.values())
+    out.write(f"cProfile of one e2e run on asyncio, N={n}: {total:.2f} s of own time, ")
+    out.write(f"{total / n * 1e6:.0f} us per message (inflated by the profiler)\n")
+    out.write("own time (tottime) by component, builtins and stdlib helpers charged to callers:\n")
+    for name, seconds in sorted(by_component.items(), key=lambda kv: -kv[1]):
+        out.write(f"  {name:<36}{seconds / total:6.1%}  {seconds / n * 1e6:7.1f} us/message\n")
+    for order in ("cumulative", "tottime"):
+        out.write(f"\n--- top 25 by {order} ---\n")
+        stats.sort_stats(order).print_stats(25)
+    text = out.getvalue()
+    prefixes = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["stdlib"], str(REPO)}
+    for prefix in sorted(prefixes, key=len, reverse=True):
+        text = text.replace(prefix + "/", "")
+    return text
+
+
+# --- main ----------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: small N, 1 repeat")
+    parser.add_argument("--profile", action="store_true", help="also profile one of our runs")
+    parser.add_argument("-n", type=int, default=None, help="messages per run")
+    args = parser.parse_args()
+    n = args.n if args.n is not None else (N_QUICK if args.quick else N_FULL)
+    repeats = 1 if args.quick else REPEATS
+    frame = send_frame_text()
+
+    runs: dict[str, Callable[[int], Run]] = {
+        "e2e asyncio": lambda k: anyio.run(run_ours, k, backend="asyncio"),
+        "websockets echo": lambda k: anyio.run(run_echo, k, frame, backend="asyncio"),
+    }
+    if importlib.util.find_spec("trio") is not None:
+        runs["e2e trio (extra)"] = lambda k: anyio.run(run_ours, k, backend="trio")
+
+    print(
+        f"meshproto {meshproto.__version__} e2e bench, Python {platform.python_version()} "
+        f"({platform.python_implementation()}), anyio {version('anyio')}, "
+        f"wsproto {version('wsproto')}, websockets {version('websockets')}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(
+        f"loopback 127.0.0.1 port 0; 1 sender -> reference broker -> 1 receiver, direct "
+        f'messages, priority "now", window {WINDOW} sends in flight; N={n} per run, '
+        f"{repeats} repeat(s) interleaved, medians"
+    )
+    print(
+        f"broker: BrokerOptions(rate_burst={RATE_BURST}, rate_per_minute={RATE_PER_MINUTE:g}) "
+        "so the rate limit never throttles the bench; other options default"
+    )
+    print(
+        f"frames: send {len(frame.encode())} B (body {len(BODY.encode())} B); the echo "
+        f"baseline sends that same text frame, compression off on both sides"
+    )
+    results = measure(runs, n, repeats)
+    for label, measured in results.items():
+        print(summary(label, measured))
+    if args.profile:
+        print(profile_ours(n))
+    ours = statistics.median(r.rate for r in results["e2e asyncio"])
+    baseline = statistics.median(r.rate for r in results["websockets echo"])
+    print(f"e2e/websockets-echo ratio: {ours / baseline:.2f}")
+
+
+if __name__ == "__main__":
+    main()

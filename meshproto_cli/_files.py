@@ -1,0 +1,298 @@
+"""Identity files: joined meshes, session keys and the broker's members file.
+
+* The claudemesh joined-mesh file, ``<config dir>/config.json``, version 1
+  (PROTOCOL.md §2): ``{"version": 1, "meshes": [{meshId, memberId, slug,
+  name, pubkey, secretKey, brokerUrl, joinedAt}]}``. The config dir is
+  ``~/.claudemesh`` unless ``CLAUDEMESH_CONFIG_DIR`` or a flag says otherwise.
+* Session key pairs, one per (mesh, session name), under
+  ``<config dir>/meshproto-sessions/<meshId>/<name>.json``, so that every
+  reconnect of one session presents the same ``sessionPubkey``.
+* The reference broker's members file (``meshproto mesh init``):
+  ``{"version": 1, "meshId", "name", "members": [{memberId, pubkey,
+  displayName, groups, revoked}]}``. No secrets in it.
+
+Files holding secret keys are written with mode 0600 (atomically, through a
+temporary file). Reading one that others can read logs a warning that says
+how to fix it. Every problem with a file is a :class:`FileProblem` with a
+message fit to show the user as is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import stat
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FileProblem",
+    "JoinedMesh",
+    "MemberRow",
+    "MembersFile",
+    "config_dir",
+    "load_joined_meshes",
+    "load_members_file",
+    "load_or_create_session_keys",
+    "save_joined_meshes",
+    "save_members_file",
+    "select_mesh",
+    "write_private_json",
+]
+
+logger = logging.getLogger("meshproto.files")
+
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_HEX128 = re.compile(r"[0-9a-f]{128}")
+_SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+class FileProblem(Exception):
+    """An identity or members file is missing, unreadable or malformed."""
+
+
+def config_dir(override: str | os.PathLike[str] | None = None) -> Path:
+    """The config dir: the flag, else ``CLAUDEMESH_CONFIG_DIR``, else ``~/.claudemesh``."""
+    if override:
+        return Path(override).expanduser()
+    env = os.environ.get("CLAUDEMESH_CONFIG_DIR")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".claudemesh"
+
+
+def write_private_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON readable by the owner only (0600), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path, *, secret: bool) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileProblem(f"{path} does not exist") from None
+    except OSError as exc:
+        raise FileProblem(f"cannot read {path}: {exc.strerror}") from None
+    if secret:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            logger.warning(
+                "%s holds secret keys but others can read it (mode %o); run: chmod 600 %s",
+                path,
+                stat.S_IMODE(mode),
+                path,
+            )
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise FileProblem(f"{path} is not valid JSON: {exc}") from None
+
+
+def _field(record: Mapping[str, Any], name: str, where: str) -> str:
+    value = record.get(name)
+    if not isinstance(value, str):
+        raise FileProblem(f"{where}: field {name!r} must be a string")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedMesh:
+    """One joined mesh (a claudemesh config record). ``repr`` hides the secret key."""
+
+    mesh_id: str
+    member_id: str
+    slug: str
+    name: str
+    pubkey: str
+    secret_key: str
+    broker_url: str
+    joined_at: str
+
+    def __repr__(self) -> str:
+        return f"JoinedMesh(slug={self.slug!r}, mesh_id={self.mesh_id!r}, pubkey={self.pubkey!r})"
+
+    def to_record(self) -> dict[str, str]:
+        return {
+            "meshId": self.mesh_id,
+            "memberId": self.member_id,
+            "slug": self.slug,
+            "name": self.name,
+            "pubkey": self.pubkey,
+            "secretKey": self.secret_key,
+            "brokerUrl": self.broker_url,
+            "joinedAt": self.joined_at,
+        }
+
+    @classmethod
+    def from_record(cls, record: object, where: str) -> JoinedMesh:
+        if not isinstance(record, dict):
+            raise FileProblem(f"{where}: each mesh must be an object")
+        mesh = cls(
+            mesh_id=_field(record, "meshId", where),
+            member_id=_field(record, "memberId", where),
+            slug=_field(record, "slug", where),
+            name=_field(record, "name", where),
+            pubkey=_field(record, "pubkey", where),
+            secret_key=_field(record, "secretKey", where),
+            broker_url=_field(record, "brokerUrl", where),
+            joined_at=_field(record, "joinedAt", where),
+        )
+        if not _HEX64.fullmatch(mesh.pubkey):
+            raise FileProblem(f"{where}: pubkey must be 64 lowercase hex characters")
+        if not _HEX128.fullmatch(mesh.secret_key) or mesh.secret_key[64:] != mesh.pubkey:
+            raise FileProblem(f"{where}: secretKey must be 128 hex ending with the pubkey")
+        return mesh
+
+
+def load_joined_meshes(directory: Path) -> list[JoinedMesh]:
+    """The meshes in ``directory/config.json`` (an empty list if the file is absent)."""
+    path = directory / "config.json"
+    if not path.exists():
+        return []
+    data = _read_json(path, secret=True)
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise FileProblem(f'{path}: expected {{"version": 1, "meshes": [...]}}')
+    meshes = data.get("meshes")
+    if not isinstance(meshes, list):
+        raise FileProblem(f"{path}: 'meshes' must be a list")
+    return [JoinedMesh.from_record(m, f"{path} mesh #{i + 1}") for i, m in enumerate(meshes)]
+
+
+def save_joined_meshes(directory: Path, meshes: list[JoinedMesh]) -> Path:
+    path = directory / "config.json"
+    write_private_json(path, {"version": 1, "meshes": [m.to_record() for m in meshes]})
+    return path
+
+
+def select_mesh(meshes: list[JoinedMesh], wanted: str | None, directory: Path) -> JoinedMesh:
+    """The mesh named by slug or id, or the only one there is."""
+    if not meshes:
+        raise FileProblem(
+            f"no joined mesh in {directory / 'config.json'}; "
+            "create one with 'meshproto mesh init' or point --config-dir at one"
+        )
+    if wanted is None:
+        if len(meshes) == 1:
+            return meshes[0]
+        names = ", ".join(m.slug for m in meshes)
+        raise FileProblem(f"several meshes are joined ({names}); choose one with --mesh")
+    for mesh in meshes:
+        if wanted in (mesh.slug, mesh.mesh_id):
+            return mesh
+    raise FileProblem(f"no joined mesh is called {wanted!r}")
+
+
+def load_or_create_session_keys(
+    directory: Path, mesh_id: str, session_name: str, generate: Any
+) -> tuple[str, str]:
+    """The (pubkey, secretKey) of session ``session_name`` in ``mesh_id``, made once.
+
+    ``generate`` returns a fresh ``(pubkey, secretKey)`` pair when none is stored.
+    """
+    if not _SAFE_NAME.fullmatch(session_name) or not _SAFE_NAME.fullmatch(mesh_id):
+        raise FileProblem(
+            "session names and mesh ids may use letters, digits, '.', '_' and '-' (1-64)"
+        )
+    path = directory / "meshproto-sessions" / mesh_id / f"{session_name}.json"
+    if path.exists():
+        data = _read_json(path, secret=True)
+        if isinstance(data, dict):
+            pubkey, secret = data.get("pubkey"), data.get("secretKey")
+            if (
+                isinstance(pubkey, str)
+                and isinstance(secret, str)
+                and _HEX64.fullmatch(pubkey)
+                and _HEX128.fullmatch(secret)
+                and secret[64:] == pubkey
+            ):
+                return pubkey, secret
+        raise FileProblem(f"{path} is not a session key file; delete it to make a new one")
+    pubkey, secret = generate()
+    write_private_json(path, {"pubkey": pubkey, "secretKey": secret})
+    return pubkey, secret
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRow:
+    member_id: str
+    pubkey: str
+    display_name: str
+    groups: tuple[str, ...] = ()
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class MembersFile:
+    mesh_id: str
+    name: str
+    members: tuple[MemberRow, ...]
+
+
+def save_members_file(path: Path, members: MembersFile) -> None:
+    data = {
+        "version": 1,
+        "meshId": members.mesh_id,
+        "name": members.name,
+        "members": [
+            {
+                "memberId": m.member_id,
+                "pubkey": m.pubkey,
+                "displayName": m.display_name,
+                "groups": list(m.groups),
+                "revoked": m.revoked,
+            }
+            for m in members.members
+        ],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def load_members_file(path: Path) -> MembersFile:
+    data = _read_json(path, secret=False)
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise FileProblem(f'{path}: expected a members file with "version": 1')
+    mesh_id = _field(data, "meshId", str(path))
+    name = data.get("name") if isinstance(data.get("name"), str) else mesh_id
+    rows = data.get("members")
+    if not isinstance(rows, list):
+        raise FileProblem(f"{path}: 'members' must be a list")
+    members = []
+    for i, row in enumerate(rows):
+        where = f"{path} member #{i + 1}"
+        if not isinstance(row, dict):
+            raise FileProblem(f"{where}: must be an object")
+        pubkey = _field(row, "pubkey", where)
+        if not _HEX64.fullmatch(pubkey):
+            raise FileProblem(f"{where}: pubkey must be 64 lowercase hex characters")
+        groups = row.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise FileProblem(f"{where}: 'groups' must be a list of names")
+        revoked = row.get("revoked", False)
+        if not isinstance(revoked, bool):
+            raise FileProblem(f"{where}: 'revoked' must be true or false")
+        members.append(
+            MemberRow(
+                _field(row, "memberId", where),
+                pubkey,
+                row["displayName"] if isinstance(row.get("displayName"), str) else pubkey[:8],
+                tuple(groups),
+                revoked,
+            )
+        )
+    return MembersFile(mesh_id, str(name), tuple(members))
