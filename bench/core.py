@@ -30,6 +30,13 @@ json send->ack, json push->client_ack (the baseline)
     compact ``separators``/``ensure_ascii=False`` would build an encoder per
     call and make the baseline slower, and the ratio kinder to the core.
 
+crypto seal+open, pynacl Box encrypt+decrypt (printed when PyNaCl is installed)
+    ``BoxSealer.seal`` of the same body to a direct target plus ``open`` of the
+    resulting push (the ``Push`` is built in the loop) against PyNaCl's own
+    ``Box.encrypt`` + ``Box.decrypt`` of the same bytes with boxes built once.
+    Both draw a fresh nonce from the operating system each time. The line
+    ``crypto/pynacl ratio`` compares them; it is not part of the last line.
+
 The garbage collector stays on (it is part of what the core costs); it runs
 a full collection before each repeat. The last line is
 ``core/json ratio: X.XX`` = (core send->ack + core push->client_ack) /
@@ -216,6 +223,52 @@ def json_pair(first: dict[str, object], second: dict[str, object]) -> Callable[[
     return run
 
 
+def crypto_loops() -> dict[str, Callable[[int, int], int]]:
+    """The sealed direct message and its PyNaCl baseline, or nothing without PyNaCl."""
+    try:
+        import nacl.public  # noqa: PLC0415 (optional: the crypto extra)
+
+        from meshproto_crypto import BoxSealer, KeyPair  # noqa: PLC0415
+    except ImportError:
+        return {}
+    alice, bob = KeyPair.from_seed(bytes(32)), KeyPair.from_seed(bytes([1]) * 32)
+    sender, receiver = BoxSealer(alice), BoxSealer(bob)
+    data = BODY.encode()
+
+    def ours(n: int, _repeat: int) -> int:
+        seal, open_, rng, push = sender.seal, receiver.open, random.Random(0), meshproto.Push
+        target, origin, body = bob.pubkey, alice.pubkey, data
+        start = perf_counter_ns()
+        for _ in range(n):
+            nonce, ciphertext = seal(target, body, rng)
+            open_(push("m", "mesh", origin, "now", nonce, ciphertext, "t"))
+        return perf_counter_ns() - start
+
+    def pynacl(n: int, _repeat: int) -> int:
+        to_bob = nacl.public.Box(nacl.public.PrivateKey(curve_secret(alice)), curve_public(bob))
+        from_alice = nacl.public.Box(nacl.public.PrivateKey(curve_secret(bob)), curve_public(alice))
+        encrypt, decrypt, body = to_bob.encrypt, from_alice.decrypt, data
+        start = perf_counter_ns()
+        for _ in range(n):
+            decrypt(encrypt(body))
+        return perf_counter_ns() - start
+
+    def curve_secret(keys: KeyPair) -> bytes:
+        from nacl import bindings  # noqa: PLC0415
+
+        secret: bytes = bindings.crypto_sign_ed25519_sk_to_curve25519(keys.secret_bytes)
+        return secret
+
+    def curve_public(keys: KeyPair) -> nacl.public.PublicKey:
+        from nacl import bindings  # noqa: PLC0415
+
+        return nacl.public.PublicKey(
+            bindings.crypto_sign_ed25519_pk_to_curve25519(keys.public_bytes)
+        )
+
+    return {"crypto seal+open direct": ours, "pynacl Box encrypt+decrypt": pynacl}
+
+
 # --- measuring ---------------------------------------------------------------------
 
 
@@ -280,6 +333,7 @@ def main() -> None:
             "json send->ack": json_pair(send_frame, ack_frame),
             "json push->client_ack": json_pair(push_frame, client_ack_frame),
             "ack f-string alone": ack_fstring,
+            **crypto_loops(),
         }
     )
     results = {}
@@ -294,6 +348,11 @@ def main() -> None:
     push_ratio = results["core push->client_ack"] / results["json push->client_ack"]
     print(f"core/json send->ack: {send_ratio:.2f}")
     print(f"core/json push->client_ack: {push_ratio:.2f}")
+    if "pynacl Box encrypt+decrypt" in results:
+        crypto = results["crypto seal+open direct"] / results["pynacl Box encrypt+decrypt"]
+        print(f"crypto/pynacl ratio (seal+open vs Box encrypt+decrypt): {crypto:.2f}")
+    else:
+        print("(PyNaCl is not installed: the sealed-message figures are skipped)")
     if "--profile" in sys.argv[1:]:
         print(profile_core())
     core = results["core send->ack"] + results["core push->client_ack"]

@@ -82,7 +82,17 @@ from ._registry import (
     StaticRegistry,
     Verifier,
 )
-from ._seams import OpenError, PlaintextSealer, Sealer, Signer, hello_signing_payload
+from ._seams import (
+    OpenError,
+    PlaintextSealer,
+    Sealer,
+    Signer,
+    attestation_signing_payload,
+    b64decode,
+    b64encode,
+    hello_signing_payload,
+    session_hello_signing_payload,
+)
 from ._store import MemoryStore, Store, StoredMessage
 from ._targets import check_target, is_direct_target, is_pubkey
 
@@ -166,6 +176,9 @@ __all__ = [
     "Verifier",
     "WriteFrame",
     "__version__",
+    "attestation_signing_payload",
+    "b64decode",
+    "b64encode",
     "check_target",
     "classify_ack_error",
     "classify_error_frame",
@@ -175,4 +188,5 @@ __all__ = [
     "is_direct_target",
     "is_permanent_close",
     "is_pubkey",
+    "session_hello_signing_payload",
 ]

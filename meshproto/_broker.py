@@ -19,34 +19,59 @@ Inputs: ``connection_opened``, ``receive_text``, ``receive_binary``,
 Sockets and presences
 ---------------------
 
-A socket starts *unhelloed*. Its first ``hello`` is checked (see
-:mod:`meshproto._admission` for the order: ``timestamp_skew``, ``malformed``,
-``bad_session_pubkey``, ``bad_signature``, then the registry:
-``unauthorized``, ``revoked``, a session key owned by another member, and
-``capacity``); a refusal is one ``error{code, message}`` and a close (1008,
-or 4002 ``banned`` for ``revoked``). Any other frame before the hello gets
-``error{no_hello}`` and the socket stays open; ``session_hello`` is decoded
-and refused with ``unsupported`` (1008) for now. A second hello on a helloed
-socket gets ``error{already_helloed}`` and changes nothing.
+A socket starts *unhelloed*. Its first frame must be a ``hello`` (a member
+key, PROTOCOL.md §3.1) or a ``session_hello`` (a session key vouched for by
+its parent member's signed attestation, §3.2). Either is checked by
+:mod:`meshproto._admission`, frame first and registry last:
 
-A good hello attaches the socket to a *presence* (the peer others see):
+* ``hello``: ``timestamp_skew``, ``malformed``, ``bad_session_pubkey``,
+  ``bad_signature`` (the member key over ``meshId|memberId|pubkey|timestamp``);
+* ``session_hello``: ``timestamp_skew``, ``malformed``, ``bad_parent_pubkey``,
+  ``bad_session_pubkey``, ``attestation_mismatch`` (the attestation must name
+  the hello's session and parent keys), ``expired``/``ttl_too_long`` (its
+  ``expiresAt`` must be in ``(now, now + 24 h]``), ``bad_signature`` (the
+  session key over the session-hello string, the member key over the
+  attestation string);
+* then the registry, asked afresh on every hello (so a revocation takes
+  effect at the member's next hello): ``unauthorized`` (no such member or
+  mesh; for a session hello, no such parent), ``revoked``,
+  ``parent_member_id_mismatch`` (session hello: ``parentMemberId`` is not the
+  parent's row), ``bad_session_pubkey`` (the session key is another member's
+  session or member key) and ``capacity``.
 
-* the presence with the same ``sessionPubkey`` (of the same member), else
-  the one with the same ``sessionId`` of the same member, if the broker still
-  knows it: it keeps its ``presenceId``, status and summary, and nobody is
-  told. If that presence still has a live socket, the old socket is closed
-  with 1000 ``session_replaced`` first (the new one takes over);
+The timestamp of either hello may be up to ``skew`` (60 s) away from the
+broker's clock in milliseconds, bounds included. A refusal is one
+``error{code, message}`` and a close (1008, or 4002 ``banned`` for
+``revoked``). Any other frame before the hello gets ``error{no_hello}`` and
+the socket stays open. A second hello of either kind on a helloed socket gets
+``error{already_helloed}`` and changes nothing.
+
+A good hello attaches the socket to a *presence* (the peer others see). A
+session hello's presence belongs to the parent member (its member row,
+groups, rate limit and stored messages) but is known by the session key: its
+``pubkey`` in ``list_peers`` and events, and the ``senderPubkey`` of what it
+sends, is the session key, as for a member hello that names a
+``sessionPubkey``. The presence is:
+
+* the presence with the same ``sessionPubkey`` (of the same member), else,
+  for a member hello only, the one with the same ``sessionId`` of the same
+  member (a presence made by a session hello is found by its key alone), if
+  the broker still knows it: it keeps its ``presenceId``, status and summary,
+  and nobody is told. If that presence still has a live socket, the old
+  socket is closed with 1000 ``session_replaced`` first (the new one takes
+  over);
 * else a new presence, and every other live socket of the mesh gets a
   system push: ``peer_joined`` the first time the store has ever seen the
   member, ``peer_returned`` after that.
 
 The socket then gets ``hello_ack`` (``restored: true`` and ``lastSeenAt``
-when the member was seen before), and *after* it every stored direct message
-for it, oldest first (the real broker drains before the ack; a client must
-accept both). When a socket closes, its presence stays for ``grace`` seconds
-(still listed by ``list_peers`` and counted against ``capacity``, as at the
-real broker); if nobody reattaches it by then it is dropped and the rest of
-the mesh gets ``peer_left``.
+when the member was seen before; the reference broker always includes
+``memberProfile``), and *after* it every stored direct message for it,
+oldest first (the real broker drains before the ack; a client must accept
+both). When a socket closes, its presence stays for ``grace`` seconds (still
+listed by ``list_peers`` and counted against ``capacity``, as at the real
+broker); if nobody reattaches it by then it is dropped and the rest of the
+mesh gets ``peer_left``.
 
 Messages
 --------
@@ -123,6 +148,8 @@ from ._admission import (
     Refusal,
     capacity,
     check_hello,
+    check_session_hello,
+    parent_member_id_mismatch,
     refuse_undecodable_hello,
     revoked,
     session_key_taken,
@@ -157,7 +184,7 @@ from ._frames import (
 )
 from ._presence import Conn, Presence, PresenceTable
 from ._ratelimit import TokenBucket
-from ._registry import AdmittingRegistry, MemberRegistry, Verifier
+from ._registry import AdmittingRegistry, Member, MemberRegistry, Verifier
 from ._store import MemoryStore, Store, StoredMessage
 from ._targets import check_target, is_direct_target
 
@@ -457,7 +484,8 @@ class Broker:
             elif isinstance(frame, Hello):
                 self._on_hello(conn, frame, now)
             else:
-                self._refuse(conn, _UNSUPPORTED, now)
+                assert isinstance(frame, SessionHello)
+                self._on_session_hello(conn, frame, now)
             return
         if presence is None:
             self._error(conn, "no_hello", "must send hello first", _frame_id(frame))
@@ -489,10 +517,8 @@ class Broker:
                     "already_helloed",
                     "this socket has already said hello; the second hello is ignored",
                 )
-            elif frame_type == "hello":
-                self._refuse(conn, refuse_undecodable_hello(raw), now)
             else:
-                self._refuse(conn, _UNSUPPORTED, now)
+                self._refuse(conn, refuse_undecodable_hello(raw), now)
             return
         frame_id = raw.get("id") if raw is not None else None
         self._error(conn, "malformed", str(exc), frame_id if type(frame_id) is str else None)
@@ -504,27 +530,85 @@ class Broker:
         if refusal is not None:
             self._refuse(conn, refusal, now)
             return
-        mesh_id = hello.mesh_id
-        registry = self.registry
-        member = registry.lookup(mesh_id, hello.pubkey)
-        if member is None and isinstance(registry, AdmittingRegistry):
-            member = registry.admit(
-                mesh_id, hello.pubkey, member_id=hello.member_id, display_name=hello.display_name
-            )
-        if member is None or member.pubkey != hello.pubkey or member.mesh_id != mesh_id:
-            self._refuse(conn, unauthorized(), now)
+        member = self._admit(
+            conn,
+            hello.mesh_id,
+            hello.pubkey,
+            member_id=hello.member_id,
+            display_name=hello.display_name,
+            now=now,
+        )
+        if member is not None:
+            self._attach(conn, member, hello, now)
+
+    def _on_session_hello(self, conn: Conn, hello: SessionHello, now: float) -> None:
+        refusal = check_session_hello(
+            hello, now=now, skew=self.options.skew, verifier=self.verifier
+        )
+        if refusal is not None:
+            self._refuse(conn, refusal, now)
             return
+        member = self._admit(
+            conn,
+            hello.mesh_id,
+            hello.parent_member_pubkey,
+            member_id=hello.parent_member_id,
+            display_name=hello.display_name,
+            now=now,
+        )
+        if member is None:
+            return
+        if member.member_id != hello.parent_member_id:
+            self._refuse(conn, parent_member_id_mismatch(), now)
+            return
+        self._attach(conn, member, hello, now)
+
+    def _admit(
+        self,
+        conn: Conn,
+        mesh_id: str,
+        pubkey: str,
+        *,
+        member_id: str,
+        display_name: str | None,
+        now: float,
+    ) -> Member | None:
+        """The registry's live row for ``pubkey``, or ``None`` after refusing the hello.
+
+        The registry is asked on every hello (nothing is cached), so a
+        revocation takes effect at the member's next hello.
+        """
+        registry = self.registry
+        member = registry.lookup(mesh_id, pubkey)
+        if member is None and isinstance(registry, AdmittingRegistry):
+            member = registry.admit(mesh_id, pubkey, member_id=member_id, display_name=display_name)
+        if member is None or member.pubkey != pubkey or member.mesh_id != mesh_id:
+            self._refuse(conn, unauthorized(), now)
+            return None
         if member.revoked:
             self._refuse(conn, revoked(mesh_id), now)
-            return
+            return None
+        return member
+
+    def _attach(self, conn: Conn, member: Member, hello: Hello | SessionHello, now: float) -> None:
+        """Attach an admitted hello's socket to its presence (found again, or new)."""
+        mesh_id = hello.mesh_id
+        attested = isinstance(hello, SessionHello)
+        session_pubkey = hello.session_pubkey
         presences = self._presences
         existing: Presence | None = None
-        if hello.session_pubkey is not None:
-            existing = presences.by_session_key(mesh_id, hello.session_pubkey)
+        if session_pubkey is not None:
+            if session_pubkey != member.pubkey:
+                other = self.registry.lookup(mesh_id, session_pubkey)
+                if other is not None and other.pubkey != member.pubkey:
+                    # Another member's own key: direct sends to it would be misrouted.
+                    self._refuse(conn, session_key_taken(), now)
+                    return
+            existing = presences.by_session_key(mesh_id, session_pubkey)
             if existing is not None and existing.member_pubkey != member.pubkey:
                 self._refuse(conn, session_key_taken(), now)
                 return
-        if existing is None and hello.session_id is not None:
+        if existing is None and not attested and hello.session_id is not None:
             existing = presences.by_session_id(mesh_id, member.pubkey, hello.session_id)
         limit = self.options.max_connections_per_mesh
         if existing is None and presences.count(mesh_id) >= limit:
@@ -554,18 +638,18 @@ class Broker:
         presence.peer_type = hello.peer_type
         if is_new:
             presence.session_id = hello.session_id
-            presence.session_pubkey = hello.session_pubkey
+            presence.session_pubkey = session_pubkey
+            presence.attested = attested
             presences.add(presence)
         elif (presence.session_id, presence.session_pubkey) != (
             hello.session_id,
-            hello.session_pubkey,
-        ):
+            session_pubkey,
+        ) or (attested and not presence.attested):
             presences.rekey(
                 presence,
                 hello.session_id if hello.session_id is not None else presence.session_id,
-                hello.session_pubkey
-                if hello.session_pubkey is not None
-                else presence.session_pubkey,
+                session_pubkey if session_pubkey is not None else presence.session_pubkey,
+                attested=presence.attested or attested,
             )
         presence.grace_token += 1  # cancels a pending grace expiry
         presence.conn = conn
@@ -981,11 +1065,6 @@ class Broker:
 
     def _error(self, conn: Conn, code: str, message: str, frame_id: str | None = None) -> None:
         self._send(conn, encode(ErrorFrame(code, message, frame_id)))
-
-
-_UNSUPPORTED = Refusal(
-    "unsupported", "session_hello is not supported by this broker yet; send a member hello"
-)
 
 
 def _frame_id(frame: Frame) -> str | None:

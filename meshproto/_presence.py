@@ -8,6 +8,11 @@ session (same ``sessionPubkey``, or same ``sessionId`` of the same member)
 finds it again. :class:`PresenceTable` keeps the presences and the indexes the
 broker routes by: per mesh (in order of arrival), per member, per session
 pubkey and per (member, sessionId). None of this is persisted.
+
+A presence made by a ``session_hello`` is *attested*: its session key was
+proven (by the session key's own signature and its parent's attestation).
+It is found again by that key only, never by ``sessionId``: a member hello
+that merely shares the ``sessionId`` must not take an attested session over.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class Presence:
     """A peer of a mesh: one session of one member, with or without a live socket."""
 
     __slots__ = (
+        "attested",
         "conn",
         "connected_at",
         "cwd",
@@ -65,6 +71,7 @@ class Presence:
         self.grace_token = 0
         self.session_id: str | None = None
         self.session_pubkey: str | None = None
+        self.attested = False
         self.display_name = member.display_name
         self.groups: tuple[Group, ...] = ()
         self.group_names: frozenset[str] = frozenset()
@@ -167,11 +174,20 @@ class PresenceTable:
             del self._by_member[member_key]
         self._unindex_session(presence)
 
-    def rekey(self, presence: Presence, session_id: str | None, session_pubkey: str | None) -> None:
+    def rekey(
+        self,
+        presence: Presence,
+        session_id: str | None,
+        session_pubkey: str | None,
+        *,
+        attested: bool | None = None,
+    ) -> None:
         """Change the session identity of ``presence`` (a reattach with new values)."""
         self._unindex_session(presence)
         presence.session_id = session_id
         presence.session_pubkey = session_pubkey
+        if attested is not None:
+            presence.attested = attested
         self._index_session(presence)
 
     def member_has_presences(self, mesh_id: str, member: str) -> bool:
@@ -180,7 +196,7 @@ class PresenceTable:
     def _index_session(self, presence: Presence) -> None:
         if presence.session_pubkey is not None:
             self._by_session_key[(presence.mesh_id, presence.session_pubkey)] = presence
-        if presence.session_id is not None:
+        if presence.session_id is not None and not presence.attested:
             key = (presence.mesh_id, presence.member_pubkey, presence.session_id)
             self._by_session_id[key] = presence
 

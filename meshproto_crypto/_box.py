@@ -28,8 +28,7 @@ from random import Random
 from nacl import bindings
 from nacl.exceptions import CryptoError
 
-from meshproto import OpenError, Push, is_direct_target
-from meshproto._seams import b64decode, b64encode
+from meshproto import OpenError, Push, b64decode, b64encode, is_direct_target
 
 from ._keys import KeyPair
 
@@ -64,13 +63,17 @@ class BoxSealer:
         # Pushes carry the sender's session key when it has one, so seal with it.
         self._send_curve = self._session_curve or self._member_curve
         self._nonce = nonce_source or bindings.randombytes
-        self._cache: dict[tuple[bytes, bytes], bytes] = {}
+        self._cache: dict[tuple[bytes, str], bytes] = {}
 
-    def _shared(self, own_curve_secret: bytes, peer_ed_pubkey: bytes) -> bytes:
-        key = (own_curve_secret, peer_ed_pubkey)
+    def _shared(self, own_curve_secret: bytes, peer_ed_pubkey_hex: str) -> bytes:
+        """The box key between one of our keys and a peer's (hex) ed25519 public key."""
+        key = (own_curve_secret, peer_ed_pubkey_hex)
         shared = self._cache.get(key)
         if shared is None:
-            shared = bindings.crypto_box_beforenm(_curve_public(peer_ed_pubkey), own_curve_secret)
+            peer = bytes.fromhex(peer_ed_pubkey_hex)
+            if len(peer) != 32:
+                raise ValueError("not a 32-byte public key")
+            shared = bindings.crypto_box_beforenm(_curve_public(peer), own_curve_secret)
             if len(self._cache) >= _CACHE_LIMIT:
                 del self._cache[next(iter(self._cache))]
             self._cache[key] = shared
@@ -81,8 +84,8 @@ class BoxSealer:
         if not is_direct_target(target_spec):
             return b64encode(nonce), b64encode(body)
         try:
-            shared = self._shared(self._send_curve, bytes.fromhex(target_spec))
-        except CryptoError as exc:
+            shared = self._shared(self._send_curve, target_spec)
+        except (CryptoError, ValueError) as exc:
             raise ValueError(f"target {target_spec[:16]}... is not an ed25519 public key") from exc
         sealed = bindings.crypto_box_easy_afternm(body, nonce, shared)
         return b64encode(nonce), b64encode(sealed)
@@ -95,18 +98,17 @@ class BoxSealer:
         box_error = "not a box"
         try:
             nonce = b64decode(push.nonce)
-            sender = bytes.fromhex(push.sender_pubkey)
         except ValueError:
-            nonce, sender = b"", b""
-        if len(nonce) == _NONCE_BYTES and len(sender) == 32:
+            nonce = b""
+        if len(nonce) == _NONCE_BYTES and is_direct_target(push.sender_pubkey):
             for own in (self._session_curve, self._member_curve):
                 if own is None:
                     continue
                 try:
                     return bindings.crypto_box_open_easy_afternm(
-                        ciphertext, nonce, self._shared(own, sender)
+                        ciphertext, nonce, self._shared(own, push.sender_pubkey)
                     )
-                except CryptoError:
+                except (CryptoError, ValueError):
                     box_error = "no key of ours opens the box"
         try:
             ciphertext.decode("utf-8")

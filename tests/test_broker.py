@@ -415,10 +415,14 @@ def test_hello_from_revoked_member_is_refused_then_closed_4002_banned() -> None:
     assert close == (4002, "banned")
 
 
-def test_registry_revoke_bans_the_next_hello() -> None:
+def test_registry_revoke_between_two_hellos_bans_the_second() -> None:
     net = Net()
+    net.close(net.joined("a"))  # its presence is still in the grace window
     net.registry.revoke(MESH, PK["a"])
-    assert refusal(net, net.hello("a"))[1] == (4002, "banned")
+    error, close = refusal(net, net.hello("a"))
+    assert (error["code"], close) == ("revoked", (4002, "banned"))
+    net.registry.add(Member(MESH, MEMBER_ID["a"], PK["a"], "peer-a"))  # re-admitted
+    assert net.take(net.hello("a"))[0]["type"] == "hello_ack"
 
 
 def test_hello_beyond_mesh_capacity_is_refused_1008_counting_grace() -> None:
@@ -473,30 +477,42 @@ def test_second_hello_on_a_socket_is_answered_and_ignored() -> None:
     assert net.take(watcher) == []
 
 
-def test_session_hello_is_decoded_and_refused_as_unsupported() -> None:
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        pytest.param({"parentAttestation": None}, "malformed", id="attestation-missing"),
+        pytest.param({"parentAttestation": "ab" * 64}, "malformed", id="attestation-not-object"),
+        pytest.param({"expiresAt": "tomorrow"}, "malformed", id="expires-at-a-string"),
+        pytest.param({"parentMemberId": 7}, "malformed", id="parent-member-id-a-number"),
+        pytest.param({"timestamp": "1800000000000"}, "timestamp_skew", id="timestamp-a-string"),
+    ],
+)
+def test_undecodable_session_hello_is_refused_1008(fields: dict[str, Any], code: str) -> None:
     net = Net()
+    attestation: dict[str, Any] = {
+        "sessionPubkey": SK["s1"],
+        "parentMemberPubkey": PK["a"],
+        "expiresAt": round(T0 * 1000) + 3_600_000,
+        "signature": "ab" * 64,
+    }
+    if "expiresAt" in fields:
+        attestation["expiresAt"] = fields.pop("expiresAt")
+    frame: dict[str, Any] = {
+        "type": "session_hello",
+        "meshId": MESH,
+        "parentMemberId": MEMBER_ID["a"],
+        "parentMemberPubkey": PK["a"],
+        "sessionPubkey": SK["s1"],
+        "parentAttestation": attestation,
+        "timestamp": round(T0 * 1000),
+        "signature": "ab" * 64,
+    }
+    frame.update(fields)
     conn = net.open()
-    net.frame(
-        conn,
-        {
-            "type": "session_hello",
-            "meshId": MESH,
-            "parentMemberId": MEMBER_ID["a"],
-            "parentMemberPubkey": PK["a"],
-            "sessionPubkey": SK["s1"],
-            "parentAttestation": {
-                "sessionPubkey": SK["s1"],
-                "parentMemberPubkey": PK["a"],
-                "expiresAt": 1,
-                "signature": "ab" * 64,
-            },
-            "timestamp": round(T0 * 1000),
-            "signature": "ab" * 64,
-        },
-    )
+    net.frame(conn, {k: v for k, v in frame.items() if v is not None})
     error, close = refusal(net, conn)
-    assert error["code"] == "unsupported"
-    assert close == (1008, "unsupported")
+    assert error == {"type": "error", "code": code, "message": f"session_hello rejected: {code}"}
+    assert close == (1008, code)
 
 
 # --- routing ------------------------------------------------------------------------
@@ -953,6 +969,22 @@ def test_second_socket_for_the_same_session_replaces_the_first(same: dict[str, s
     assert net.system(a) == []
     net.send(a, PK["b"], priority="now")
     assert len(net.pushes(second)) == 1
+
+
+def test_session_pubkey_that_is_another_members_key_is_refused() -> None:
+    net = Net()
+    a = net.joined("a")
+    conn = net.hello("b", sessionPubkey=PK["a"])
+    error, close = refusal(net, conn)
+    assert error == {
+        "type": "error",
+        "code": "bad_session_pubkey",
+        "message": "sessionPubkey is already in use by another member of this mesh",
+    }
+    assert close == (1008, "bad_session_pubkey")
+    c = net.joined("c")
+    net.send(c, PK["a"], priority="now")
+    assert len(net.pushes(a)) == 1
 
 
 def test_session_pubkey_held_by_another_member_is_refused() -> None:
