@@ -173,7 +173,7 @@ async def run_demo(
             port = server.port
             report.line(f"reference broker on {server.url}, SQLite store in a temporary folder")
 
-            report.section("three peers join (signed ed25519 hellos)")
+            report.section("three peers join (ed25519-signed session hellos)")
             async with _connect_all(peers, server.url, report) as clients:
                 for peer in peers.values():
                     tasks.start_soon(_collect, peer, lambda p=peer: expected[p.name])
@@ -280,7 +280,7 @@ class _connect_all:
                     member_id=f"member-{peer.name}",
                     signer=Ed25519Signer(peer.member),
                     session_id=f"demo-{peer.name}",
-                    session_pubkey=peer.session.pubkey,
+                    session_signer=Ed25519Signer(peer.session),
                     sealer=BoxSealer(peer.member, peer.session),
                     options=CLIENT_OPTIONS,
                     on_event=_on_event(peer, self.report),

@@ -1,9 +1,10 @@
 """Who the command speaks as: a joined mesh plus a persistent session key.
 
-The member key signs every hello; a session key pair, kept per (mesh,
-session name), is presented as ``sessionPubkey`` so that every reconnect of
-one session looks like the same peer to the broker, and it seals and opens
-direct messages together with the member key.
+Every socket opens with a ``session_hello`` (PROTOCOL.md §3.2): the member
+key attests a session key pair, kept per (mesh, session name), and the
+session key signs the hello. So every reconnect of one session is the same
+peer to the broker, which reattaches it silently within its grace window.
+The session key also seals and opens direct messages, with the member key.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class Identity:
             "member_id": self.mesh.member_id,
             "signer": Ed25519Signer(self.member),
             "session_id": f"{self.mesh.member_id}:{self.session_name}",
-            "session_pubkey": self.session.pubkey,
+            "session_signer": Ed25519Signer(self.session),
             "sealer": BoxSealer(self.member, self.session),
             "display_name": display_name,
             "peer_type": "connector",

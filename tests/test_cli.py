@@ -211,3 +211,16 @@ def test_ctrl_c_stops_listen_cleanly(local_mesh: tuple[Path, str, subprocess.Pop
     _, err = listener.communicate(timeout=20)
     assert listener.returncode == 130
     assert "Traceback" not in err
+
+
+def test_keygen_writes_a_private_identity_and_refuses_to_overwrite(tmp_path: Path) -> None:
+    out = tmp_path / "me.json"
+    result = run_cli("keygen", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    pubkey = result.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", pubkey)
+    assert out.stat().st_mode & 0o777 == 0o600
+    data = json.loads(out.read_text())
+    assert data["pubkey"] == pubkey and data["secretKey"].endswith(pubkey)
+    assert data["secretKey"] not in result.stdout + result.stderr
+    assert_one_line_error(run_cli("keygen", "--out", str(out)), "exists")
