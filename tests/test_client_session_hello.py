@@ -1,0 +1,82 @@
+"""A client with a session key opens every transport with a fresh session_hello."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from meshproto import (
+    ClientConfig,
+    ClientConnection,
+    LocalProtocolError,
+    SessionHello,
+    WriteFrame,
+    attestation_signing_payload,
+    decode,
+    session_hello_signing_payload,
+)
+from meshproto.testing import FakeSigner
+
+MEMBER, SESSION = FakeSigner("member"), FakeSigner("session")
+DAY_MS = 24 * 3600 * 1000
+
+
+def _client(**extra: object) -> ClientConnection:
+    config = ClientConfig(
+        url="ws://127.0.0.1:7900/ws",
+        mesh_id="mesh",
+        member_id="member-1",
+        signer=MEMBER,
+        session_id="s",
+        session_signer=SESSION,
+        **extra,  # type: ignore[arg-type]
+    )
+    return ClientConnection(config, rng=random.Random(0))
+
+
+def _hello_on_new_transport(client: ClientConnection, now: float, wall_ms: int) -> SessionHello:
+    (open_action,) = client.drain_actions()
+    client.transport_opened(open_action.transport_id, now=now, wall_time_ms=wall_ms)  # type: ignore[union-attr]
+    (write,) = client.drain_actions()
+    assert isinstance(write, WriteFrame)
+    frame = decode(write.text)
+    assert isinstance(frame, SessionHello)
+    return frame
+
+
+def test_session_hello_is_signed_by_the_session_key_and_attested_by_the_member_key() -> None:
+    client = _client()
+    client.connect(0.0)
+    hello = _hello_on_new_transport(client, 0.0, 1_000_000)
+    assert hello.parent_member_pubkey == MEMBER.public_key
+    assert hello.session_pubkey == SESSION.public_key
+    assert hello.parent_member_id == "member-1"
+    assert hello.timestamp == 1_000_000
+    payload = session_hello_signing_payload(
+        "mesh", MEMBER.public_key, SESSION.public_key, 1_000_000
+    )
+    assert hello.signature == SESSION.sign(payload).hex()
+    attestation = hello.parent_attestation
+    assert attestation.expires_at == 1_000_000 + DAY_MS
+    attested = attestation_signing_payload(
+        MEMBER.public_key, SESSION.public_key, attestation.expires_at
+    )
+    assert attestation.signature == MEMBER.sign(attested).hex()
+
+
+def test_attestation_is_minted_afresh_on_every_connect() -> None:
+    client = _client()
+    client.connect(0.0)
+    first = _hello_on_new_transport(client, 0.0, 1_000_000)
+    client.transport_closed(1, now=1.0, code=1001, reason="")
+    client.handle_timer(client.next_deadline() or 0.0)
+    second = _hello_on_new_transport(client, 40.0, 1_040_000)
+    assert second.parent_attestation.expires_at == 1_040_000 + DAY_MS
+    assert second.parent_attestation != first.parent_attestation
+
+
+def test_attestation_lifetime_over_24_hours_is_refused_locally() -> None:
+    with pytest.raises(LocalProtocolError, match="attestation_ttl_ms"):
+        _client(attestation_ttl_ms=DAY_MS + 1)
+    assert _client(attestation_ttl_ms=3_600_000).config.attestation_ttl_ms == 3_600_000
