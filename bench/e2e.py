@@ -28,14 +28,28 @@ websockets echo (the baseline)
     (an ``asyncio.Semaphore``) while the main task reads the echoes. The
     message is the very text frame our sender writes (same size, same bytes).
     messages/s = N / (time of the N-th echo - start).
+e2e sync (ours, blocking)
+    The same run with the blocking client (:func:`meshproto_sync.connect`,
+    one background I/O thread per client) against the same broker, served
+    by ``running_broker`` from an anyio event loop in a background thread of
+    the same process (as the anyio run shares one process, and one GIL, with
+    its broker). The window is kept with the client's non-blocking path:
+    the main thread calls ``sender.send_nowait(receiver.public_key, BODY,
+    "now")`` after taking a ``threading.Semaphore(WINDOW)``, and each
+    future's done-callback releases it, so ``WINDOW`` sends are in flight
+    at any time without ``WINDOW`` threads (``send()`` is exactly this call
+    plus a wait on the future). One thread calls ``receiver.receive()`` in
+    a loop. messages/s as above; latency is from ``send_nowait`` to the
+    future's resolution (the broker's ack, seen by the callback), in ms.
 
-The measurements alternate (ours, echo, ours on trio), ``REPEATS`` rounds, and
+The measurements alternate (ours, echo, ours on trio, ours blocking), ``REPEATS`` rounds, and
 medians are reported with the spread (slowest - fastest). The garbage
 collector stays on; a full collection runs before each measurement. One
 short warm-up run of each comes first and is not reported. Ours also runs on
-trio when it is installed (an extra line, not in the ratio). The last line is
-``e2e/websockets-echo ratio: X.XX`` = ours on asyncio (median messages/s) /
-the echo (median messages/s); higher is better for us.
+trio when it is installed (an extra line, not in the ratio). The line before
+last is ``e2e-sync/websockets-echo ratio: X.XX`` = ours blocking / the echo;
+the last line is ``e2e/websockets-echo ratio: X.XX`` = ours on asyncio
+(median messages/s) / the echo (median messages/s); higher is better for us.
 """
 
 from __future__ import annotations
@@ -53,14 +67,18 @@ import pstats
 import random
 import statistics
 import sysconfig
+import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from time import perf_counter
 from typing import Any
 
 import anyio
+from anyio.from_thread import start_blocking_portal
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
@@ -80,6 +98,8 @@ from meshproto import (
 )
 from meshproto.testing import FakeSigner
 from meshproto_anyio import Client, connect, running_broker
+from meshproto_sync import Client as SyncClient
+from meshproto_sync import connect as sync_connect
 
 MESH = "mesh-bench"
 WINDOW = 100
@@ -220,6 +240,78 @@ async def run_ours(n: int) -> Run:
             if receiver.counters.dropped_pushes:
                 raise RuntimeError(f"receiver dropped {receiver.counters.dropped_pushes} pushes")
     await check_no_leftover_tasks()
+    return Run(n / (delivered_at - start), tuple(x * 1_000 for x in latencies))
+
+
+# --- ours, blocking (meshproto_sync) -----------------------------------------------
+
+
+def join_sync(url: str, name: str) -> SyncClient:
+    return sync_connect(
+        url,
+        mesh_id=MESH,
+        member_id=f"member-{name}",
+        signer=signer(name),
+        display_name=name,
+        rng=random.Random(name),
+        close_timeout=1.0,
+    )
+
+
+def run_sync(n: int) -> Run:
+    """The blocking client: the window held by ``send_nowait`` futures (see the docstring)."""
+    bound = run_timeout(n)
+    latencies = [0.0] * n
+    errors: list[BaseException] = []
+    delivered_at = 0.0
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(running_broker(make_broker())) as server,
+        join_sync(server.url, "sender") as sender,
+        join_sync(server.url, "receiver") as receiver,
+    ):
+        sender.wait_state(ConnectionState.OPEN, timeout=bound)
+        receiver.wait_state(ConnectionState.OPEN, timeout=bound)
+        target = receiver.public_key
+        window = threading.Semaphore(WINDOW)
+
+        def acked(index: int, began: float, future: Future[str]) -> None:
+            latencies[index] = perf_counter() - began
+            window.release()
+            error = future.exception()
+            if error is not None:
+                errors.append(error)
+
+        def receive_all() -> None:
+            nonlocal delivered_at
+            try:
+                for count in range(n):
+                    message = receiver.receive(timeout=bound)
+                    if not isinstance(message, MessageReceived):
+                        raise RuntimeError(f"unreadable message {count}: {message!r}")
+                delivered_at = perf_counter()
+            except BaseException as exc:
+                errors.append(exc)
+
+        receiving = threading.Thread(target=receive_all, name="bench-receiver")
+        start = perf_counter()
+        receiving.start()
+        send = sender.send_nowait
+        for index in range(n):
+            if errors or not window.acquire(timeout=bound):
+                break
+            began = perf_counter()
+            send(target, BODY, "now").add_done_callback(partial(acked, index, began))
+        receiving.join(bound)
+        if receiving.is_alive():
+            errors.append(RuntimeError("the receiver did not finish in time"))
+        if receiver.counters.dropped_pushes:
+            errors.append(RuntimeError(f"receiver dropped {receiver.counters.dropped_pushes}"))
+    if errors:
+        raise errors[0]
+    left = [t for t in threading.enumerate() if t.name == "meshproto-sync-io"]
+    if left:
+        raise RuntimeError(f"I/O threads left over after a run: {left}")
     return Run(n / (delivered_at - start), tuple(x * 1_000 for x in latencies))
 
 
@@ -395,6 +487,7 @@ def main() -> None:
     }
     if importlib.util.find_spec("trio") is not None:
         runs["e2e trio (extra)"] = lambda k: anyio.run(run_ours, k, backend="trio")
+    runs["e2e sync (threads)"] = run_sync
 
     print(
         f"meshproto {meshproto.__version__} e2e bench, Python {platform.python_version()} "
@@ -422,6 +515,8 @@ def main() -> None:
         print(profile_ours(n))
     ours = statistics.median(r.rate for r in results["e2e asyncio"])
     baseline = statistics.median(r.rate for r in results["websockets echo"])
+    blocking = statistics.median(r.rate for r in results["e2e sync (threads)"])
+    print(f"e2e-sync/websockets-echo ratio: {blocking / baseline:.2f}")
     print(f"e2e/websockets-echo ratio: {ours / baseline:.2f}")
 
 

@@ -40,6 +40,8 @@ def test_e2e_bench_quick_run() -> None:
     pytest.importorskip("wsproto")
     result = run_bench("e2e.py", "--quick")
     check_last_line(result, r"e2e/websockets-echo ratio: \d+\.\d\d")
+    before_last = result.stdout.splitlines()[-2]
+    assert re.fullmatch(r"e2e-sync/websockets-echo ratio: \d+\.\d\d", before_last), before_last
 
 
 def test_core_bench_runs() -> None:

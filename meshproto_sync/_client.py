@@ -1,0 +1,492 @@
+"""The blocking client: :func:`connect` and :class:`Client`.
+
+The twin of :mod:`meshproto_anyio`'s client, for scripts and threads. The
+core decides, :class:`~meshproto_ws.ClientDriver` translates, and one
+background I/O thread (:mod:`meshproto_sync._io`) does the socket work,
+so the connection stays alive (pings answered, liveness kept, reconnects
+made) whatever the application's threads are doing.
+
+Every method may be called from any thread. A call takes the client's lock,
+hands the call to the core, wakes the I/O thread and, if it blocks, waits
+on a condition (or a :class:`concurrent.futures.Future`) that the I/O
+thread fulfils when the outcome arrives. Every blocking call takes a
+``timeout`` (seconds, ``None`` for no limit) and raises the builtin
+:class:`TimeoutError` when it passes; a Ctrl-C in the main thread raises
+:class:`KeyboardInterrupt` within :data:`~meshproto_sync._wait.MAIN_THREAD_SLICE`
+seconds and leaves the client usable and closable.
+
+A send whose wait times out (or is interrupted) is **not** withdrawn: it
+stays pending in the core and resolves later (acked, or failed with a
+reason, at the latest by the core's ack timeout once written, or with
+``closed`` at :meth:`Client.close`); only the caller stopped waiting. The
+same holds for :meth:`Client.list_peers`. :meth:`Client.send_nowait` is the
+same send without the wait: it returns the future at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from types import TracebackType
+from typing import Any, TypeVar
+
+from meshproto import (
+    ClientConfig,
+    ClientConnection,
+    ClientOptions,
+    Closed,
+    ConnectionClosedError,
+    ConnectionState,
+    Counters,
+    Event,
+    Group,
+    LocalProtocolError,
+    MessageReceived,
+    Peer,
+    PeersListed,
+    PlaintextSealer,
+    RequestError,
+    RequestFailed,
+    Sealer,
+    SendAcked,
+    SendError,
+    SendFailed,
+    Signer,
+    StateChanged,
+    SystemMessage,
+    UnreadableMessage,
+)
+from meshproto_ws import DEFAULT_CLOSE_TIMEOUT, ClientDriver
+
+from ._io import CLOSE_GRACE, MAX_SEND_BUFFER, IoThread
+from ._wait import Deadline
+
+__all__ = ["SYSTEM_MESSAGE_LIMIT", "Client", "Message", "connect"]
+
+logger = logging.getLogger("meshproto.sync")
+
+T = TypeVar("T")
+
+#: System messages kept for :meth:`Client.receive_system` (oldest dropped first).
+SYSTEM_MESSAGE_LIMIT = 256
+
+#: What :meth:`Client.receive` returns.
+Message = MessageReceived | UnreadableMessage
+
+
+class Client:
+    """One mesh membership over a blocking socket. Made by :func:`connect`.
+
+    A context manager: leaving the ``with`` block closes it.
+    """
+
+    def __init__(
+        self,
+        driver: ClientDriver,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        max_send_buffer: int = MAX_SEND_BUFFER,
+    ) -> None:
+        self._driver = driver
+        self._core = driver.connection
+        self._on_event = on_event
+        self._lock = threading.Lock()
+        self._messages_cv = threading.Condition(self._lock)
+        self._system_cv = threading.Condition(self._lock)
+        self._state_cv = threading.Condition(self._lock)
+        self._sends: dict[str, Future[str]] = {}
+        self._requests: dict[str, Future[tuple[Peer, ...]]] = {}
+        self._system: deque[SystemMessage] = deque(maxlen=SYSTEM_MESSAGE_LIMIT)
+        self._closed: Closed | None = None
+        # Filled by _deliver (lock held), emptied by _settle (lock released),
+        # both in the I/O thread.
+        self._hook_events: list[Event] = []
+        self._outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
+        self._io = IoThread(
+            driver,
+            self._lock,
+            deliver=self._deliver,
+            settle=self._settle,
+            ssl_context=ssl_context,
+            max_send_buffer=max_send_buffer,
+        )
+
+    # --- observation -------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._core.state
+
+    @property
+    def counters(self) -> Counters:
+        with self._lock:
+            return self._core.counters
+
+    @property
+    def session_id(self) -> str:
+        return self._core.config.session_id
+
+    @property
+    def public_key(self) -> str:
+        """This member's public key (what other peers send direct messages to)."""
+        return self._core.config.signer.public_key
+
+    @property
+    def closed(self) -> Closed | None:
+        """Why the client stopped for good, or ``None`` while it is not closed."""
+        return self._closed
+
+    def wait_state(self, *states: ConnectionState, timeout: float | None = None) -> ConnectionState:
+        """Wait until the state is one of ``states``; return it.
+
+        Raises :class:`~meshproto.ConnectionClosedError` if the client closes
+        first (unless ``CLOSED`` is one of ``states``), :class:`TimeoutError`
+        after ``timeout`` seconds.
+        """
+        wanted = frozenset(states)
+        deadline = Deadline(timeout)
+        with self._lock:
+            while True:
+                state = self._core.state
+                if state in wanted:
+                    return state
+                if state is ConnectionState.CLOSED:
+                    raise self._closed_error()
+                self._state_cv.wait(self._next_wait(deadline, "wait_state"))
+
+    # --- user calls ----------------------------------------------------------------
+
+    def send(
+        self,
+        target: str,
+        body: str | bytes,
+        priority: str = "next",
+        *,
+        timeout: float | None = None,
+    ) -> str:
+        """Send ``body`` to ``target`` and wait for the broker's ack; return its ``messageId``.
+
+        Sends made while offline wait in the core's bounded outbox. Raises
+        :class:`~meshproto.SendError` (with a reason that says whether
+        retrying can help) if the send fails, :class:`~meshproto.LocalProtocolError`
+        for a bad target, priority or size, :class:`~meshproto.ConnectionClosedError`
+        once closed, and :class:`TimeoutError` after ``timeout`` seconds, in
+        which case the send stays pending and resolves later, unobserved
+        (see the module docstring).
+        """
+        return self._wait_future(self.send_nowait(target, body, priority), timeout, "send")
+
+    def send_nowait(self, target: str, body: str | bytes, priority: str = "next") -> Future[str]:
+        """Start a send and return at once; the future gives the ``messageId``.
+
+        The future's ``result()`` raises what :meth:`send` raises
+        (:class:`~meshproto.SendError`); it cannot be cancelled (the send is
+        never withdrawn). Invalid arguments and a closed client raise here,
+        at once. Pipelining: at most ``ClientOptions.max_outbox`` sends are
+        pending; more fail with reason ``queue_full``.
+        """
+        future: Future[str] = Future()
+        future.set_running_or_notify_cancel()
+        with self._lock:
+            self._check_open()
+            handle = self._core.send(target, body, priority, now=time.monotonic())
+            self._sends[handle.id] = future
+            self._io.wake()
+        return future
+
+    def set_status(self, status: str) -> None:
+        """Set presence (``idle``, ``working``, ``dnd``); kept across reconnects."""
+        with self._lock:
+            self._check_open()
+            self._core.set_status(status, now=time.monotonic())
+            self._io.wake()
+
+    def set_summary(self, summary: str) -> None:
+        """Set the one-line summary other peers see; kept across reconnects."""
+        with self._lock:
+            self._check_open()
+            self._core.set_summary(summary, now=time.monotonic())
+            self._io.wake()
+
+    def list_peers(self, timeout: float | None = None) -> tuple[Peer, ...]:
+        """Ask the broker for the peers of the mesh.
+
+        Raises :class:`~meshproto.RequestError` if the request fails or the
+        core's ``request_timeout`` passes, :class:`TimeoutError` after
+        ``timeout`` seconds (the request itself stays pending in the core).
+        """
+        future: Future[tuple[Peer, ...]] = Future()
+        future.set_running_or_notify_cancel()
+        with self._lock:
+            self._check_open()
+            request_id = self._core.list_peers(now=time.monotonic())
+            self._requests[request_id] = future
+            self._io.wake()
+        return self._wait_future(future, timeout, "list_peers")
+
+    def receive(self, timeout: float | None = None) -> Message:
+        """The next message pushed to this peer, in order, each once.
+
+        Backed by the core's bounded inbox (``ClientOptions.inbox_limit``):
+        when nobody reads, the oldest messages are dropped and counted in
+        ``counters.dropped_pushes``. Raises :class:`TimeoutError` after
+        ``timeout`` seconds, and :class:`~meshproto.ConnectionClosedError`
+        once the client is closed and the inbox is empty.
+        """
+        self._check_inbox()
+        deadline = Deadline(timeout)
+        with self._lock:
+            while True:
+                taken = self._core.take_messages(1)
+                if taken:
+                    return taken[0]
+                if self._core.state is ConnectionState.CLOSED:
+                    raise self._closed_error()
+                self._messages_cv.wait(self._next_wait(deadline, "receive"))
+
+    def messages(self) -> Iterator[Message]:
+        """Iterate :meth:`receive` (no timeout); ends when the client is closed and drained."""
+        self._check_inbox()
+        return self._iterate(self.receive)
+
+    def receive_system(self, timeout: float | None = None) -> SystemMessage:
+        """The next system push (``peer_joined``, ``peer_left`` …).
+
+        The last :data:`SYSTEM_MESSAGE_LIMIT` are kept while nobody reads.
+        Raises like :meth:`receive`.
+        """
+        deadline = Deadline(timeout)
+        with self._lock:
+            while True:
+                if self._system:
+                    return self._system.popleft()
+                if self._core.state is ConnectionState.CLOSED:
+                    raise self._closed_error()
+                self._system_cv.wait(self._next_wait(deadline, "receive_system"))
+
+    def system_messages(self) -> Iterator[SystemMessage]:
+        """Iterate :meth:`receive_system` (no timeout); ends when the client is closed."""
+        return self._iterate(self.receive_system)
+
+    def close(self) -> None:
+        """Close for good: say goodbye to the broker, close the socket, end the I/O thread.
+
+        Bounded by ``close_timeout`` (plus a little). Pending sends and
+        requests fail with reason ``closed``; blocked calls in other threads
+        wake up (:meth:`receive` raises :class:`~meshproto.ConnectionClosedError`);
+        later calls raise :class:`~meshproto.ConnectionClosedError`.
+        Idempotent; safe from any thread, including from ``on_event`` (which
+        does not wait for the thread it runs on).
+        """
+        with self._lock:
+            if self._core.state is not ConnectionState.CLOSED:
+                self._core.close(now=time.monotonic())
+                if self._closed is None:
+                    self._closed = Closed("closed by the user", None, True)
+                self._notify_all()
+                self._io.wake()
+        thread = self._io.thread
+        if self._io.in_io_thread or not thread.is_alive():
+            return
+        deadline = Deadline(self._driver.close_timeout + CLOSE_GRACE + 1.0)
+        while thread.is_alive():
+            try:
+                wait = deadline.next_wait("close")
+            except TimeoutError:  # pragma: no cover - the I/O thread bounds its own close
+                logger.warning("the meshproto_sync I/O thread did not end in time")
+                return
+            thread.join(wait)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- the I/O thread's side -------------------------------------------------------
+
+    def _start(self) -> None:
+        self._io.start()
+
+    def _deliver(self, event: Event) -> None:
+        """One core event (I/O thread, lock held)."""
+        if self._on_event is not None:
+            self._hook_events.append(event)
+        if isinstance(event, SendAcked):
+            sent = self._sends.pop(event.send_id, None)
+            if sent is not None:
+                self._outcomes.append((sent, event.message_id, None))
+        elif isinstance(event, SendFailed):
+            sent = self._sends.pop(event.send_id, None)
+            if sent is not None:
+                self._outcomes.append((sent, None, SendError(event.send_id, event.reason)))
+        elif isinstance(event, (MessageReceived, UnreadableMessage)):
+            self._messages_cv.notify_all()
+        elif isinstance(event, SystemMessage):
+            self._system.append(event)
+            self._system_cv.notify_all()
+        elif isinstance(event, StateChanged):
+            self._state_cv.notify_all()
+        elif isinstance(event, PeersListed):
+            request = self._requests.pop(event.request_id, None)
+            if request is not None:
+                self._outcomes.append((request, event.peers, None))
+        elif isinstance(event, RequestFailed):
+            request = self._requests.pop(event.request_id, None)
+            if request is not None:
+                error = RequestError(event.request_id, event.reason)
+                self._outcomes.append((request, None, error))
+        elif isinstance(event, Closed):
+            failure = self._io.error
+            if failure is not None:
+                event = Closed(f"the I/O thread failed: {failure!r}")
+            self._closed = event
+            self._notify_all()
+
+    def _settle(self) -> None:
+        """Run the hook and resolve futures (I/O thread, lock released)."""
+        if self._hook_events:
+            events, self._hook_events = self._hook_events, []
+            hook = self._on_event
+            assert hook is not None
+            for event in events:
+                try:
+                    hook(event)
+                except Exception:
+                    logger.exception("on_event hook raised (ignored)")
+        if self._outcomes:
+            outcomes, self._outcomes = self._outcomes, []
+            for future, value, error in outcomes:
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+
+    # --- internals -----------------------------------------------------------------
+
+    def _notify_all(self) -> None:
+        self._messages_cv.notify_all()
+        self._system_cv.notify_all()
+        self._state_cv.notify_all()
+
+    def _next_wait(self, deadline: Deadline, what: str) -> float:
+        wait = deadline.next_wait(what)
+        if self._io.in_io_thread:
+            raise LocalProtocolError(
+                f"{what}() would block the I/O thread (called from on_event?): "
+                "use a timeout of 0, or call it from another thread"
+            )
+        return wait
+
+    def _wait_future(self, future: Future[T], timeout: float | None, what: str) -> T:
+        deadline = Deadline(timeout)
+        while not future.done():
+            wait_futures((future,), timeout=self._next_wait(deadline, what))
+        return future.result()
+
+    def _iterate(self, take: Callable[[], T]) -> Iterator[T]:
+        while True:
+            try:
+                yield take()
+            except ConnectionClosedError:
+                return
+
+    def _check_inbox(self) -> None:
+        if self._core.options.inbox_limit == 0:
+            raise LocalProtocolError("receive() needs an inbox: inbox_limit is 0")
+
+    def _closed_error(self) -> ConnectionClosedError:
+        closed = self._closed
+        if closed is None:  # pragma: no cover - CLOSED always comes with Closed
+            return ConnectionClosedError("the client is closed")
+        return ConnectionClosedError(closed.reason, closed.code)
+
+    def _check_open(self) -> None:
+        if self._core.state is ConnectionState.CLOSED:
+            raise self._closed_error()
+
+
+def connect(
+    url: str,
+    *,
+    mesh_id: str,
+    member_id: str,
+    signer: Signer,
+    session_id: str | None = None,
+    display_name: str | None = None,
+    groups: Sequence[Group] | None = None,
+    hostname: str | None = None,
+    peer_type: str | None = None,
+    session_pubkey: str | None = None,
+    session_signer: Signer | None = None,
+    role: str | None = None,
+    sealer: Sealer | None = None,
+    options: ClientOptions | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    rng: random.Random | None = None,
+    max_message_bytes: int | None = None,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    on_event: Callable[[Event], None] | None = None,
+) -> Client:
+    """Join a mesh through the broker at ``url`` (``ws://`` or ``wss://``).
+
+    Returns a started :class:`Client` at once, to be used as a context
+    manager (``with connect(...) as client:``) or closed with
+    :meth:`Client.close`. It connects (and reconnects) in its I/O thread;
+    sends made before the handshake completes wait in the outbox. Use
+    ``client.wait_state(ConnectionState.OPEN, timeout=...)`` to wait for the
+    broker's ``hello_ack``.
+
+    The parameters are :func:`meshproto_anyio.connect`'s: ``signer`` holds
+    the member key; with ``session_signer`` every socket opens with a
+    ``session_hello``. ``session_id`` defaults to a fresh random id, stable
+    for this client's life. ``rng`` (ids, nonces, backoff jitter) defaults
+    to :class:`random.SystemRandom`. ``ssl_context`` is used for ``wss://``
+    (default: :func:`ssl.create_default_context`). ``max_message_bytes``
+    caps a received message. ``on_event`` is called with every core event,
+    in order, from the I/O thread (without the client's lock): it must not
+    block; exceptions it raises are logged and ignored.
+
+    Raises :class:`~meshproto.LocalProtocolError` at once for a URL that is
+    not ``ws://`` or ``wss://``.
+    """
+    rng = rng if rng is not None else random.SystemRandom()
+    config = ClientConfig(
+        url=url,
+        mesh_id=mesh_id,
+        member_id=member_id,
+        signer=signer,
+        session_id=session_id if session_id is not None else f"{rng.getrandbits(64):016x}",
+        pid=os.getpid(),
+        cwd=os.getcwd(),
+        display_name=display_name,
+        hostname=hostname,
+        peer_type=peer_type,
+        groups=tuple(groups) if groups is not None else None,
+        session_pubkey=session_pubkey,
+        sealer=sealer if sealer is not None else PlaintextSealer(),
+        session_signer=session_signer,
+        role=role,
+    )
+    driver = ClientDriver(
+        ClientConnection(config, rng=rng, options=options),
+        max_message_bytes=max_message_bytes,
+        close_timeout=close_timeout,
+    )
+    client = Client(driver, ssl_context=ssl_context, on_event=on_event)
+    client._start()
+    return client
