@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -140,6 +141,46 @@ def _runner(name: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
     }[name]
 
 
+async def _until_interrupted(
+    runner: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
+) -> int:
+    """Run the command; SIGINT or SIGTERM cancels it and raises ``KeyboardInterrupt``.
+
+    Handling the signals here, inside the event loop, makes Ctrl-C behave the
+    same on asyncio and trio and on every Python (3.10's asyncio would
+    otherwise surface it as a bare ``CancelledError``).
+    """
+    import anyio  # noqa: PLC0415 (needs the optional extras)
+
+    outcome: list[int] = []
+    failure: list[BaseException] = []
+    interrupted = False
+    async with anyio.create_task_group() as tasks:
+
+        async def watch_signals() -> None:
+            nonlocal interrupted
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    interrupted = True
+                    tasks.cancel_scope.cancel()
+                    return
+
+        async def work() -> None:
+            try:
+                outcome.append(await runner(args))
+            except Exception as exc:  # re-raised below, outside the task group
+                failure.append(exc)
+            tasks.cancel_scope.cancel()
+
+        tasks.start_soon(watch_signals)
+        tasks.start_soon(work)
+    if interrupted:
+        raise KeyboardInterrupt
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
 def _fail(message: str, status: int = 1) -> int:
     print(f"meshproto: error: {message}", file=sys.stderr)
     return status
@@ -161,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._files import FileProblem  # noqa: PLC0415
 
     try:
-        return anyio.run(runner, args)
+        return anyio.run(_until_interrupted, runner, args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
