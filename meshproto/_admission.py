@@ -45,8 +45,10 @@ its parent member:
 Then the broker asks the registry for the (parent) member and refuses with
 ``unauthorized`` (1008), ``revoked`` (4002 ``banned``), for a session hello
 ``parent_member_id_mismatch`` (1008: ``parentMemberId`` is not the member
-row's id), ``bad_session_pubkey`` (the session key is held by, or is the
-member key of, another member) or ``capacity`` (1008); those refusals are
+row's id), ``bad_session_pubkey`` (the session key is the member key of
+another member, or is held by another member's presence that this hello may
+not displace: only a session hello, which proves the key, displaces a member
+hello's unproven claim of it) or ``capacity`` (1008); those refusals are
 built here as well.
 
 The broker's clock in milliseconds is ``round(now * 1000)``; the skew bound

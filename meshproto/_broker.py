@@ -37,14 +37,16 @@ its parent member's signed attestation, §3.2). Either is checked by
   mesh; for a session hello, no such parent), ``revoked``,
   ``parent_member_id_mismatch`` (session hello: ``parentMemberId`` is not the
   parent's row), ``bad_session_pubkey`` (the session key is another member's
-  session or member key) and ``capacity``.
+  member key, or the key of another member's presence that the hello cannot
+  displace: see *Session keys* below) and ``capacity``.
 
 The timestamp of either hello may be up to ``skew`` (60 s) away from the
 broker's clock in milliseconds, bounds included. A refusal is one
 ``error{code, message}`` and a close (1008, or 4002 ``banned`` for
 ``revoked``). Any other frame before the hello gets ``error{no_hello}`` and
-the socket stays open. A second hello of either kind on a helloed socket gets
-``error{already_helloed}`` and changes nothing.
+the socket stays open (until its hello timeout, see *Liveness*). A second
+hello of either kind on a helloed socket gets ``error{already_helloed}`` and
+changes nothing.
 
 A good hello attaches the socket to a *presence* (the peer others see). A
 session hello's presence belongs to the parent member (its member row,
@@ -72,6 +74,41 @@ both). When a socket closes, its presence stays for ``grace`` seconds (still
 listed by ``list_peers`` and counted against ``capacity``, as at the real
 broker); if nobody reattaches it by then it is dropped and the rest of the
 mesh gets ``peer_left``.
+
+Session keys
+~~~~~~~~~~~~
+
+A member ``hello`` may name a ``sessionPubkey`` without proving it holds
+that key; only a ``session_hello`` proves one (the key's own signature and its
+parent's attestation), and the presence it makes is *attested*. A session key
+names at most one presence of the mesh, and which member may have it is
+decided as follows **[ours]**:
+
+* the same member may always name its own session key again, proven or not
+  (a member hello with ``sessionPubkey`` reattaches that session);
+* an unproven claim of a key that a presence of *another* member holds (live
+  or in its grace window) is refused ``bad_session_pubkey``, and so is a
+  proven one when that presence is attested too: first come, first served;
+* a proven key *displaces* an unproven claim of it by another member. The
+  claimant's socket, if live, is closed with 1008 ``session_key_claimed``
+  (a client that reconnects with the same claim is then refused
+  ``bad_session_pubkey`` while the proven session is known);
+  its presence is dropped at once (the mesh gets ``peer_left`` for it, then
+  the usual ``peer_joined``/``peer_returned`` for the proven session); its
+  place no longer counts against ``capacity``. The direct messages stored
+  for the claimant's member that were addressed to that session key (sealed
+  to a key the claimant cannot open) become the proven session's: they join
+  the end of its member's queue (even beyond ``store_limit_per_member``,
+  which bounds only new sends), lose any lease they had, and are pushed
+  after its ``hello_ack`` like any stored message. (The :class:`Store` has no
+  atomic move, so each is deleted and added again: a crash in between loses
+  that message.) What the claimant already acknowledged is gone; what is
+  still stored for the claimant once its presence has left on its own (after
+  its grace window) stays with it until it expires.
+
+Once the proven session has been gone for longer than ``grace`` its key is
+free again: nothing remembers who proved it, so a later unproven claim is let
+in, and displaced in turn when the proven session comes back.
 
 Messages
 --------
@@ -114,8 +151,13 @@ Liveness
 
 Every socket is pinged every ``ping_interval`` from the moment it opens and
 closed with 1001 ``liveness timeout`` after ``liveness_timeout`` seconds in
-which nothing (text, binary, ping or pong) arrived. A text message over
-``hard_frame_cap`` bytes closes the socket with 1009.
+which nothing (text, binary, ping or pong) arrived. A socket that has no
+accepted hello ``hello_timeout`` seconds after it opened is closed with 1008
+``hello timeout`` **[ours]**, however alive it is: answering pings, or
+sending frames that are each answered ``no_hello``, does not hold it off. A
+refused hello closes the socket at once; an accepted one cancels the hello
+timeout. (When both are due at once, the liveness timeout wins.) A text
+message over ``hard_frame_cap`` bytes closes the socket with 1009.
 
 Invariants
 ----------
@@ -140,7 +182,7 @@ import heapq
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from random import Random
 from typing import Any
 
@@ -216,7 +258,11 @@ _Timer = tuple[float, int, int, Any, int]
 
 @dataclass(frozen=True, slots=True)
 class BrokerOptions:
-    """Limits and timers (seconds). The defaults are PROTOCOL.md §7's."""
+    """Limits and timers (seconds). The defaults are PROTOCOL.md §7's.
+
+    ``hello_timeout`` (how long a socket may stay open without an accepted
+    hello) is ours: the protocol names no such limit.
+    """
 
     max_connections_per_mesh: int = 1000
     ping_interval: float = 30.0
@@ -232,11 +278,13 @@ class BrokerOptions:
     skew: float = 60.0
     dedupe_ttl: float = 24 * 3600.0
     dedupe_limit_per_member: int = 10_000
+    hello_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         for name in (
             "ping_interval",
             "liveness_timeout",
+            "hello_timeout",
             "grace",
             "lease",
             "store_ttl",
@@ -381,7 +429,8 @@ class Broker:
         """A socket was accepted (and upgraded); it must say hello first."""
         if conn_id in self._conns:
             raise LocalProtocolError(f"connection {conn_id} is already open")
-        conn = Conn(conn_id, now, self.options.ping_interval)
+        options = self.options
+        conn = Conn(conn_id, now, options.ping_interval, options.hello_timeout)
         self._conns[conn_id] = conn
         self._schedule_conn(conn)
 
@@ -597,6 +646,7 @@ class Broker:
         session_pubkey = hello.session_pubkey
         presences = self._presences
         existing: Presence | None = None
+        squatter: Presence | None = None
         if session_pubkey is not None:
             if session_pubkey != member.pubkey:
                 other = self.registry.lookup(mesh_id, session_pubkey)
@@ -606,14 +656,21 @@ class Broker:
                     return
             existing = presences.by_session_key(mesh_id, session_pubkey)
             if existing is not None and existing.member_pubkey != member.pubkey:
-                self._refuse(conn, session_key_taken(), now)
-                return
+                if not attested or existing.attested:
+                    # First come, first served, unless the newcomer proves the key
+                    # and the holder did not: an unproven claim never wins.
+                    self._refuse(conn, session_key_taken(), now)
+                    return
+                squatter, existing = existing, None
         if existing is None and not attested and hello.session_id is not None:
             existing = presences.by_session_id(mesh_id, member.pubkey, hello.session_id)
         limit = self.options.max_connections_per_mesh
-        if existing is None and presences.count(mesh_id) >= limit:
+        taken = presences.count(mesh_id) - (squatter is not None)
+        if existing is None and taken >= limit:
             self._refuse(conn, capacity(limit), now)
             return
+        if squatter is not None:
+            self._displace(squatter, member, now)
 
         store = self.store
         last_seen = store.last_seen(mesh_id, member.pubkey)
@@ -654,6 +711,8 @@ class Broker:
         presence.grace_token += 1  # cancels a pending grace expiry
         presence.conn = conn
         conn.presence = presence
+        conn.hello_deadline = None
+        self._schedule_conn(conn)  # without the hello timeout
 
         self._send(
             conn,
@@ -675,6 +734,30 @@ class Broker:
                 event_data["lastSeenAt"] = iso_ms(last_seen)
             event = "peer_joined" if last_seen is None else "peer_returned"
             self._system_push(mesh_id, event, event_data, now, skip=conn)
+
+    def _displace(self, squatter: Presence, owner: Member, now: float) -> None:
+        """A proven session takes its key back from ``squatter``, an unproven claim of it.
+
+        The squatter's socket (if live) is closed with 1008 ``session_key_claimed``,
+        its presence is dropped at once (``peer_left``), and the messages stored for
+        the squatter's member *addressed to that key* become the owner's.
+        """
+        key = squatter.session_pubkey
+        assert key is not None
+        if squatter.conn is not None:
+            self._close(squatter.conn, 1008, "session_key_claimed", now)
+        self._drop_presence(squatter, now)
+        mesh_id, holder = squatter.mesh_id, squatter.member_pubkey
+        store = self.store
+        for message in store.messages_for(mesh_id, holder):
+            if message.recipient_session != key:
+                continue
+            # The Store has no atomic move: delete, then add under the owner.
+            self._claims.pop(message.message_id, None)
+            if store.remove_acked(
+                mesh_id, holder, message_id=message.message_id, client_message_id=None
+            ):
+                store.add_message(replace(message, recipient=owner.pubkey))
 
     # --- sends ------------------------------------------------------------------
 
@@ -1012,6 +1095,9 @@ class Broker:
         if now >= conn.last_inbound + options.liveness_timeout:
             self._close(conn, 1001, "liveness timeout", now)
             return
+        if conn.hello_deadline is not None and now >= conn.hello_deadline:
+            self._close(conn, 1008, "hello timeout", now)
+            return
         if now >= conn.next_ping:
             self._outputs.append(PingConnection(conn.conn_id))
             conn.next_ping = now + options.ping_interval
@@ -1020,6 +1106,8 @@ class Broker:
     def _schedule_conn(self, conn: Conn) -> None:
         conn.timer_token += 1
         when = min(conn.next_ping, conn.last_inbound + self.options.liveness_timeout)
+        if conn.hello_deadline is not None and conn.hello_deadline < when:
+            when = conn.hello_deadline
         self._push_timer(when, _T_CONN, conn.conn_id, conn.timer_token)
 
     def _schedule_expiry(self, when: float | None, now: float | None) -> None:

@@ -175,6 +175,7 @@ PERMANENT_REFUSALS = frozenset(
         "attestation_mismatch",
         "bad_parent_pubkey",
         "parent_member_id_mismatch",
+        "session_key_claimed",  # [ours] the key's proven owner took it back
     }
 )
 

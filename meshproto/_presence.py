@@ -13,6 +13,10 @@ A presence made by a ``session_hello`` is *attested*: its session key was
 proven (by the session key's own signature and its parent's attestation).
 It is found again by that key only, never by ``sessionId``: a member hello
 that merely shares the ``sessionId`` must not take an attested session over.
+A presence made by a member hello that names a ``sessionPubkey`` is not
+attested (the key is only claimed): the broker lets a session hello of another
+member that proves the key displace it, and never lets an unproven claim take
+the key from another member's presence (see ``meshproto._broker``).
 """
 
 from __future__ import annotations
@@ -26,14 +30,28 @@ __all__ = ["Conn", "Presence", "PresenceTable"]
 
 
 class Conn:
-    """One socket. ``presence`` is ``None`` until its hello is accepted."""
+    """One socket. ``presence`` is ``None`` until its hello is accepted.
 
-    __slots__ = ("conn_id", "last_inbound", "next_ping", "presence", "timer_token")
+    ``hello_deadline`` is when an unhelloed socket is closed (``None`` once
+    its hello is accepted).
+    """
 
-    def __init__(self, conn_id: int, now: float, ping_interval: float) -> None:
+    __slots__ = (
+        "conn_id",
+        "hello_deadline",
+        "last_inbound",
+        "next_ping",
+        "presence",
+        "timer_token",
+    )
+
+    def __init__(
+        self, conn_id: int, now: float, ping_interval: float, hello_timeout: float
+    ) -> None:
         self.conn_id = conn_id
         self.last_inbound = now
         self.next_ping = now + ping_interval
+        self.hello_deadline: float | None = now + hello_timeout
         self.presence: Presence | None = None
         self.timer_token = 0
 

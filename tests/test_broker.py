@@ -1037,11 +1037,55 @@ def test_any_inbound_frame_counts_as_life() -> None:
 
 
 def test_unhelloed_socket_is_also_dropped_after_75s_of_silence() -> None:
-    net = Net()
+    # A hello timeout longer than the liveness timeout, so that silence is what closes it.
+    net = Net(options=BrokerOptions(hello_timeout=300.0))
     conn = net.open()
     net.deaf.add(conn)
     net.advance(76)
     assert net.closed[conn] == (1001, "liveness timeout")
+
+
+def test_socket_that_only_answers_pings_is_closed_1008_hello_timeout() -> None:
+    net = Net(options=BrokerOptions(hello_timeout=100.0))
+    conn = net.open()
+    net.advance(99.9)
+    assert net.pings[conn] == 3  # answered every time: liveness alone keeps it open
+    assert net.broker.is_open(conn)
+    net.advance(0.2)
+    assert net.closed[conn] == (1008, "hello timeout")
+    assert not net.broker.is_open(conn)
+
+
+def test_non_hello_frames_do_not_hold_off_the_hello_timeout() -> None:
+    net = Net()
+    conn = net.open()
+    for _ in range(4):
+        net.advance(2.4)
+        net.frame(conn, {"type": "list_peers"})
+        assert net.take(conn)[0]["code"] == "no_hello"
+    net.advance(0.3)  # 9.9 s after the socket opened
+    assert net.broker.is_open(conn)
+    net.advance(0.2)  # past hello_timeout (10 s by default)
+    assert net.closed[conn] == (1008, "hello timeout")
+
+
+def test_accepted_hello_cancels_the_hello_timeout() -> None:
+    net = Net()
+    conn = net.open()
+    net.advance(9.9)
+    net.hello("a", conn=conn)
+    assert net.take(conn)[0]["type"] == "hello_ack"
+    assert net.broker.next_deadline() == T0 + 30  # the first ping; no hello timer left
+    net.advance(300)
+    assert net.broker.is_open(conn)
+    assert conn not in net.closed
+
+
+def test_hello_timeout_is_validated_like_the_other_timers() -> None:
+    for bad in (0, -1.0, float("nan"), float("inf"), "10"):
+        with pytest.raises(LocalProtocolError, match="hello_timeout"):
+            BrokerOptions(hello_timeout=bad)  # type: ignore[arg-type]
+    assert BrokerOptions().hello_timeout == 10.0
 
 
 def test_rate_limit_allows_a_burst_of_10_then_refills_one_per_second() -> None:

@@ -21,6 +21,7 @@ from inmemory import T0, Wire
 
 from meshproto import (
     Broker,
+    BrokerOptions,
     ClientConfig,
     CloseConnection,
     Closed,
@@ -598,3 +599,213 @@ def test_member_and_session_sharing_a_session_id_stay_two_presences(session_firs
     assert all(c.state is ConnectionState.OPEN for c in wire.clients.values())
     assert presence_of(wire, "bob") != presence_of(wire, "bob-s")
     assert wire.broker.presence_count == 2
+
+
+# --- session keys: a proven session beats an unproven claim ----------------------------------
+
+
+class Sockets:
+    """A verifying broker driven socket by socket, keeping what it wrote to each one."""
+
+    def __init__(self, broker: Broker | None = None) -> None:
+        self.broker = broker if broker is not None else new_broker()
+        self.frames: dict[int, list[dict[str, Any]]] = {}
+        self.closes: dict[int, tuple[int, str]] = {}
+
+    def pump(self) -> None:
+        for out in self.broker.drain_outputs():
+            if isinstance(out, SendText):
+                self.frames.setdefault(out.conn_id, []).append(json.loads(out.text))
+            elif isinstance(out, CloseConnection):
+                self.closes[out.conn_id] = (out.code, out.reason)
+
+    def say(self, frame: dict[str, Any], *, at: float, conn: int | None = None) -> int:
+        """Say ``frame`` at time ``at`` on ``conn`` (by default a new socket); return the socket."""
+        if conn is None:
+            conn = next(_conn_ids)
+            self.broker.connection_opened(conn, now=at)
+        self.broker.receive_text(conn, json.dumps(frame), now=at)
+        self.pump()
+        return conn
+
+    def drop(self, conn: int, *, at: float) -> None:
+        self.broker.connection_closed(conn, now=at)
+        self.pump()
+
+    def run_timers(self, at: float) -> None:
+        self.broker.handle_timer(at)
+        self.pump()
+
+    def acked(self, conn: int) -> dict[str, Any]:
+        frames = self.frames.get(conn, [])
+        assert frames and frames[0]["type"] == "hello_ack", (frames, self.closes.get(conn))
+        assert self.broker.is_helloed(conn)
+        return frames[0]
+
+    def holder(self, session: str) -> str | None:
+        """The member whose presence is known by the session key ``session``, if any."""
+        found = [p.member_pubkey for p in self.broker.peers(MESH) if p.pubkey == PK[session]]
+        assert len(found) <= 1
+        return found[0] if found else None
+
+    def events(self, conn: int) -> list[tuple[str, str, str]]:
+        return [
+            (f["event"], f["eventData"]["name"], f["eventData"]["pubkey"])
+            for f in self.frames.get(conn, [])
+            if f.get("subtype") == "system"
+        ]
+
+
+def ms(at: float) -> int:
+    return round(at * 1000)
+
+
+def proven(parent: str = "bob", session: str = "bob-session", *, at: float) -> dict[str, Any]:
+    """A session hello at time ``at``: it proves ``session`` belongs to ``parent``."""
+    return session_hello(parent, session, ts=ms(at), expires_at=ms(at) + HOUR_MS)
+
+
+def claim(who: str, session: str, *, at: float) -> dict[str, Any]:
+    """A member hello of ``who`` naming the session key ``session`` without proving it."""
+    frame = member_hello(who, ts=ms(at))
+    frame["sessionPubkey"] = PK[session]
+    return frame
+
+
+def session_gone(net: Sockets) -> float:
+    """Bob's proven session says hello at T0, leaves at T0+1 and is dropped after its grace."""
+    conn = net.say(proven(at=T0), at=T0)
+    net.acked(conn)
+    net.drop(conn, at=T0 + 1)
+    net.run_timers(T0 + 100)
+    assert net.holder("bob-session") is None
+    return T0 + 100
+
+
+@pytest.mark.parametrize("in_grace", [False, True], ids=["live", "in-grace"])
+def test_unproven_claim_of_a_key_another_members_proven_session_holds_is_refused(
+    in_grace: bool,
+) -> None:
+    net = Sockets()
+    bob = net.say(proven(at=T0), at=T0)
+    net.acked(bob)
+    if in_grace:
+        net.drop(bob, at=T0 + 1)
+    carol = net.say(claim("carol", "bob-session", at=T0 + 2), at=T0 + 2)
+    assert net.frames[carol] == [
+        {
+            "type": "error",
+            "code": "bad_session_pubkey",
+            "message": "sessionPubkey is already in use by another member of this mesh",
+        }
+    ]
+    assert net.closes[carol] == (1008, "bad_session_pubkey")
+    assert net.holder("bob-session") == PK["bob"]
+
+
+@pytest.mark.parametrize("squatter_live", [True, False], ids=["squatter-live", "squatter-in-grace"])
+def test_proven_session_hello_displaces_another_members_unproven_claim_of_its_key(
+    squatter_live: bool,
+) -> None:
+    net = Sockets()
+    now = session_gone(net)
+    carol = net.say(claim("carol", "bob-session", at=now), at=now)
+    net.acked(carol)  # nothing proves the key is not Carol's: the claim is let in
+    assert net.holder("bob-session") == PK["carol"]
+    if not squatter_live:
+        net.drop(carol, at=now + 1)
+    bob = net.say(proven(at=now + 2), at=now + 2)
+    net.acked(bob)
+    assert net.holder("bob-session") == PK["bob"]
+    assert net.broker.presence_count == 1  # Carol's claim is gone, grace or not
+    assert net.closes.get(carol) == ((1008, "session_key_claimed") if squatter_live else None)
+
+
+def test_unproven_claim_is_refused_once_the_proven_session_took_its_key_back() -> None:
+    net = Sockets()
+    now = session_gone(net)
+    carol = net.say(claim("carol", "bob-session", at=now), at=now)
+    net.acked(bob := net.say(proven(at=now + 1), at=now + 1))
+    assert net.closes[carol] == (1008, "session_key_claimed")
+    net.drop(bob, at=now + 2)  # in grace: the key is still Bob's
+    again = net.say(claim("carol", "bob-session", at=now + 3), at=now + 3)
+    assert net.frames[again][0]["code"] == "bad_session_pubkey"
+    assert net.closes[again] == (1008, "bad_session_pubkey")
+    assert net.holder("bob-session") == PK["bob"]
+
+
+def test_messages_stored_for_a_displaced_claim_go_to_the_proven_session() -> None:
+    net = Sockets()
+    now = session_gone(net)
+    alice = net.say(member_hello("alice", ts=ms(now)), at=now)
+    carol = net.say(claim("carol", "bob-session", at=now), at=now)
+    send = {
+        "type": "send",
+        "id": "s1",
+        "targetSpec": PK["bob-session"],
+        "priority": "now",
+        "nonce": "A" * 32,
+        "ciphertext": "sealed to the session key",
+        "client_message_id": "m1",
+    }
+    net.say(send, at=now, conn=alice)
+    (ack,) = [f for f in net.frames[alice] if f["type"] == "ack"]
+    (pushed,) = [f for f in net.frames[carol] if f["type"] == "push" and "subtype" not in f]
+    assert pushed["messageId"] == ack["messageId"]  # the squatter got it (and cannot open it)
+    bob = net.say(proven(at=now + 1), at=now + 1)
+    net.acked(bob)
+    (pushed_again,) = [f for f in net.frames[bob] if f["type"] == "push"]
+    assert pushed_again["messageId"] == ack["messageId"]
+    assert pushed_again["ciphertext"] == "sealed to the session key"
+    store = net.broker.store
+    assert [m.message_id for m in store.messages_for(MESH, PK["bob"])] == [ack["messageId"]]
+    assert store.messages_for(MESH, PK["carol"]) == []
+
+
+def test_displaced_claim_is_announced_peer_left_before_the_proven_session_returns() -> None:
+    net = Sockets()
+    now = session_gone(net)
+    alice = net.say(member_hello("alice", ts=ms(now)), at=now)
+    net.say(claim("carol", "bob-session", at=now), at=now)
+    net.say(proven(at=now + 1), at=now + 1)
+    assert net.events(alice) == [
+        ("peer_joined", "carol", PK["bob-session"]),
+        ("peer_left", "carol", PK["bob-session"]),
+        ("peer_returned", "bob-session", PK["bob-session"]),
+    ]
+
+
+def test_displacing_a_claim_frees_its_place_for_the_capacity_check() -> None:
+    net = Sockets(
+        Broker(
+            registry(),
+            verifier=Ed25519Verifier(),
+            rng=Random(7),
+            options=BrokerOptions(max_connections_per_mesh=2),
+        )
+    )
+    now = session_gone(net)
+    net.acked(net.say(member_hello("alice", ts=ms(now)), at=now))
+    net.acked(net.say(claim("carol", "bob-session", at=now), at=now))
+    net.acked(net.say(proven(at=now + 1), at=now + 1))
+    assert net.holder("bob-session") == PK["bob"]
+
+
+def test_session_hello_for_a_key_another_members_proven_session_holds_is_refused() -> None:
+    net = Sockets()
+    net.acked(net.say(proven(at=T0), at=T0))
+    # Carol attests Bob's session key, and that key signs her session hello: proven twice.
+    carol = net.say(proven("carol", "bob-session", at=T0 + 1), at=T0 + 1)
+    assert net.frames[carol][0]["code"] == "bad_session_pubkey"
+    assert net.closes[carol] == (1008, "bad_session_pubkey")
+    assert net.holder("bob-session") == PK["bob"]
+
+
+def test_member_hello_reusing_its_own_proven_session_key_reattaches_that_session() -> None:
+    net = Sockets()
+    first = net.say(proven(at=T0), at=T0)
+    presence = net.acked(first)["presenceId"]
+    net.drop(first, at=T0 + 1)
+    again = net.say(claim("bob", "bob-session", at=T0 + 2), at=T0 + 2)
+    assert net.acked(again)["presenceId"] == presence
+    assert net.holder("bob-session") == PK["bob"]

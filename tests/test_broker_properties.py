@@ -10,7 +10,15 @@ step it checks the broker's invariants (``meshproto/_broker.py``):
   ``error`` carrying its id), in the outputs of that very input;
 * every output addresses a socket that is open when it is produced, and every
   text output decodes with :func:`meshproto.decode`;
-* after ``handle_timer(now)``, ``next_deadline()`` is ``None`` or ``> now``.
+* after ``handle_timer(now)``, ``next_deadline()`` is ``None`` or ``> now``;
+* once time has moved, no open socket without an accepted hello is older
+  than ``hello_timeout``, and no socket that said hello is ever closed
+  ``hello timeout``;
+* a session key names at most one peer, and an accepted hello (member or
+  session) that names one leaves it with that member;
+* a session hello is refused ``bad_session_pubkey`` only while a presence
+  of another member made by a session hello holds its key, and a member
+  hello's unproven claim never takes a key from such a presence.
 """
 
 from __future__ import annotations
@@ -85,10 +93,16 @@ class BrokerMachine(RuleBasedStateMachine):
             ]
         )
         options = (
-            BrokerOptions(max_connections_per_mesh=3, store_limit_per_member=2, rate_burst=3)
+            BrokerOptions(
+                max_connections_per_mesh=3,
+                store_limit_per_member=2,
+                rate_burst=3,
+                hello_timeout=1.0,
+            )
             if small
             else BrokerOptions()
         )
+        self.options = options
         self.broker = Broker(registry, verifier=AcceptingVerifier(), rng=Random(0), options=options)
         self.now = T0
         self.open: set[int] = set()
@@ -96,6 +110,9 @@ class BrokerMachine(RuleBasedStateMachine):
         self.slots: dict[int, int] = {}  # slot (what rules name) -> conn_id
         self.message_ids: list[str] = ["unknown-id"]
         self.sends = 0
+        self.opened_at: dict[int, float] = {}
+        self.helloed: set[int] = set()  # sockets whose hello was accepted at some point
+        self.proven: dict[str, str] = {}  # session key -> member whose session hello holds it
 
     # --- helpers -------------------------------------------------------------------
 
@@ -118,10 +135,42 @@ class BrokerMachine(RuleBasedStateMachine):
                 if frame["type"] in ("push", "ack") and frame.get("messageId"):
                     self.message_ids.append(frame["messageId"])
             elif isinstance(out, CloseConnection):
+                if out.reason == "hello timeout":
+                    assert out.conn_id not in self.helloed, out
                 self.open.discard(out.conn_id)
         return written
 
+    def holder(self, session_key: str) -> str | None:
+        """The member whose peer is known by ``session_key``, if any."""
+        found = [p.member_pubkey for p in self.broker.peers(MESH) if p.pubkey == session_key]
+        return found[0] if found else None
+
+    def check_hello_answer(
+        self, slot: int, who: str, key: str | None, written: Any, *, proof: bool
+    ) -> None:
+        """Check the answer to a hello of ``who`` naming session key ``key``.
+
+        ``proof``: it was a session hello. ``self.proven`` is as it was before it.
+        """
+        conn_id = self.conn(slot)
+        proven_by = self.proven.get(key) if key is not None else None
+        if any(f["_to"] == conn_id and f["type"] == "hello_ack" for f in written):
+            self.helloed.add(conn_id)
+            if key is not None:
+                assert self.holder(key) == PK[who]
+                assert proven_by in (None, PK[who]), "took a proven key from another member"
+                if proof:
+                    self.proven[key] = PK[who]
+        refused = [f for f in written if f["_to"] == conn_id and f["type"] == "error"]
+        if proof and any(f["code"] == "bad_session_pubkey" for f in refused):
+            assert proven_by not in (None, PK[who]), "a proven key lost to an unproven claim"
+
     def feed(self, slot: int, text: str) -> list[dict[str, Any]]:
+        # Keys whose proven presence is gone (its grace ran out, or it was
+        # displaced) are proven no longer.
+        for key, member in list(self.proven.items()):
+            if self.holder(key) != member:
+                del self.proven[key]
         self.broker.receive_text(self.conn(slot), text, now=self.now)
         return self.check_outputs(self.broker.drain_outputs())
 
@@ -135,6 +184,7 @@ class BrokerMachine(RuleBasedStateMachine):
         self.next_conn += 1
         self.slots[slot] = conn_id
         self.open.add(conn_id)
+        self.opened_at[conn_id] = self.now
         self.broker.connection_opened(conn_id, now=self.now)
         self.check_outputs(self.broker.drain_outputs())
 
@@ -175,7 +225,42 @@ class BrokerMachine(RuleBasedStateMachine):
             frame["sessionPubkey"] = SK.get(session_key, "BAD")
         if groups is not None:
             frame["groups"] = groups
-        self.feed(slot, json.dumps(frame))
+        written = self.feed(slot, json.dumps(frame))
+        self.check_hello_answer(slot, who, SK.get(session_key or ""), written, proof=False)
+
+    @rule(
+        slot=conn_ids,
+        who=st.sampled_from(["a", "b", "c", "x"]),
+        session_key=st.sampled_from(["s1", "s2"]),
+        session_id=st.sampled_from([None, "one", "two"]),
+        expires_in=st.sampled_from([3600.0, 24 * 3600.0, 0.0, 24 * 3600.0 + 1]),
+    )
+    def session_hello(
+        self, slot: int, who: str, session_key: str, session_id: str | None, expires_in: float
+    ) -> None:
+        """A session hello: it proves its session key (the verifier accepts any signature)."""
+        if self.conn(slot) not in self.open:
+            self.open_socket(slot)
+        key = SK[session_key]
+        frame: dict[str, Any] = {
+            "type": "session_hello",
+            "meshId": MESH,
+            "parentMemberId": f"id-{who}",
+            "parentMemberPubkey": PK[who],
+            "sessionPubkey": key,
+            "parentAttestation": {
+                "sessionPubkey": key,
+                "parentMemberPubkey": PK[who],
+                "expiresAt": round((self.now + expires_in) * 1000),
+                "signature": "cd" * 64,
+            },
+            "timestamp": round(self.now * 1000),
+            "signature": "ab" * 64,
+        }
+        if session_id is not None:
+            frame["sessionId"] = session_id
+        written = self.feed(slot, json.dumps(frame))
+        self.check_hello_answer(slot, who, key, written, proof=True)
 
     @rule(
         slot=conn_ids,
@@ -288,6 +373,22 @@ class BrokerMachine(RuleBasedStateMachine):
             self.check_outputs(self.broker.drain_outputs())
             after = self.broker.next_deadline()
             assert after is None or after > self.now
+
+    @invariant()
+    def unhelloed_sockets_are_younger_than_the_hello_timeout(self) -> None:
+        if hasattr(self, "broker"):
+            timeout = self.options.hello_timeout
+            for conn_id in self.open:
+                if self.broker.is_helloed(conn_id):
+                    self.helloed.add(conn_id)
+                else:
+                    assert self.now < self.opened_at[conn_id] + timeout, conn_id
+
+    @invariant()
+    def a_session_key_names_at_most_one_peer(self) -> None:
+        if hasattr(self, "broker"):
+            keys = [p.pubkey for p in self.broker.peers(MESH) if p.pubkey != p.member_pubkey]
+            assert len(keys) == len(set(keys)), keys
 
     @invariant()
     def broker_knows_exactly_the_open_sockets(self) -> None:

@@ -9,11 +9,13 @@ import pytest
 from meshproto import (
     ClientConfig,
     ClientConnection,
+    ConnectionState,
     LocalProtocolError,
     SessionHello,
     WriteFrame,
     attestation_signing_payload,
     decode,
+    is_permanent_close,
     session_hello_signing_payload,
 )
 from meshproto.testing import FakeSigner
@@ -80,3 +82,12 @@ def test_attestation_lifetime_over_24_hours_is_refused_locally() -> None:
     with pytest.raises(LocalProtocolError, match="attestation_ttl_ms"):
         _client(attestation_ttl_ms=DAY_MS + 1)
     assert _client(attestation_ttl_ms=3_600_000).config.attestation_ttl_ms == 3_600_000
+
+
+def test_losing_the_session_key_to_its_proven_owner_stops_reconnecting() -> None:
+    client = _client()
+    client.connect(0.0)
+    _hello_on_new_transport(client, 0.0, 1_000_000)
+    client.transport_closed(1, now=1.0, code=1008, reason="session_key_claimed")
+    assert client.state is ConnectionState.CLOSED
+    assert is_permanent_close(1008, "session_key_claimed")
