@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import ssl
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
@@ -37,11 +35,8 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup
 
 from meshproto import (
-    ClientConfig,
-    ClientConnection,
     ClientOptions,
     Closed,
-    ConnectionClosedError,
     ConnectionState,
     Counters,
     Event,
@@ -49,16 +44,8 @@ from meshproto import (
     LocalProtocolError,
     MessageReceived,
     Peer,
-    PeersListed,
-    PlaintextSealer,
-    RequestError,
-    RequestFailed,
     Sealer,
-    SendAcked,
-    SendError,
-    SendFailed,
     Signer,
-    StateChanged,
     SystemMessage,
     UnreadableMessage,
 )
@@ -67,8 +54,11 @@ from meshproto_ws import (
     ClientDriver,
     CloseSocket,
     OpenSocket,
+    Outcomes,
+    Wake,
     WriteBytes,
     WsAddress,
+    client_driver,
 )
 
 from ._link import SocketLink
@@ -106,7 +96,10 @@ class _Pulse:
 
 
 class _Outcome(Generic[T]):
-    """The one outcome of a send or a request: a value or an error."""
+    """The one outcome of a send or a request: a value or an error.
+
+    A :class:`~meshproto_ws.Waiter`: :class:`~meshproto_ws.Outcomes` settles it.
+    """
 
     __slots__ = ("_done", "_error", "_value")
 
@@ -115,11 +108,11 @@ class _Outcome(Generic[T]):
         self._value: T | None = None
         self._error: BaseException | None = None
 
-    def resolve(self, value: T) -> None:
+    def set_result(self, value: T) -> None:
         self._value = value
         self._done.set()
 
-    def fail(self, error: BaseException) -> None:
+    def set_exception(self, error: BaseException) -> None:
         self._error = error
         self._done.set()
 
@@ -150,15 +143,17 @@ class Client:
         self._tasks: TaskGroup | None = None
         self._links: dict[int, SocketLink] = {}
         self._opening: dict[int, anyio.CancelScope] = {}
-        self._sends: dict[str, _Outcome[str]] = {}
-        self._requests: dict[str, _Outcome[tuple[Peer, ...]]] = {}
-        self._system: deque[SystemMessage] = deque(maxlen=SYSTEM_MESSAGE_LIMIT)
-        self._closed: Closed | None = None
+        self._outcomes = Outcomes(self._core, system_limit=SYSTEM_MESSAGE_LIMIT)
         self._rearm = anyio.Event()
         self._messages_pulse = _Pulse()
         self._system_pulse = _Pulse()
         self._state_pulse = _Pulse()
         self._sockets_pulse = _Pulse()
+        self._pulses = {
+            Wake.MESSAGES: self._messages_pulse,
+            Wake.SYSTEM: self._system_pulse,
+            Wake.STATE: self._state_pulse,
+        }
 
     # --- observation -------------------------------------------------------------
 
@@ -182,7 +177,7 @@ class Client:
     @property
     def closed(self) -> Closed | None:
         """Why the client stopped for good, or ``None`` while it is not closed."""
-        return self._closed
+        return self._outcomes.closed
 
     async def wait_state(self, *states: ConnectionState) -> ConnectionState:
         """Wait until the state is one of ``states``; return it.
@@ -197,7 +192,7 @@ class Client:
             if state in wanted:
                 return state
             if state is ConnectionState.CLOSED:
-                raise self._closed_error()
+                raise self._outcomes.closed_error()
             await self._state_pulse.wait()
 
     # --- user calls ----------------------------------------------------------------
@@ -212,25 +207,22 @@ class Client:
         :class:`~meshproto.ConnectionClosedError` once closed. Cancelling the
         wait does not withdraw the send.
         """
-        self._check_open()
+        self._outcomes.check_open()
         handle = self._core.send(target, body, priority, now=anyio.current_time())
         outcome: _Outcome[str] = _Outcome()
-        self._sends[handle.id] = outcome
-        try:
-            self._apply()
-            return await outcome.wait()
-        finally:
-            self._sends.pop(handle.id, None)
+        self._outcomes.expect_send(handle.id, outcome)
+        self._apply()
+        return await outcome.wait()
 
     async def set_status(self, status: str) -> None:
         """Set presence (``idle``, ``working``, ``dnd``); kept across reconnects."""
-        self._check_open()
+        self._outcomes.check_open()
         self._core.set_status(status, now=anyio.current_time())
         self._apply()
 
     async def set_summary(self, summary: str) -> None:
         """Set the one-line summary other peers see; kept across reconnects."""
-        self._check_open()
+        self._outcomes.check_open()
         self._core.set_summary(summary, now=anyio.current_time())
         self._apply()
 
@@ -239,15 +231,12 @@ class Client:
 
         Raises :class:`~meshproto.RequestError` if the request fails or times out.
         """
-        self._check_open()
+        self._outcomes.check_open()
         request_id = self._core.list_peers(now=anyio.current_time())
         outcome: _Outcome[tuple[Peer, ...]] = _Outcome()
-        self._requests[request_id] = outcome
-        try:
-            self._apply()
-            return await outcome.wait()
-        finally:
-            self._requests.pop(request_id, None)
+        self._outcomes.expect_peers(request_id, outcome)
+        self._apply()
+        return await outcome.wait()
 
     def messages(self) -> AsyncIterator[Message]:
         """Messages pushed to this peer, in order, each once; ends when the client closes.
@@ -396,44 +385,9 @@ class Client:
     def _deliver(self, event: Event) -> None:
         if self._on_event is not None:
             self._on_event(event)
-        if isinstance(event, SendAcked):
-            sent = self._sends.get(event.send_id)
-            if sent is not None:
-                sent.resolve(event.message_id)
-        elif isinstance(event, SendFailed):
-            sent = self._sends.get(event.send_id)
-            if sent is not None:
-                sent.fail(SendError(event.send_id, event.reason))
-        elif isinstance(event, (MessageReceived, UnreadableMessage)):
-            self._messages_pulse.fire()
-        elif isinstance(event, SystemMessage):
-            self._system.append(event)
-            self._system_pulse.fire()
-        elif isinstance(event, StateChanged):
-            self._state_pulse.fire()
-        elif isinstance(event, PeersListed):
-            request = self._requests.get(event.request_id)
-            if request is not None:
-                request.resolve(event.peers)
-        elif isinstance(event, RequestFailed):
-            request = self._requests.get(event.request_id)
-            if request is not None:
-                request.fail(RequestError(event.request_id, event.reason))
-        elif isinstance(event, Closed):
-            self._closed = event
-            self._messages_pulse.fire()
-            self._system_pulse.fire()
-            self._state_pulse.fire()
-
-    def _closed_error(self) -> ConnectionClosedError:
-        closed = self._closed
-        if closed is None:  # pragma: no cover - CLOSED always comes with Closed
-            return ConnectionClosedError("the client is closed")
-        return ConnectionClosedError(closed.reason, closed.code)
-
-    def _check_open(self) -> None:
-        if self._core.state is ConnectionState.CLOSED:
-            raise self._closed_error()
+        for wake in self._outcomes.note(event):
+            self._pulses[wake].fire()
+        self._outcomes.settle()
 
 
 class _Messages:
@@ -472,8 +426,9 @@ class _SystemMessages:
     async def __anext__(self) -> SystemMessage:
         client = self._client
         while True:
-            if client._system:
-                return client._system.popleft()
+            message = client._outcomes.take_system()
+            if message is not None:
+                return message
             if client._core.state is ConnectionState.CLOSED:
                 raise StopAsyncIteration
             await client._system_pulse.wait()
@@ -523,26 +478,22 @@ async def connect(
     Raises :class:`~meshproto.LocalProtocolError` at once for a URL that is
     not ``ws://`` or ``wss://``.
     """
-    rng = rng if rng is not None else random.SystemRandom()
-    config = ClientConfig(
-        url=url,
+    driver = client_driver(
+        url,
         mesh_id=mesh_id,
         member_id=member_id,
         signer=signer,
-        session_id=session_id if session_id is not None else f"{rng.getrandbits(64):016x}",
-        pid=os.getpid(),
-        cwd=os.getcwd(),
+        session_id=session_id,
         display_name=display_name,
+        groups=groups,
         hostname=hostname,
         peer_type=peer_type,
-        groups=tuple(groups) if groups is not None else None,
         session_pubkey=session_pubkey,
-        sealer=sealer if sealer is not None else PlaintextSealer(),
         session_signer=session_signer,
         role=role,
-    )
-    driver = ClientDriver(
-        ClientConnection(config, rng=rng, options=options),
+        sealer=sealer,
+        options=options,
+        rng=rng,
         max_message_bytes=max_message_bytes,
         close_timeout=close_timeout,
     )

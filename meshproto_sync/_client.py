@@ -26,21 +26,17 @@ same send without the wait: it returns the future at once.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from meshproto import (
-    ClientConfig,
-    ClientConnection,
     ClientOptions,
     Closed,
     ConnectionClosedError,
@@ -51,20 +47,12 @@ from meshproto import (
     LocalProtocolError,
     MessageReceived,
     Peer,
-    PeersListed,
-    PlaintextSealer,
-    RequestError,
-    RequestFailed,
     Sealer,
-    SendAcked,
-    SendError,
-    SendFailed,
     Signer,
-    StateChanged,
     SystemMessage,
     UnreadableMessage,
 )
-from meshproto_ws import DEFAULT_CLOSE_TIMEOUT, ClientDriver
+from meshproto_ws import DEFAULT_CLOSE_TIMEOUT, ClientDriver, Outcomes, Wake, client_driver
 
 from ._io import CLOSE_GRACE, MAX_SEND_BUFFER, IoThread
 from ._wait import Deadline
@@ -103,14 +91,15 @@ class Client:
         self._messages_cv = threading.Condition(self._lock)
         self._system_cv = threading.Condition(self._lock)
         self._state_cv = threading.Condition(self._lock)
-        self._sends: dict[str, Future[str]] = {}
-        self._requests: dict[str, Future[tuple[Peer, ...]]] = {}
-        self._system: deque[SystemMessage] = deque(maxlen=SYSTEM_MESSAGE_LIMIT)
-        self._closed: Closed | None = None
-        # Filled by _deliver (lock held), emptied by _settle (lock released),
-        # both in the I/O thread.
+        self._conditions = {
+            Wake.MESSAGES: self._messages_cv,
+            Wake.SYSTEM: self._system_cv,
+            Wake.STATE: self._state_cv,
+        }
+        # Outcomes are noted by _deliver (lock held) and settled by _settle
+        # (lock released), both in the I/O thread; so are the hook's events.
+        self._outcomes = Outcomes(self._core, system_limit=SYSTEM_MESSAGE_LIMIT)
         self._hook_events: list[Event] = []
-        self._outcomes: list[tuple[Future[Any], Any, BaseException | None]] = []
         self._io = IoThread(
             driver,
             self._lock,
@@ -143,7 +132,7 @@ class Client:
     @property
     def closed(self) -> Closed | None:
         """Why the client stopped for good, or ``None`` while it is not closed."""
-        return self._closed
+        return self._outcomes.closed
 
     def wait_state(self, *states: ConnectionState, timeout: float | None = None) -> ConnectionState:
         """Wait until the state is one of ``states``; return it.
@@ -160,7 +149,7 @@ class Client:
                 if state in wanted:
                     return state
                 if state is ConnectionState.CLOSED:
-                    raise self._closed_error()
+                    raise self._outcomes.closed_error()
                 self._state_cv.wait(self._next_wait(deadline, "wait_state"))
 
     # --- user calls ----------------------------------------------------------------
@@ -197,23 +186,23 @@ class Client:
         future: Future[str] = Future()
         future.set_running_or_notify_cancel()
         with self._lock:
-            self._check_open()
+            self._outcomes.check_open()
             handle = self._core.send(target, body, priority, now=time.monotonic())
-            self._sends[handle.id] = future
+            self._outcomes.expect_send(handle.id, future)
             self._io.wake()
         return future
 
     def set_status(self, status: str) -> None:
         """Set presence (``idle``, ``working``, ``dnd``); kept across reconnects."""
         with self._lock:
-            self._check_open()
+            self._outcomes.check_open()
             self._core.set_status(status, now=time.monotonic())
             self._io.wake()
 
     def set_summary(self, summary: str) -> None:
         """Set the one-line summary other peers see; kept across reconnects."""
         with self._lock:
-            self._check_open()
+            self._outcomes.check_open()
             self._core.set_summary(summary, now=time.monotonic())
             self._io.wake()
 
@@ -227,9 +216,9 @@ class Client:
         future: Future[tuple[Peer, ...]] = Future()
         future.set_running_or_notify_cancel()
         with self._lock:
-            self._check_open()
+            self._outcomes.check_open()
             request_id = self._core.list_peers(now=time.monotonic())
-            self._requests[request_id] = future
+            self._outcomes.expect_peers(request_id, future)
             self._io.wake()
         return self._wait_future(future, timeout, "list_peers")
 
@@ -250,7 +239,7 @@ class Client:
                 if taken:
                     return taken[0]
                 if self._core.state is ConnectionState.CLOSED:
-                    raise self._closed_error()
+                    raise self._outcomes.closed_error()
                 self._messages_cv.wait(self._next_wait(deadline, "receive"))
 
     def messages(self) -> Iterator[Message]:
@@ -267,10 +256,11 @@ class Client:
         deadline = Deadline(timeout)
         with self._lock:
             while True:
-                if self._system:
-                    return self._system.popleft()
+                message = self._outcomes.take_system()
+                if message is not None:
+                    return message
                 if self._core.state is ConnectionState.CLOSED:
-                    raise self._closed_error()
+                    raise self._outcomes.closed_error()
                 self._system_cv.wait(self._next_wait(deadline, "receive_system"))
 
     def system_messages(self) -> Iterator[SystemMessage]:
@@ -290,8 +280,8 @@ class Client:
         with self._lock:
             if self._core.state is not ConnectionState.CLOSED:
                 self._core.close(now=time.monotonic())
-                if self._closed is None:
-                    self._closed = Closed("closed by the user", None, True)
+                if self._outcomes.closed is None:
+                    self._outcomes.closed = Closed("closed by the user", None, True)
                 self._notify_all()
                 self._io.wake()
         thread = self._io.thread
@@ -326,36 +316,10 @@ class Client:
         """One core event (I/O thread, lock held)."""
         if self._on_event is not None:
             self._hook_events.append(event)
-        if isinstance(event, SendAcked):
-            sent = self._sends.pop(event.send_id, None)
-            if sent is not None:
-                self._outcomes.append((sent, event.message_id, None))
-        elif isinstance(event, SendFailed):
-            sent = self._sends.pop(event.send_id, None)
-            if sent is not None:
-                self._outcomes.append((sent, None, SendError(event.send_id, event.reason)))
-        elif isinstance(event, (MessageReceived, UnreadableMessage)):
-            self._messages_cv.notify_all()
-        elif isinstance(event, SystemMessage):
-            self._system.append(event)
-            self._system_cv.notify_all()
-        elif isinstance(event, StateChanged):
-            self._state_cv.notify_all()
-        elif isinstance(event, PeersListed):
-            request = self._requests.pop(event.request_id, None)
-            if request is not None:
-                self._outcomes.append((request, event.peers, None))
-        elif isinstance(event, RequestFailed):
-            request = self._requests.pop(event.request_id, None)
-            if request is not None:
-                error = RequestError(event.request_id, event.reason)
-                self._outcomes.append((request, None, error))
-        elif isinstance(event, Closed):
-            failure = self._io.error
-            if failure is not None:
-                event = Closed(f"the I/O thread failed: {failure!r}")
-            self._closed = event
-            self._notify_all()
+        if isinstance(event, Closed) and self._io.error is not None:
+            event = Closed(f"the I/O thread failed: {self._io.error!r}")
+        for wake in self._outcomes.note(event):
+            self._conditions[wake].notify_all()
 
     def _settle(self) -> None:
         """Run the hook and resolve futures (I/O thread, lock released)."""
@@ -368,13 +332,7 @@ class Client:
                     hook(event)
                 except Exception:
                     logger.exception("on_event hook raised (ignored)")
-        if self._outcomes:
-            outcomes, self._outcomes = self._outcomes, []
-            for future, value, error in outcomes:
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(value)
+        self._outcomes.settle()
 
     # --- internals -----------------------------------------------------------------
 
@@ -408,16 +366,6 @@ class Client:
     def _check_inbox(self) -> None:
         if self._core.options.inbox_limit == 0:
             raise LocalProtocolError("receive() needs an inbox: inbox_limit is 0")
-
-    def _closed_error(self) -> ConnectionClosedError:
-        closed = self._closed
-        if closed is None:  # pragma: no cover - CLOSED always comes with Closed
-            return ConnectionClosedError("the client is closed")
-        return ConnectionClosedError(closed.reason, closed.code)
-
-    def _check_open(self) -> None:
-        if self._core.state is ConnectionState.CLOSED:
-            raise self._closed_error()
 
 
 def connect(
@@ -464,26 +412,22 @@ def connect(
     Raises :class:`~meshproto.LocalProtocolError` at once for a URL that is
     not ``ws://`` or ``wss://``.
     """
-    rng = rng if rng is not None else random.SystemRandom()
-    config = ClientConfig(
-        url=url,
+    driver = client_driver(
+        url,
         mesh_id=mesh_id,
         member_id=member_id,
         signer=signer,
-        session_id=session_id if session_id is not None else f"{rng.getrandbits(64):016x}",
-        pid=os.getpid(),
-        cwd=os.getcwd(),
+        session_id=session_id,
         display_name=display_name,
+        groups=groups,
         hostname=hostname,
         peer_type=peer_type,
-        groups=tuple(groups) if groups is not None else None,
         session_pubkey=session_pubkey,
-        sealer=sealer if sealer is not None else PlaintextSealer(),
         session_signer=session_signer,
         role=role,
-    )
-    driver = ClientDriver(
-        ClientConnection(config, rng=rng, options=options),
+        sealer=sealer,
+        options=options,
+        rng=rng,
         max_message_bytes=max_message_bytes,
         close_timeout=close_timeout,
     )

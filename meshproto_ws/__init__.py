@@ -1,14 +1,18 @@
 """meshproto_ws: the WebSocket glue shared by meshproto's I/O adapters.
 
 Sans-IO, like the core: it imports wsproto, but no event loop, no socket
-module and no threads. Three layers:
+module and no threads. Its parts:
 
 * :class:`WsConnection`: one WebSocket (client or server side) over wsproto,
   with the duties wsproto leaves to its user (pings, close echo, fragments,
   a message size cap, EOF) done once.
 * :class:`ClientDriver`: a :class:`~meshproto.ClientConnection` over
   WebSockets; turns the core's actions into socket commands and socket
-  bytes into core inputs, in order.
+  bytes into core inputs, in order; :func:`client_driver` builds one from
+  the parameters of an adapter's ``connect()``.
+* :class:`Outcomes`: what a client's callers wait for (the outcome of each
+  send and request, system messages, why it closed), with the waiting left
+  to the adapter.
 * :class:`BrokerDriver`: the reference :class:`~meshproto.Broker` over many
   WebSocket sockets.
 
@@ -28,7 +32,7 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess
     ) from _exc
 
 from ._broker_driver import DEFAULT_HANDSHAKE_TIMEOUT, BrokerDriver
-from ._client_driver import DEFAULT_CLOSE_TIMEOUT, ClientDriver
+from ._client_driver import DEFAULT_CLOSE_TIMEOUT, ClientDriver, client_driver
 from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
 from ._connection import (
     CLIENT_MAX_MESSAGE_BYTES,
@@ -45,6 +49,7 @@ from ._connection import (
     WsEvent,
     WsState,
 )
+from ._outcomes import Outcomes, Waiter, Wake
 from ._url import DEFAULT_PATH, WsAddress, parse_ws_url
 
 __all__ = [
@@ -61,15 +66,19 @@ __all__ = [
     "Closed",
     "OpenSocket",
     "Opened",
+    "Outcomes",
     "PingReceived",
     "PongReceived",
     "Role",
     "SocketCommand",
     "TextReceived",
+    "Waiter",
+    "Wake",
     "WriteBytes",
     "WsAddress",
     "WsConnection",
     "WsEvent",
     "WsState",
+    "client_driver",
     "parse_ws_url",
 ]

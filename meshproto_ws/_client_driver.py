@@ -25,6 +25,11 @@ Inputs (each carries ``now``, the same monotonic clock the core uses):
 Outputs: ``drain_commands(now=...)`` (:data:`SocketCommand` values, in order),
 ``drain_events()`` (the core's events) and ``next_deadline()``.
 
+:func:`client_driver` builds a driver from the parameters every adapter's
+``connect()`` takes, filling in the defaults ``connect()`` documents (a
+:class:`random.SystemRandom`, a random ``session_id``, no encryption) and
+what the core leaves to the adapters (this process's ``pid`` and ``cwd``).
+
 How the core's actions become commands:
 
 * ``OpenTransport`` → :class:`OpenSocket`; when the socket opens, a client
@@ -55,14 +60,23 @@ Rules:
 
 from __future__ import annotations
 
+import os
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from meshproto import (
+    ClientConfig,
     ClientConnection,
+    ClientOptions,
     CloseTransport,
     Event,
+    Group,
     OpenTransport,
+    PlaintextSealer,
+    Sealer,
     SendPing,
+    Signer,
     WriteFrame,
 )
 
@@ -80,7 +94,7 @@ from ._connection import (
 )
 from ._url import WsAddress, parse_ws_url
 
-__all__ = ["DEFAULT_CLOSE_TIMEOUT", "ClientDriver"]
+__all__ = ["DEFAULT_CLOSE_TIMEOUT", "ClientDriver", "client_driver"]
 
 #: How long a closing socket waits for the peer's close echo or EOF.
 DEFAULT_CLOSE_TIMEOUT = 2.0
@@ -288,3 +302,56 @@ class ClientDriver:
             self._commands.append(CloseSocket(socket_id))
         elif sock.close_deadline is None:
             sock.close_deadline = now + self.close_timeout
+
+
+def client_driver(
+    url: str,
+    *,
+    mesh_id: str,
+    member_id: str,
+    signer: Signer,
+    session_id: str | None = None,
+    display_name: str | None = None,
+    groups: Sequence[Group] | None = None,
+    hostname: str | None = None,
+    peer_type: str | None = None,
+    session_pubkey: str | None = None,
+    session_signer: Signer | None = None,
+    role: str | None = None,
+    sealer: Sealer | None = None,
+    options: ClientOptions | None = None,
+    rng: random.Random | None = None,
+    max_message_bytes: int | None = None,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+) -> ClientDriver:
+    """The driver behind an adapter's ``connect()``, from ``connect()``'s parameters.
+
+    ``rng`` defaults to :class:`random.SystemRandom`; ``session_id`` to 64
+    bits drawn from ``rng``; ``sealer`` to :class:`~meshproto.PlaintextSealer`.
+    The hello reports this process's ``pid`` and ``cwd``. Raises
+    :class:`~meshproto.LocalProtocolError` at once for a URL that is not
+    ``ws://`` or ``wss://``.
+    """
+    rng = rng if rng is not None else random.SystemRandom()
+    config = ClientConfig(
+        url=url,
+        mesh_id=mesh_id,
+        member_id=member_id,
+        signer=signer,
+        session_id=session_id if session_id is not None else f"{rng.getrandbits(64):016x}",
+        pid=os.getpid(),
+        cwd=os.getcwd(),
+        display_name=display_name,
+        hostname=hostname,
+        peer_type=peer_type,
+        groups=tuple(groups) if groups is not None else None,
+        session_pubkey=session_pubkey,
+        sealer=sealer if sealer is not None else PlaintextSealer(),
+        session_signer=session_signer,
+        role=role,
+    )
+    return ClientDriver(
+        ClientConnection(config, rng=rng, options=options),
+        max_message_bytes=max_message_bytes,
+        close_timeout=close_timeout,
+    )
