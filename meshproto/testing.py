@@ -8,6 +8,16 @@
 * :class:`ClientHarness` drives a connection against a scripted broker; the
   property tests and the fuzz harness both turn their inputs into its
   operations.
+* :class:`BrokerOracle` stands between a :class:`~meshproto.Broker` and
+  whoever feeds it: every input goes through the oracle, which passes it on,
+  drains the outputs and checks the broker's invariants (the theory of
+  operation in ``meshproto/_broker.py``) before handing them back.
+* :class:`BrokerHarness` drives a broker through its oracle with sockets,
+  hellos, sends, acks, garbage and time, by small integers and bytes;
+  ``tests/test_broker_properties.py`` and ``fuzz/fuzz_broker.py`` both turn
+  their inputs into its operations.
+
+A broken contract raises :class:`ContractViolation` (an ``AssertionError``).
 """
 
 from __future__ import annotations
@@ -15,10 +25,13 @@ from __future__ import annotations
 import hashlib
 import json
 from random import Random
-from typing import Any
+from typing import Any, ClassVar
 
+from ._broker import Broker, BrokerOptions
+from ._broker_outputs import BrokerOutput, CloseConnection, SendText
 from ._client import ClientConfig, ClientConnection, ClientOptions, SendHandle
 from ._codec import decode
+from ._errors import RemoteProtocolError
 from ._events import (
     Action,
     Closed,
@@ -34,13 +47,16 @@ from ._events import (
     UnreadableMessage,
     WriteFrame,
 )
-from ._frames import ClientAck, ListPeers, Push, Send
+from ._frames import ClientAck, Group, Hello, ListPeers, Push, Send, SessionHello
+from ._registry import AcceptingVerifier, Member, StaticRegistry
 
 __all__ = [
     "ACK_ERROR_TEXTS",
     "PERMANENT_CLOSES",
     "TARGETS",
     "TRANSIENT_CLOSES",
+    "BrokerHarness",
+    "BrokerOracle",
     "ClientHarness",
     "ClientOracle",
     "ContractViolation",
@@ -73,7 +89,7 @@ class FakeSigner:
 
 
 class ContractViolation(AssertionError):
-    """The client broke one of its contracts."""
+    """The machine under test (client or broker) broke one of its contracts."""
 
 
 class ClientOracle:
@@ -493,4 +509,636 @@ class ClientHarness:
                     self.op_close()
             else:
                 self.op_send(take(), take(), take())
+        self.finish()
+
+
+# ---------------------------------------------------------------------------
+# The broker's oracle: its invariants, checked around every input.
+# ---------------------------------------------------------------------------
+
+_Written = list[tuple[int, dict[str, Any]]]
+
+
+class BrokerOracle:
+    """A :class:`~meshproto.Broker` whose every input is checked against its invariants.
+
+    Feed the broker through the oracle: its methods have the broker's input
+    names and arguments (``connection_opened``, ``receive_text``, ...,
+    ``handle_timer``, ``shutdown``); each passes the input on, drains the
+    outputs, checks them and the broker's state, and returns them. The
+    frames the last input wrote are in ``written`` as ``(conn_id, object)``.
+    It checks, after every input (see ``meshproto/_broker.py``):
+
+    * no input raises (whatever raises goes through);
+    * every ``send`` on an open socket is answered exactly once (an ``ack``
+      or an ``error`` carrying its ``id``) in that very input's outputs, and
+      a ``list_peers`` answered at all is answered once, echoing ``_reqId``
+      exactly when it was given;
+    * every output addresses a socket that is open when it is produced, and
+      every text output decodes with :func:`~meshproto.decode`;
+    * the broker knows exactly the sockets that are open;
+    * after ``handle_timer(now)``, ``next_deadline()`` is ``None`` or ``> now``;
+    * no open socket without an accepted hello is older than
+      ``hello_timeout`` at the last ``handle_timer``, and no socket whose
+      hello was accepted is ever closed ``hello timeout``;
+    * a session key names at most one peer of a mesh, and an accepted hello
+      (member or session) that names one leaves it with that hello's member;
+    * it keeps a model of *proven* keys (the key of an accepted session
+      hello, for as long as a presence of that member holds it): a session
+      hello is refused ``bad_session_pubkey`` only while another member has
+      proven its key (or the key is another member's own member key), and no
+      hello is accepted with a key that another member has proven.
+
+    ``check_finished`` (once every socket is closed and every timer has run)
+    checks that nothing is left behind: no socket, presence, claim, stored
+    message or timer.
+    """
+
+    def __init__(self, broker: Broker, *, meshes: tuple[str, ...] = ()) -> None:
+        self.broker = broker
+        self.open: dict[int, float] = {}  # open sockets -> when they opened
+        self.helloed: set[int] = set()  # open sockets whose hello was accepted
+        self.meshes: set[str] = set(meshes)  # meshes a hello was accepted for
+        self.proven: dict[tuple[str, str], str] = {}  # (mesh, session key) -> member
+        self.timer_now: float | None = None  # the last handle_timer's now
+        self.written: _Written = []
+
+    @staticmethod
+    def _fail(message: str) -> None:
+        raise ContractViolation(message)
+
+    # --- inputs, passed on and checked -----------------------------------------
+
+    def connection_opened(self, conn_id: int, *, now: float) -> list[BrokerOutput]:
+        self.broker.connection_opened(conn_id, now=now)
+        self.open[conn_id] = now
+        self.helloed.discard(conn_id)
+        return self._observe()
+
+    def receive_text(self, conn_id: int, text: str, *, now: float) -> list[BrokerOutput]:
+        was_open = conn_id in self.open
+        frame = self._frame(text)
+        self._forget_lost_keys()
+        proven_before = dict(self.proven)
+        self.broker.receive_text(conn_id, text, now=now)
+        outputs = self._observe(check=False)
+        if isinstance(frame, Send):
+            self._check_send_answered(conn_id, frame, was_open=was_open)
+        elif isinstance(frame, (Hello, SessionHello)):
+            self._check_hello_answer(conn_id, frame, proven_before)
+        elif isinstance(frame, ListPeers):
+            self._check_peers_answer(conn_id, frame)
+        self.check()
+        return outputs
+
+    def receive_binary(self, conn_id: int, data: bytes, *, now: float) -> list[BrokerOutput]:
+        self.broker.receive_binary(conn_id, data, now=now)
+        return self._observe()
+
+    def receive_ping(self, conn_id: int, *, now: float) -> list[BrokerOutput]:
+        self.broker.receive_ping(conn_id, now=now)
+        return self._observe()
+
+    def receive_pong(self, conn_id: int, *, now: float) -> list[BrokerOutput]:
+        self.broker.receive_pong(conn_id, now=now)
+        return self._observe()
+
+    def connection_closed(self, conn_id: int, *, now: float) -> list[BrokerOutput]:
+        self.broker.connection_closed(conn_id, now=now)
+        self._forget(conn_id)
+        return self._observe()
+
+    def handle_timer(self, now: float) -> list[BrokerOutput]:
+        self.broker.handle_timer(now)
+        self.timer_now = now if self.timer_now is None else max(self.timer_now, now)
+        outputs = self._observe()
+        deadline = self.broker.next_deadline()
+        if deadline is not None and deadline <= now:
+            self._fail(f"after handle_timer({now}) the next deadline is {deadline}")
+        return outputs
+
+    def shutdown(self, *, now: float) -> list[BrokerOutput]:
+        self.broker.shutdown(now=now)
+        return self._observe()
+
+    # --- the checks ---------------------------------------------------------------
+
+    def _forget(self, conn_id: int) -> None:
+        self.open.pop(conn_id, None)
+        self.helloed.discard(conn_id)
+
+    def _frame(self, text: str) -> object:
+        """The frame ``text`` is, if the broker will read it as one (else ``None``)."""
+        cap = self.broker.options.hard_frame_cap
+        if len(text.encode("utf-8", "surrogatepass")) > cap:
+            return None  # closed 1009 unread
+        try:
+            return decode(text)
+        except RemoteProtocolError:
+            return None
+
+    def _observe(self, *, check: bool = True) -> list[BrokerOutput]:
+        """Check and apply the broker's pending outputs; remember the frames written."""
+        outputs = self.broker.drain_outputs()
+        written: _Written = []
+        for out in outputs:
+            if out.conn_id not in self.open:
+                self._fail(f"output for a socket that is not open: {out}")
+            if isinstance(out, SendText):
+                try:
+                    decode(out.text)
+                except RemoteProtocolError as exc:
+                    self._fail(f"the broker wrote a frame that does not decode ({exc}): {out}")
+                written.append((out.conn_id, json.loads(out.text)))
+            elif isinstance(out, CloseConnection):
+                if out.reason == "hello timeout" and out.conn_id in self.helloed:
+                    self._fail(f"a socket whose hello was accepted timed out its hello: {out}")
+                self._forget(out.conn_id)
+        self.written = written
+        if check:
+            self.check()
+        return outputs
+
+    def _check_send_answered(self, conn_id: int, send: Send, *, was_open: bool) -> None:
+        answers = [
+            frame
+            for to, frame in self.written
+            if to == conn_id
+            and frame.get("type") in ("ack", "error")
+            and frame.get("id") == send.id
+        ]
+        if len(answers) != (1 if was_open else 0):
+            state = "open" if was_open else "closed"
+            self._fail(
+                f"send {send.id!r} on a {state} socket answered {len(answers)} times: "
+                f"{self.written}"
+            )
+
+    def _check_peers_answer(self, conn_id: int, request: ListPeers) -> None:
+        answers = [frame for _to, frame in self.written if frame.get("type") == "peers_list"]
+        if conn_id not in self.open or not answers:
+            return
+        if len(answers) != 1:
+            self._fail(f"list_peers answered {len(answers)} times: {answers}")
+        if ("_reqId" in answers[0]) != (request.req_id is not None):
+            self._fail(f"peers_list for _reqId={request.req_id!r}: {answers[0]}")
+
+    def _holder(self, mesh_id: str, key: str) -> str | None:
+        """The member whose peer is known by ``key`` in ``mesh_id``, if any."""
+        for peer in self.broker.peers(mesh_id):
+            if peer.pubkey == key:
+                return peer.member_pubkey
+        return None
+
+    def _forget_lost_keys(self) -> None:
+        """A proven key whose presence is gone (grace ran out, or displaced) is proven no longer."""
+        for (mesh_id, key), member in list(self.proven.items()):
+            if self._holder(mesh_id, key) != member:
+                del self.proven[(mesh_id, key)]
+
+    def _check_hello_answer(
+        self, conn_id: int, hello: Hello | SessionHello, proven: dict[tuple[str, str], str]
+    ) -> None:
+        """Check the answer to ``hello``; ``proven`` is the model as it was before it."""
+        proof = isinstance(hello, SessionHello)
+        member = hello.parent_member_pubkey if isinstance(hello, SessionHello) else hello.pubkey
+        mesh_id, key = hello.mesh_id, hello.session_pubkey
+        proven_by = proven.get((mesh_id, key)) if key is not None else None
+        mine = [frame for to, frame in self.written if to == conn_id]
+        if any(frame.get("type") == "hello_ack" for frame in mine):
+            self.helloed.add(conn_id)
+            self.meshes.add(mesh_id)
+            if key is not None:
+                holder = self._holder(mesh_id, key)
+                if holder != member:
+                    self._fail(f"hello of {member} naming {key} accepted, but {holder} holds it")
+                if proven_by not in (None, member):
+                    self._fail(f"{member} took session key {key} that {proven_by} proved")
+                if proof:
+                    self.proven[(mesh_id, key)] = member
+        refused = any(
+            frame.get("type") == "error" and frame.get("code") == "bad_session_pubkey"
+            for frame in mine
+        )
+        if proof and refused and proven_by in (None, member):
+            assert key is not None
+            row = self.broker.registry.lookup(mesh_id, key)
+            if row is None or row.pubkey == member:
+                self._fail(
+                    f"session hello of {member} proving {key} refused bad_session_pubkey, "
+                    f"but no proven presence of another member holds it"
+                )
+
+    def check(self) -> None:
+        """The broker's state invariants (run after every input, and at any time)."""
+        broker = self.broker
+        if broker.connection_count != len(self.open):
+            self._fail(f"the broker has {broker.connection_count} sockets, {len(self.open)} open")
+        timeout = broker.options.hello_timeout
+        for conn_id, opened_at in self.open.items():
+            if not broker.is_open(conn_id):
+                self._fail(f"the broker forgot open socket {conn_id}")
+            if broker.is_helloed(conn_id):
+                self.helloed.add(conn_id)
+            elif self.timer_now is not None and self.timer_now >= opened_at + timeout:
+                self._fail(
+                    f"socket {conn_id} opened at {opened_at} has no accepted hello "
+                    f"at {self.timer_now} (hello_timeout {timeout})"
+                )
+        for mesh_id in self.meshes:
+            keys = [p.pubkey for p in broker.peers(mesh_id) if p.pubkey != p.member_pubkey]
+            if len(keys) != len(set(keys)):
+                self._fail(f"a session key names more than one peer in {mesh_id}: {keys}")
+
+    def check_finished(self) -> None:
+        """Once every socket is closed and every timer has run: nothing is left behind."""
+        self.check()
+        broker = self.broker
+        left = {
+            "open sockets": broker.connection_count,
+            "presences": broker.presence_count,
+            "claims": broker.claimed_count,
+        }
+        for what, count in left.items():
+            if count:
+                self._fail(f"{count} {what} left after every socket closed and every timer ran")
+        if broker.next_deadline() is not None:
+            self._fail(f"a timer is still pending at {broker.next_deadline()}")
+        if broker.store.next_expiry() is not None:
+            self._fail(f"a stored message outlived its time to live: {broker.store.next_expiry()}")
+
+
+# ---------------------------------------------------------------------------
+# The broker harness: a broker driven through its oracle.
+# ---------------------------------------------------------------------------
+
+_MESH = "mesh-prop"
+_T0 = 1_800_000_000.0
+_SLOTS = 4
+#: Members by name: ``d`` is revoked, ``x`` is not in the registry.
+_PK = {name: f"{i:x}" * 64 for i, name in enumerate(("a", "b", "c", "d", "x"), start=1)}
+_SK = ("e" * 64, "f" * 64)
+_WHO = ("a", "b", "c", "d", "x")
+_SESSION_IDS = (None, "one", "two")
+#: A member hello's ``sessionPubkey``: none, a session key, not hex, another member's key.
+_HELLO_KEYS = (None, _SK[0], _SK[1], "BAD", _PK["c"])
+_SKEWS = (0.0, 30.0, -61.0, 61.0)
+_GROUPS: tuple[list[dict[str, str]] | None, ...] = (
+    None,
+    [{"name": "ops"}],
+    [{"name": "dev", "role": "x"}],
+)
+#: A session hello's key: a session key, or a member's own key.
+_SESSION_KEYS = (_SK[0], _SK[1], _PK["c"])
+_EXPIRIES = (3600.0, 24 * 3600.0, 0.0, 24 * 3600.0 + 1)
+_BROKER_TARGETS = (
+    _PK["a"],
+    _PK["b"],
+    _PK["c"],
+    _PK["x"],
+    _SK[0],
+    _SK[1],
+    "*",
+    "@all",
+    "@ops",
+    "#topic",
+    "nobody",
+    "AB" * 32,
+)
+_SEND_PRIORITIES = ("now", "next", "low", "urgent")
+_CMIDS = (None, "c1", "c2", "c3")
+_SET_STATUSES = ("idle", "working", "dnd", "asleep")
+_BROKER_GARBAGE = (
+    "",
+    "nope",
+    "[]",
+    "{}",
+    '{"type": 1}',
+    '{"type": "send", "id": "g1"}',
+    '{"type": "hello"}',
+    '{"type": "hello", "meshId": 5}',
+    '{"type": "session_hello"}',
+    '{"type": "client_ack", "brokerMessageId": 3}',
+    '{"type": "list_peers", "_reqId": {}}',
+    '{"type": "whatever", "id": "g2"}',
+    "[" * 2000,
+)
+_BROKER_STEPS = (0.0, 0.5, 1.0, 10.0, 29.0, 31.0, 61.0, 76.0, 91.0, 4000.0)
+
+
+def _pick(table: tuple[Any, ...], index: int) -> Any:
+    return table[index % len(table)]
+
+
+class BrokerHarness:
+    """A :class:`~meshproto.Broker` of one mesh, driven through a :class:`BrokerOracle`.
+
+    The registry holds members ``a``, ``b`` (in group ``ops``), ``c`` and a
+    revoked ``d``; ``x`` is unknown. Rules name one of four socket *slots*; a
+    slot keeps naming its last socket after that socket closed, and names a
+    socket that was never opened until it is first opened, so inputs for
+    closed and unknown sockets (which an adapter may deliver late) are fed
+    too, and the broker must ignore them. Each ``op_*`` method is one input
+    (or a socket opened, then one input), chosen by small integers (indices,
+    taken modulo the length, into the tables below) or bytes, so that
+    hypothesis rules and fuzzer bytes can both drive it; an op that makes no
+    sense in the current state does nothing. The oracle checks every input,
+    and ``finish`` checks that nothing outlives the broker's shutdown.
+    ``small`` gives tight limits (3 sockets, 2 stored messages per member, a
+    burst of 3 sends, a 1 s hello timeout).
+    """
+
+    #: What the ``op_*`` integers choose from (each taken modulo the length).
+    SLOTS: ClassVar[int] = _SLOTS
+    WHO: ClassVar[tuple[str, ...]] = _WHO
+    SESSION_IDS: ClassVar[tuple[str | None, ...]] = _SESSION_IDS
+    HELLO_KEYS: ClassVar[tuple[str | None, ...]] = _HELLO_KEYS
+    SKEWS: ClassVar[tuple[float, ...]] = _SKEWS
+    GROUPS: ClassVar[tuple[list[dict[str, str]] | None, ...]] = _GROUPS
+    SESSION_KEYS: ClassVar[tuple[str, ...]] = _SESSION_KEYS
+    EXPIRIES: ClassVar[tuple[float, ...]] = _EXPIRIES
+    TARGETS: ClassVar[tuple[str, ...]] = _BROKER_TARGETS
+    PRIORITIES: ClassVar[tuple[str, ...]] = _SEND_PRIORITIES
+    CLIENT_MESSAGE_IDS: ClassVar[tuple[str | None, ...]] = _CMIDS
+    STATUSES: ClassVar[tuple[str, ...]] = _SET_STATUSES
+    GARBAGE: ClassVar[tuple[str, ...]] = _BROKER_GARBAGE
+    TIME_STEPS: ClassVar[tuple[float, ...]] = _BROKER_STEPS
+
+    def __init__(self, *, small: bool = False, seed: int = 0) -> None:
+        registry = StaticRegistry(
+            [
+                Member(_MESH, "id-a", _PK["a"], "a"),
+                Member(_MESH, "id-b", _PK["b"], "b", groups=(Group("ops"),)),
+                Member(_MESH, "id-c", _PK["c"], "c"),
+                Member(_MESH, "id-d", _PK["d"], "d", revoked=True),
+            ]
+        )
+        options = (
+            BrokerOptions(
+                max_connections_per_mesh=3,
+                store_limit_per_member=2,
+                rate_burst=3,
+                hello_timeout=1.0,
+            )
+            if small
+            else BrokerOptions()
+        )
+        self.broker = Broker(
+            registry, verifier=AcceptingVerifier(), rng=Random(seed), options=options
+        )
+        self.oracle = BrokerOracle(self.broker, meshes=(_MESH,))
+        self.now = _T0
+        self.slots: dict[int, int] = {}  # slot -> conn_id of its last socket
+        self.next_conn = 0
+        self.sends = 0
+        self.message_ids: list[str] = ["unknown-id"]  # for client_ack to name
+
+    # --- plumbing ---------------------------------------------------------------
+
+    def conn(self, slot: int) -> int:
+        """The conn_id behind a slot; a never-opened slot names a socket never opened."""
+        slot %= _SLOTS
+        return self.slots.get(slot, -1 - slot)
+
+    def is_open(self, slot: int) -> bool:
+        return self.conn(slot) in self.oracle.open
+
+    def _feed(self, slot: int, text: str) -> None:
+        self.oracle.receive_text(self.conn(slot), text, now=self.now)
+        for _to, frame in self.oracle.written:
+            if frame.get("type") in ("push", "ack") and frame.get("messageId"):
+                self.message_ids.append(frame["messageId"])
+
+    def _feed_frame(self, slot: int, frame: dict[str, Any]) -> None:
+        self._feed(slot, json.dumps(frame))
+
+    # --- sockets ------------------------------------------------------------------
+
+    def op_open(self, slot: int) -> None:
+        """A socket opens in ``slot`` (nothing if the slot's socket is open)."""
+        if self.is_open(slot):
+            return
+        conn_id, self.next_conn = self.next_conn, self.next_conn + 1
+        self.slots[slot % _SLOTS] = conn_id
+        self.oracle.connection_opened(conn_id, now=self.now)
+
+    def op_close(self, slot: int) -> None:
+        """The adapter reports the slot's socket closed (even if it is closed already)."""
+        self.oracle.connection_closed(self.conn(slot), now=self.now)
+
+    def op_ping(self, slot: int, ping: bool) -> None:
+        if ping:
+            self.oracle.receive_ping(self.conn(slot), now=self.now)
+        else:
+            self.oracle.receive_pong(self.conn(slot), now=self.now)
+
+    # --- hellos ---------------------------------------------------------------------
+
+    def op_hello(
+        self,
+        slot: int,
+        who: int,
+        session_id: int,
+        session_key: int,
+        skew: int,
+        *,
+        good_signature: bool,
+        groups: int,
+    ) -> None:
+        """A member hello, good or bad; on a closed even slot a socket opens first."""
+        if not self.is_open(slot) and slot % 2 == 0:
+            self.op_open(slot)  # a client opens a socket to say hello (mostly)
+        name = _pick(_WHO, who)
+        frame: dict[str, Any] = {
+            "type": "hello",
+            "meshId": _MESH,
+            "memberId": f"id-{name}",
+            "pubkey": _PK[name],
+            "timestamp": round((self.now + _pick(_SKEWS, skew)) * 1000),
+            "signature": "ab" * 64 if good_signature else "xyz",
+        }
+        sid = _pick(_SESSION_IDS, session_id)
+        if sid is not None:
+            frame["sessionId"] = sid
+        key = _pick(_HELLO_KEYS, session_key)
+        if key is not None:
+            frame["sessionPubkey"] = key
+        group_list = _pick(_GROUPS, groups)
+        if group_list is not None:
+            frame["groups"] = group_list
+        self._feed_frame(slot, frame)
+
+    def op_good_hello(self, slot: int, who: int, session_id: int, session_key: int) -> None:
+        """A hello of a, b or c the registry decides on (the common case), socket opened."""
+        self.op_open(slot)
+        self.op_hello(slot, who % 3, session_id, session_key % 3, 0, good_signature=True, groups=0)
+
+    def op_session_hello(
+        self, slot: int, who: int, session_key: int, session_id: int, expires: int
+    ) -> None:
+        """A session hello (socket opened): it proves its key (any signature is accepted)."""
+        self.op_open(slot)
+        name = _pick(_WHO, who)
+        key = _pick(_SESSION_KEYS, session_key)
+        frame: dict[str, Any] = {
+            "type": "session_hello",
+            "meshId": _MESH,
+            "parentMemberId": f"id-{name}",
+            "parentMemberPubkey": _PK[name],
+            "sessionPubkey": key,
+            "parentAttestation": {
+                "sessionPubkey": key,
+                "parentMemberPubkey": _PK[name],
+                "expiresAt": round((self.now + _pick(_EXPIRIES, expires)) * 1000),
+                "signature": "cd" * 64,
+            },
+            "timestamp": round(self.now * 1000),
+            "signature": "ab" * 64,
+        }
+        sid = _pick(_SESSION_IDS, session_id)
+        if sid is not None:
+            frame["sessionId"] = sid
+        self._feed_frame(slot, frame)
+
+    # --- frames of a helloed socket ------------------------------------------------
+
+    def op_send(self, slot: int, target: int, priority: int, cmid: int, big: bool) -> None:
+        self.sends += 1
+        frame: dict[str, Any] = {
+            "type": "send",
+            "id": f"send-{self.sends}",
+            "targetSpec": _pick(_BROKER_TARGETS, target),
+            "priority": _pick(_SEND_PRIORITIES, priority),
+            "nonce": "bm9uY2U=",
+            "ciphertext": "A" * (70_000 if big else 8),
+        }
+        client_message_id = _pick(_CMIDS, cmid)
+        if client_message_id is not None:
+            frame["client_message_id"] = client_message_id
+        self._feed_frame(slot, frame)
+
+    def op_client_ack(self, slot: int, pick: int, by_cmid: bool) -> None:
+        """Acknowledge a message id seen so far (most recent first), or a client id."""
+        frame: dict[str, Any] = {"type": "client_ack"}
+        if by_cmid:
+            frame["clientMessageId"] = _pick(_CMIDS[1:], pick)
+        else:
+            frame["brokerMessageId"] = self.message_ids[-1 - pick % len(self.message_ids)]
+        self._feed_frame(slot, frame)
+
+    def op_set_status(self, slot: int, status: int) -> None:
+        self._feed_frame(slot, {"type": "set_status", "status": _pick(_SET_STATUSES, status)})
+
+    def op_set_summary(self, slot: int, summary: bytes) -> None:
+        text = summary.decode("utf-8", errors="replace")
+        self._feed_frame(slot, {"type": "set_summary", "summary": text})
+
+    def op_list_peers(self, slot: int, with_req_id: bool) -> None:
+        frame: dict[str, Any] = {"type": "list_peers"}
+        if with_req_id:
+            frame["_reqId"] = "r1"
+        self._feed_frame(slot, frame)
+
+    # --- garbage ----------------------------------------------------------------------
+
+    def op_malformed(self, slot: int, which: int) -> None:
+        """One of a list of near misses (bad JSON, wrong types, missing fields)."""
+        self._feed(slot, _pick(_BROKER_GARBAGE, which))
+
+    def op_text(self, slot: int, data: bytes) -> None:
+        """Arbitrary text (``data`` as UTF-8, bad bytes replaced)."""
+        self._feed(slot, data.decode("utf-8", errors="replace"))
+
+    def op_binary(self, slot: int, data: bytes) -> None:
+        self.oracle.receive_binary(self.conn(slot), data, now=self.now)
+
+    # --- time -------------------------------------------------------------------------
+
+    def op_advance(self, step: int) -> None:
+        self.now += _pick(_BROKER_STEPS, step)
+        self.oracle.handle_timer(self.now)
+
+    def op_fire_next_deadline(self) -> None:
+        deadline = self.broker.next_deadline()
+        if deadline is not None:
+            self.now = max(self.now, deadline)
+            self.oracle.handle_timer(self.now)
+
+    # --- endings ------------------------------------------------------------------------
+
+    def finish(self, *, max_rounds: int = 100_000) -> None:
+        """Shut the broker down, run every timer out, and check nothing is left behind."""
+        self.oracle.shutdown(now=self.now)
+        for _ in range(max_rounds):
+            if self.broker.next_deadline() is None:
+                break
+            self.op_fire_next_deadline()
+        self.oracle.check_finished()
+
+    # --- fuzzing ---------------------------------------------------------------------------
+
+    def run_bytes(self, data: bytes) -> None:
+        """Interpret ``data`` as a sequence of operations, then ``finish`` (the fuzz entry)."""
+        pos = 0
+
+        def take() -> int:
+            nonlocal pos
+            value = data[pos] if pos < len(data) else 0
+            pos += 1
+            return value
+
+        def chunk() -> bytes:
+            nonlocal pos
+            size = take() % 32
+            piece, pos = data[pos : pos + size], pos + size
+            return piece
+
+        while pos < len(data):
+            op = take() % 18
+            if op == 0:
+                self.op_open(take())
+            elif op == 1:
+                slot, who, session_id, session_key, skew = (take() for _ in range(5))
+                self.op_hello(
+                    slot,
+                    who,
+                    session_id,
+                    session_key,
+                    skew,
+                    good_signature=take() % 4 != 0,
+                    groups=take(),
+                )
+            elif op == 2:
+                self.op_session_hello(take(), take(), take(), take(), take())
+            elif op == 3:
+                self.op_good_hello(take(), take(), take(), take())
+            elif op in (4, 17):
+                self.op_send(take(), take(), take(), take(), take() % 8 == 0)
+            elif op == 5:
+                self.op_client_ack(take(), take(), take() % 2 == 1)
+            elif op == 6:
+                self.op_set_status(take(), take())
+            elif op == 7:
+                self.op_list_peers(take(), take() % 2 == 1)
+            elif op == 8:
+                slot = take()
+                self.op_set_summary(slot, chunk())
+            elif op == 9:
+                self.op_malformed(take(), take())
+            elif op == 10:
+                slot = take()
+                self.op_text(slot, chunk())
+            elif op == 11:
+                slot = take()
+                self.op_binary(slot, chunk())
+            elif op == 12:
+                self.op_ping(take(), take() % 2 == 1)
+            elif op == 13:
+                self.op_close(take())
+            elif op == 14:
+                self.op_advance(take())
+            elif op == 15:
+                self.op_fire_next_deadline()
+            else:
+                self.op_good_hello(take(), take(), take(), take())
         self.finish()

@@ -127,6 +127,6 @@ test_client_keeps_its_contracts_in_any_interleaving = ClientAgainstScriptedBroke
 
 
 @settings(max_examples=500, deadline=None)
-@given(seed=st.integers(min_value=0, max_value=2**16), data=st.binary(max_size=600))
+@given(seed=st.integers(min_value=0, max_value=2**16), data=st.binary(min_size=64, max_size=600))
 def test_byte_driven_runs_keep_the_contracts(seed: int, data: bytes) -> None:
     ClientHarness(seed=seed).run_bytes(data)
