@@ -96,7 +96,7 @@ from ._seams import (
 from ._store import MemoryStore, Store, StoredMessage
 from ._targets import check_target, is_direct_target, is_pubkey
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "BACKOFF_CAPS",

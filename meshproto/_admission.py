@@ -1,4 +1,4 @@
-"""Whether a hello may in: the reference broker's hello checks (PROTOCOL.md §3.1, §3.2, §6).
+"""Whether a hello may in: the reference broker's hello checks (docs/protocol.md §3.1, §3.2, §6).
 
 A refused hello is answered with ``error{code, message}`` and then closed with
 the :class:`Refusal`'s close code. Every text lives here, in one place. The

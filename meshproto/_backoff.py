@@ -1,7 +1,7 @@
 """Reconnect backoff: capped exponential steps, with or without full jitter.
 
 The caps are 1, 2, 4, 8, 16 and then 30 s for every further attempt
-(PROTOCOL.md §7). With full jitter the delay is ``uniform(0, cap)`` drawn from
+(docs/protocol.md §7). With full jitter the delay is ``uniform(0, cap)`` drawn from
 the injected ``random.Random``; the "seed" policy uses the cap itself, as the
 original TypeScript client did. The attempt count is the caller's: the client
 resets it only after a ``hello_ack``.

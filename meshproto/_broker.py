@@ -3,7 +3,7 @@
 Theory of operation
 ===================
 
-``Broker`` is the whole broker of PROTOCOL.md, minus the sockets. The adapter
+``Broker`` is the whole broker of docs/protocol.md, minus the sockets. The adapter
 gives every socket an integer ``conn_id`` and reports what happens on it; the
 broker answers with :data:`BrokerOutput` values (write text, ping, close) and
 the absolute time at which it wants ``handle_timer``. It performs no I/O and
@@ -20,7 +20,7 @@ Sockets and presences
 ---------------------
 
 A socket starts *unhelloed*. Its first frame must be a ``hello`` (a member
-key, PROTOCOL.md §3.1) or a ``session_hello`` (a session key vouched for by
+key, docs/protocol.md §3.1) or a ``session_hello`` (a session key vouched for by
 its parent member's signed attestation, §3.2). Either is checked by
 :mod:`meshproto._admission`, frame first and registry last:
 
@@ -241,7 +241,7 @@ logger = logging.getLogger("meshproto.broker")
 _PRIORITIES = frozenset({"now", "next", "low"})
 _STATUSES = frozenset({"idle", "working", "dnd"})
 
-#: The real broker's refusal of a direct send it cannot route (PROTOCOL.md §4.1).
+#: The real broker's refusal of a direct send it cannot route (docs/protocol.md §4.1).
 NO_PEER_TEXT = (
     "no connected peer for target (not online, or targetSpec is your own key "
     "without another session)"
@@ -258,7 +258,7 @@ _Timer = tuple[float, int, int, Any, int]
 
 @dataclass(frozen=True, slots=True)
 class BrokerOptions:
-    """Limits and timers (seconds). The defaults are PROTOCOL.md §7's.
+    """Limits and timers (seconds). The defaults are docs/protocol.md §7's.
 
     ``hello_timeout`` (how long a socket may stay open without an accepted
     hello) is ours: the protocol names no such limit.

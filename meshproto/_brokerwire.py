@@ -1,7 +1,7 @@
 """The reference broker's ids, timestamps and the frames it builds by hand.
 
 Ids come from the injected ``random.Random``: message and presence ids are
-32 base62 characters, system messages carry a UUID-4-shaped id (PROTOCOL.md
+32 base62 characters, system messages carry a UUID-4-shaped id (docs/protocol.md
 §3.3, §4.1, §4.2). Timestamps are ISO-8601 in UTC with milliseconds and a
 ``Z``. ``hello_ack`` and ``peers_list`` are built here rather than with
 :func:`meshproto.encode` because the broker sends fields the client-side frame
@@ -96,7 +96,7 @@ def hello_ack_text(
     profile_groups: Iterable[Group],
     last_seen: float | None,
 ) -> str:
-    """``hello_ack`` (PROTOCOL.md §3.3); ``restored``/``lastSeenAt`` when seen before."""
+    """``hello_ack`` (docs/protocol.md §3.3); ``restored``/``lastSeenAt`` when seen before."""
     ack: dict[str, Any] = {
         "type": "hello_ack",
         "presenceId": presence_id,

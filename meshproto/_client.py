@@ -60,7 +60,7 @@ Rules
   silence closes the transport and reconnects.
 * Only one reconnect is ever pending. Delays come from :class:`Backoff`; the
   attempt count resets only after ``hello_ack``. Permanent refusals
-  (PROTOCOL.md §6) end in CLOSED with a :class:`Closed` event that says why.
+  (docs/protocol.md §6) end in CLOSED with a :class:`Closed` event that says why.
 * Garbage from the network never raises: it becomes :class:`MalformedFrame`.
   Misuse raises :class:`LocalProtocolError` before any state changes.
 """
@@ -153,7 +153,7 @@ __all__ = [
 
 logger = logging.getLogger("meshproto.client")
 
-#: A parent attestation lives at most 24 hours (PROTOCOL.md §3.2).
+#: A parent attestation lives at most 24 hours (docs/protocol.md §3.2).
 ATTESTATION_MAX_TTL_MS = 24 * 3600 * 1000
 
 #: The largest frame a client writes and the largest body it accepts (§1, §7).
@@ -162,7 +162,7 @@ PRIORITIES = frozenset({"now", "next", "low"})
 STATUSES = frozenset({"idle", "working", "dnd"})
 
 #: Refusal codes (error frames or 1008 close reasons) that mean "our identity
-#: is wrong": reconnecting cannot help (PROTOCOL.md §3, §6).
+#: is wrong": reconnecting cannot help (docs/protocol.md §3, §6).
 PERMANENT_REFUSALS = frozenset(
     {
         "unauthorized",
@@ -197,7 +197,7 @@ _WITH_TRANSPORT = frozenset(
 def is_permanent_close(code: int | None, reason: str, refusal: str | None = None) -> bool:
     """Whether a close (with the hello refusal that preceded it) stops reconnecting.
 
-    PROTOCOL.md §6: ``1000 session_replaced``, ``1008`` with an identity
+    docs/protocol.md §6: ``1000 session_replaced``, ``1008`` with an identity
     refusal, ``4001 kicked`` and ``4002 banned`` are final; everything else
     (1000 otherwise, 1001, 1006, 1009, 1008 ``timestamp_skew``/``capacity``)
     is a reason to reconnect.
@@ -216,7 +216,7 @@ class ClientConfig:
     """Who this peer is and where its broker is.
 
     ``signer`` holds the member key. With ``session_signer`` (a session key,
-    PROTOCOL.md §3.2) every transport opens with ``session_hello``: a parent
+    docs/protocol.md §3.2) every transport opens with ``session_hello``: a parent
     attestation minted afresh, valid ``attestation_ttl_ms`` (at most 24 h),
     signed by the member key, and the hello signed by the session key.
     Without it, the transport opens with a member ``hello``, which may still
@@ -253,7 +253,7 @@ class ClientConfig:
 
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
-    """Timers (seconds), bounds and policies. The defaults are PROTOCOL.md §7's."""
+    """Timers (seconds), bounds and policies. The defaults are docs/protocol.md §7's."""
 
     connect_timeout: float = 10.0
     hello_timeout: float = 5.0
@@ -587,7 +587,7 @@ class ClientConnection:
         self._attached = False
         if code == 1009 and self._in_flight:
             # A Node-hosted broker refuses an oversized frame this way: the
-            # last frame written is the one it could not take (PROTOCOL.md §6).
+            # last frame written is the one it could not take (docs/protocol.md §6).
             last = next(reversed(self._in_flight.values()))
             self._resolve(
                 last.id,

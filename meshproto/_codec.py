@@ -1,7 +1,7 @@
 """The wire codec: one ``encode(frame) -> str`` and one ``decode(text) -> frame``.
 
 Each WebSocket text message is one JSON object with a string ``type``
-(PROTOCOL.md §1). ``decode`` checks that shape, the type of every field it
+(docs/protocol.md §1). ``decode`` checks that shape, the type of every field it
 knows and the presence of every required one, and ignores fields it does not
 know. A ``type`` it does not know becomes :class:`UnknownFrame`. Anything else
 (malformed JSON, a non-object, a wrong field type, a binary payload) raises

@@ -1,4 +1,4 @@
-"""Every message of the wire contract (PROTOCOL.md §3-4) as a frozen dataclass.
+"""Every message of the wire contract (docs/protocol.md §3-4) as a frozen dataclass.
 
 Python names are snake_case; each field records its wire name and its wire
 kind in the dataclass field metadata, which is the single source the codec
@@ -57,7 +57,7 @@ class Group:
 
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Member hello (client → broker), PROTOCOL.md §3.1."""
+    """Member hello (client → broker), docs/protocol.md §3.1."""
 
     TYPE: ClassVar[str] = "hello"
     mesh_id: str = _w("meshId", "str")
@@ -87,7 +87,7 @@ class ParentAttestation:
 
 @dataclass(frozen=True, slots=True)
 class SessionHello:
-    """Session hello (client → broker), PROTOCOL.md §3.2."""
+    """Session hello (client → broker), docs/protocol.md §3.2."""
 
     TYPE: ClassVar[str] = "session_hello"
     mesh_id: str = _w("meshId", "str")

@@ -1,6 +1,6 @@
 """A token bucket: ``burst`` tokens, refilled continuously at ``per_minute / 60`` a second.
 
-The reference broker keeps one per member (PROTOCOL.md §4.1: burst 10, 60 a
+The reference broker keeps one per member (docs/protocol.md §4.1: burst 10, 60 a
 minute) and charges it for every ``send`` before any other check. Time is the
 caller's; a clock that steps backwards refills nothing.
 """

@@ -1,7 +1,7 @@
 """Why a send or a request failed, and whether trying again can help.
 
 Broker rejections arrive as free text (``ack{queued:false, error}``) or as an
-``error`` frame with a code; PROTOCOL.md §4.1 lists the texts the real broker
+``error`` frame with a code; docs/protocol.md §4.1 lists the texts the real broker
 sends. :func:`classify_ack_error` and :func:`classify_error_frame` map them to
 a :class:`FailureReason` with a stable ``code``; the original text is kept in
 ``detail``. Local reasons (``queue_full``, ``ack_timeout`` ...) are constants.
@@ -64,7 +64,7 @@ class FailureReason:
         return f"{self.code} ({kind}): {self.detail}" if self.detail else f"{self.code} ({kind})"
 
 
-# Prefixes of the texts the real broker puts in ack.error (PROTOCOL.md §4.1).
+# Prefixes of the texts the real broker puts in ack.error (docs/protocol.md §4.1).
 _ACK_PREFIXES = (
     ("rate_limit", RATE_LIMITED),
     ("payload too large", PAYLOAD_TOO_LARGE),

@@ -2,7 +2,7 @@
 
 The broker asks a :class:`MemberRegistry` for the member row behind a hello's
 ``(meshId, pubkey)`` and a :class:`Verifier` whether the hello's signature is
-good (PROTOCOL.md §3.1). Both are interfaces so that the core never touches a
+good (docs/protocol.md §3.1). Both are interfaces so that the core never touches a
 key or a database: :class:`StaticRegistry` keeps the rows in memory and
 :class:`AcceptingVerifier` takes any well-formed signature (tests and the
 pre-crypto demo). A real deployment passes an ed25519 verifier (PyNaCl) and a

@@ -1,7 +1,7 @@
 """The small interfaces the core calls out through: signing and body sealing.
 
 The core never touches a key or a cipher itself. A :class:`Signer` signs the
-canonical hello string (PROTOCOL.md §3.1); a :class:`Sealer` turns a body into
+canonical hello string (docs/protocol.md §3.1); a :class:`Sealer` turns a body into
 the ``nonce``/``ciphertext`` pair of a ``send`` and opens a ``push`` again
 (§5). The libsodium implementations live outside the pure core and are
 imported only when used; :class:`PlaintextSealer` is the §5 encoding for
@@ -86,7 +86,7 @@ class OpenError(Exception):
 
 @runtime_checkable
 class Sealer(Protocol):
-    """Turns bodies into ``(nonce, ciphertext)`` and back (PROTOCOL.md §5)."""
+    """Turns bodies into ``(nonce, ciphertext)`` and back (docs/protocol.md §5)."""
 
     def seal(self, target_spec: str, body: bytes, rng: Random) -> tuple[str, str]:
         """Return base64 ``nonce`` and ``ciphertext`` for a send to ``target_spec``."""

@@ -1,4 +1,4 @@
-"""Target specs (PROTOCOL.md §4.1), checked locally.
+"""Target specs (docs/protocol.md §4.1), checked locally.
 
 The real broker answers a malformed ``send`` with silence, so a client
 validates targets before it writes anything: a direct target is a 64-hex

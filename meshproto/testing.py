@@ -3,7 +3,7 @@
 * :class:`FakeSigner` stands in for an ed25519 key where no real signature is
   needed (a broker that verifies signatures will refuse it).
 * :class:`ClientOracle` watches a :class:`~meshproto.ClientConnection` from
-  the outside and checks the contracts of DESIGN.md after every step. The
+  the outside and checks the contracts of docs/architecture.md after every step. The
   property tests and the fuzz harness both use it, so they check one oracle.
 * :class:`ClientHarness` drives a connection against a scripted broker; the
   property tests and the fuzz harness both turn their inputs into its
@@ -212,7 +212,7 @@ class ClientOracle:
 # The harness: a client driven against a scripted broker.
 # ---------------------------------------------------------------------------
 
-#: ``ack{queued:false}`` texts, verbatim from the real broker (PROTOCOL.md §4.1).
+#: ``ack{queued:false}`` texts, verbatim from the real broker (docs/protocol.md §4.1).
 ACK_ERROR_TEXTS = (
     "rate_limit: max 60 msg/min (burst 10) \u2014 slow down",
     "payload too large: 70096 bytes > MAX_MESSAGE_BYTES=65536",

@@ -466,7 +466,7 @@ async def connect(
     ``close_timeout``).
 
     ``signer`` holds the member key; with ``session_signer`` every socket
-    opens with a ``session_hello`` (PROTOCOL.md §3.2). ``session_id``
+    opens with a ``session_hello`` (docs/protocol.md §3.2). ``session_id``
     defaults to a fresh random id, stable for this client's life. ``rng``
     (ids, nonces, backoff jitter) defaults to :class:`random.SystemRandom`.
     ``ssl_context`` is used for ``wss://`` (default:

@@ -19,6 +19,12 @@ __all__ = ["build_parser", "main"]
 _EXTRA_HINT = "pip install 'meshproto[all]'"
 
 
+def _installed_version() -> str:
+    from meshproto import __version__  # noqa: PLC0415 (the core imports nothing heavy)
+
+    return __version__
+
+
 def _add_identity_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("identity")
     group.add_argument(
@@ -44,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Join a mesh through a broker: send, listen, list peers, or run a broker.",
     )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    parser.add_argument(
+        "-V", "--version", action="version", version=f"meshproto {_installed_version()}"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser(

@@ -1,7 +1,7 @@
 """Identity files: joined meshes, session keys and the broker's members file.
 
 * The claudemesh joined-mesh file, ``<config dir>/config.json``, version 1
-  (PROTOCOL.md §2): ``{"version": 1, "meshes": [{meshId, memberId, slug,
+  (docs/protocol.md §2): ``{"version": 1, "meshes": [{meshId, memberId, slug,
   name, pubkey, secretKey, brokerUrl, joinedAt}]}``. The config dir is
   ``~/.claudemesh`` unless ``CLAUDEMESH_CONFIG_DIR`` or a flag says otherwise.
 * Session key pairs, one per (mesh, session name), under

@@ -1,6 +1,6 @@
 """Who the command speaks as: a joined mesh plus a persistent session key.
 
-Every socket opens with a ``session_hello`` (PROTOCOL.md §3.2): the member
+Every socket opens with a ``session_hello`` (docs/protocol.md §3.2): the member
 key attests a session key pair, kept per (mesh, session name), and the
 session key signs the hello. So every reconnect of one session is the same
 peer to the broker, which reattaches it silently within its grace window.

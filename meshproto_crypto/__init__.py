@@ -3,7 +3,7 @@
 The pure core never touches a key: it signs through its ``Signer`` interface,
 the reference broker verifies through ``Verifier``, and bodies are sealed and
 opened through ``Sealer``. This package implements those three with PyNaCl
-(libsodium), byte for byte as PROTOCOL.md §2, §3 and §5 say:
+(libsodium), byte for byte as docs/protocol.md §2, §3 and §5 say:
 
 * :class:`KeyPair`: an ed25519 identity, ``pubkey`` 64 hex and libsodium's
   64-byte ``secretKey`` (seed ‖ public key) as 128 hex.

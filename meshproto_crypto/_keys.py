@@ -1,4 +1,4 @@
-"""ed25519 key pairs in the claudemesh encodings (PROTOCOL.md §2)."""
+"""ed25519 key pairs in the claudemesh encodings (docs/protocol.md §2)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ and a clock.
 
 Each accepted socket gets an id (``socket_opened``), which is also the
 broker's ``conn_id``. Its server :class:`WsConnection` upgrades only ``/ws``
-and caps received messages (1 MiB by default, PROTOCOL.md §1 [ours]). The
+and caps received messages (1 MiB by default, docs/protocol.md §1 [ours]). The
 broker hears of the connection only once the WebSocket handshake is done,
 and of every complete message after that; it hears ``connection_closed``
 exactly once, when the socket stops carrying messages (a close frame, EOF,

@@ -9,7 +9,7 @@ from meshproto import LocalProtocolError
 
 __all__ = ["DEFAULT_PATH", "WsAddress", "parse_ws_url"]
 
-#: The only path a broker upgrades (PROTOCOL.md §1); also the default when a
+#: The only path a broker upgrades (docs/protocol.md §1); also the default when a
 #: URL names none.
 DEFAULT_PATH = "/ws"
 

@@ -1,4 +1,4 @@
-"""The wire codec: ``encode(frame) -> str`` and ``decode(text) -> frame`` (PROTOCOL.md §1-4)."""
+"""The wire codec: ``encode(frame) -> str`` and ``decode(text) -> frame`` (protocol.md §1-4)."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ FRAME_STRATEGIES: dict[type[Any], st.SearchStrategy[Any]] = {
 any_frame = st.one_of(*FRAME_STRATEGIES.values())
 
 # One minimal valid frame of each type, as the broker or client would write it,
-# with the fields PROTOCOL.md makes required.
+# with the fields docs/protocol.md makes required.
 MINIMAL: dict[str, dict[str, Any]] = {
     "hello": {"type": "hello", "meshId": "m", "memberId": "u", "pubkey": "p"},
     "session_hello": {

@@ -1,8 +1,8 @@
 """Replay the real broker's recorded transcripts through ``ClientConnection``.
 
-The transcripts in ``shared/conformance/real-broker/*.jsonl`` (the sibling of
-this repository) were recorded against a running copy of the real claudemesh
-broker (PROTOCOL.md). Each line is one record ``{t, conn, dir, ...}``. The
+The transcripts in ``tests/fixtures/real-broker/*.jsonl`` were recorded
+against a running copy of the real claudemesh broker (see the README beside
+them, and ``docs/protocol.md``). Each line is one record ``{t, conn, dir, ...}``. The
 records are grouped by ``conn`` and every recorded connection drives one fresh
 ``ClientConnection`` through its public API, in record order:
 
@@ -31,7 +31,7 @@ N characters of ``A``, as recorded).
 Sends the client refuses locally. A send must raise ``LocalProtocolError``
 when its body exceeds 65,536 bytes, when the frame as this client writes it
 (compact JSON of the same fields, with ids and nonce of the recorded lengths)
-exceeds 65,536 bytes, or when its target is not a PROTOCOL.md §4.1 target spec.
+exceeds 65,536 bytes, or when its target is not a docs/protocol.md §4.1 target spec.
 The broker's answer to such a recorded send is still fed, unchanged (its id
 matches nothing the client sent): it must decode and change nothing. In
 g_oversize that is the case for frame_1000000_bytes, frame_16777216_bytes,
@@ -82,12 +82,16 @@ from meshproto import (
 )
 from meshproto.testing import FakeSigner
 
-TRANSCRIPT_DIR = Path(__file__).resolve().parents[2] / "shared" / "conformance" / "real-broker"
+TRANSCRIPT_DIR = Path(__file__).resolve().parent / "fixtures" / "real-broker"
 
-#: PROTOCOL.md §1 and §7: the largest frame (and body) a client writes.
+#: How many recorded transcripts the repository holds. A fixture that goes
+#: missing must fail loudly here rather than quietly shrink the suite.
+EXPECTED_TRANSCRIPTS = 10
+
+#: docs/protocol.md §1 and §7: the largest frame (and body) a client writes.
 MAX_FRAME_BYTES = 65_536
 
-#: PROTOCOL.md §4.1: texts of ``ack{queued: false}`` by prefix, with the
+#: docs/protocol.md §4.1: texts of ``ack{queued: false}`` by prefix, with the
 #: failure code and whether retrying later can help.
 ACK_TEXT_CLASSES = (
     ("rate_limit", "rate_limited", True),
@@ -95,7 +99,7 @@ ACK_TEXT_CLASSES = (
     ("no connected peer", "no_peer", False),
 )
 
-#: PROTOCOL.md §3 and §6: hello refusals that mean "our identity is wrong"
+#: docs/protocol.md §3 and §6: hello refusals that mean "our identity is wrong"
 #: (stop, report) and those that are transient (reconnect with backoff).
 IDENTITY_REFUSALS = frozenset(
     {
@@ -113,7 +117,7 @@ IDENTITY_REFUSALS = frozenset(
 )
 TRANSIENT_REFUSALS = frozenset({"timestamp_skew", "capacity"})
 
-#: PROTOCOL.md §4.1: ``*``, ``@all``, ``@<group>``, ``#<topicId>`` or a 64-hex key.
+#: docs/protocol.md §4.1: ``*``, ``@all``, ``@<group>``, ``#<topicId>`` or a 64-hex key.
 _TARGET_SPEC = re.compile(r"[0-9a-f]{64}|\*|@all|[@#][^\s@#*]+")
 _DIRECT_TARGET = re.compile(r"[0-9a-f]{64}")
 #: How the recorder shortened huge ciphertexts: 60 characters, then the length.
@@ -144,8 +148,7 @@ def load_transcript(path: Path | str) -> list[dict[str, Any]]:
     if not path.is_file():
         pytest.fail(
             f"conformance transcript {path} is missing: these tests replay the real "
-            f"broker's recordings from the repository's sibling directory "
-            f"shared/conformance/real-broker/ (looked in {TRANSCRIPT_DIR})",
+            f"broker's recordings from tests/fixtures/real-broker/ (looked in {TRANSCRIPT_DIR})",
             pytrace=False,
         )
     with path.open(encoding="utf-8") as fh:
@@ -169,7 +172,7 @@ def frames(records: Iterable[dict[str, Any]], direction: str, kind: str) -> list
     ]
 
 
-# --- oracles, from PROTOCOL.md ---------------------------------------------------
+# --- oracles, from docs/protocol.md ---------------------------------------------------
 
 
 def classify_ack_text(text: str) -> tuple[str, bool] | None:
@@ -634,12 +637,13 @@ def assert_clean(replays: dict[str, ConnReplay]) -> None:
 # --- tests: every transcript -----------------------------------------------------
 
 
-def test_transcript_directory_is_present() -> None:
-    assert TRANSCRIPT_DIR.is_dir(), (
-        f"conformance transcripts not found at {TRANSCRIPT_DIR} "
-        "(the repository's sibling shared/conformance/real-broker/)"
+def test_every_recorded_transcript_is_in_the_repository() -> None:
+    assert TRANSCRIPT_DIR.is_dir(), f"conformance transcripts not found at {TRANSCRIPT_DIR}"
+    found = sorted(p.name for p in TRANSCRIPT_DIR.glob("*.jsonl"))
+    assert len(found) == EXPECTED_TRANSCRIPTS, (
+        f"expected {EXPECTED_TRANSCRIPTS} transcripts in {TRANSCRIPT_DIR}, found {len(found)}: "
+        f"{found}"
     )
-    assert sorted(TRANSCRIPT_DIR.glob("*.jsonl")), f"no *.jsonl transcripts in {TRANSCRIPT_DIR}"
 
 
 @pytest.mark.parametrize("path", TRANSCRIPTS, ids=lambda p: p.stem)

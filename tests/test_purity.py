@@ -1,4 +1,4 @@
-"""The core stays pure (DESIGN.md): standard library only, no I/O, no clock, no
+"""The core stays pure (docs/architecture.md): standard library only, no I/O, no clock, no
 threads, no global random source, and no required dependencies.
 
 Every ``.py`` file under ``meshproto/`` is parsed with :mod:`ast` (never

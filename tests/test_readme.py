@@ -44,3 +44,15 @@ def test_in_memory_example_runs_and_round_trips() -> None:
     assert "acked as mmmm" in result.stdout
     assert "received: hi there" in result.stdout
     assert '"type":"client_ack"' in result.stdout
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (quick_start,) = re.findall(r"## Quick start\n\n```sh\n(.*?)```", readme, re.S)
+    commands = quick_start.strip().splitlines()
+    assert len(commands) == 2, "the quick start has two commands: the demo and the tests"
+    demo, tests = commands
+    assert demo.endswith("meshproto demo")
+    assert "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert ci[-1] == tests, "the last line of .ci/run must be the README's test command"
