@@ -59,6 +59,8 @@ for event in client.drain_events():
     if isinstance(event, SendAcked):
         print("acked as", event.message_id)
     elif isinstance(event, MessageReceived):
-        print("received:", event.text)
+        print("waiting in the inbox:", event.message_id)
+for message in client.take_messages():  # the hand-over: now it may be acknowledged
+    print("received:", message.text)
 print("write:", client.drain_actions()[0].text)  # the client_ack for that push
 print("wake me at", client.next_deadline())  # then call client.handle_timer(that time)

@@ -23,7 +23,7 @@ from ._client import (
     SendHandle,
     is_permanent_close,
 )
-from ._codec import FRAME_TYPES, decode, encode
+from ._codec import FRAME_TYPES, decode, encode, is_unicode_text
 from ._errors import (
     ConnectionClosedError,
     LocalProtocolError,
@@ -31,6 +31,7 @@ from ._errors import (
     RemoteProtocolError,
     RequestError,
     SendError,
+    SendOutcomeUnknownError,
 )
 from ._events import (
     Action,
@@ -40,6 +41,7 @@ from ._events import (
     ConnectionState,
     Event,
     HandshakeComplete,
+    InternalError,
     MalformedFrame,
     MessageReceived,
     OpenTransport,
@@ -48,6 +50,7 @@ from ._events import (
     RequestFailed,
     SendAcked,
     SendFailed,
+    SendOutcomeUnknown,
     SendPing,
     StateChanged,
     SystemMessage,
@@ -133,6 +136,7 @@ __all__ = [
     "HandshakeComplete",
     "Hello",
     "HelloAck",
+    "InternalError",
     "ListPeers",
     "LocalProtocolError",
     "MalformedFrame",
@@ -160,6 +164,8 @@ __all__ = [
     "SendError",
     "SendFailed",
     "SendHandle",
+    "SendOutcomeUnknown",
+    "SendOutcomeUnknownError",
     "SendPing",
     "SendText",
     "SessionHello",
@@ -187,6 +193,7 @@ __all__ = [
     "hello_signing_payload",
     "is_direct_target",
     "is_permanent_close",
+    "is_unicode_text",
     "is_pubkey",
     "session_hello_signing_payload",
 ]

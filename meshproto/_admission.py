@@ -12,7 +12,10 @@ Member ``hello`` (:func:`check_hello`):
    of milliseconds, or more than ``skew`` seconds away from the broker's clock
    (a timestamp in seconds is therefore refused too);
 2. ``malformed`` (1008): ``pubkey`` is not 64 or ``signature`` not 128
-   lowercase hex characters, or a field has the wrong JSON type;
+   lowercase hex characters, a field has the wrong JSON type, or a field
+   that others will see is longer than :data:`HELLO_FIELD_LIMITS` allows
+   **[reference broker]** (a peer list of a thousand sockets must stay a
+   size every client can read);
 3. ``bad_session_pubkey`` (1008): ``sessionPubkey`` is present and not 64
    lowercase hex characters;
 4. ``bad_signature`` (1008): the :class:`~meshproto.Verifier` rejects the
@@ -25,7 +28,8 @@ its parent member:
 
 1. ``timestamp_skew`` (1008): as for ``hello``;
 2. ``malformed`` (1008): ``signature`` is not 128 lowercase hex characters,
-   or a field has the wrong JSON type (``parentAttestation`` included);
+   a field has the wrong JSON type (``parentAttestation`` included), or a
+   field is longer than :data:`HELLO_FIELD_LIMITS` allows;
 3. ``bad_parent_pubkey`` (1008): ``parentMemberPubkey`` is not 64 lowercase
    hex characters;
 4. ``bad_session_pubkey`` (1008): ``sessionPubkey`` is not 64 lowercase hex;
@@ -67,7 +71,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ._client import ATTESTATION_MAX_TTL_MS
+from ._config import ATTESTATION_MAX_TTL_MS
 from ._frames import Hello, SessionHello
 from ._registry import Verifier
 from ._seams import (
@@ -77,6 +81,8 @@ from ._seams import (
 )
 
 __all__ = [
+    "GROUPS_LIMIT",
+    "HELLO_FIELD_LIMITS",
     "Refusal",
     "capacity",
     "check_hello",
@@ -95,6 +101,23 @@ _HEX128 = re.compile(r"[0-9a-f]{128}")
 
 POLICY_VIOLATION = 1008
 BANNED = 4002
+
+#: The longest each hello field that other peers see may be, in characters
+#: **[reference broker]**: these travel in every ``peers_list`` and system push.
+HELLO_FIELD_LIMITS = {
+    "mesh_id": 128,
+    "member_id": 128,
+    "parent_member_id": 128,
+    "session_id": 128,
+    "display_name": 64,
+    "hostname": 128,
+    "peer_type": 32,
+    "role": 64,
+    "cwd": 512,
+}
+#: At most this many groups in a hello, each name and role at most 32 characters.
+GROUPS_LIMIT = 16
+_GROUP_TEXT_LIMIT = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +173,20 @@ def _verified(verifier: Verifier, pubkey: str, payload: bytes, signature: str) -
     return good is True
 
 
+def _oversized(hello: Hello | SessionHello) -> bool:
+    """Whether a field others will see is longer than the limits allow."""
+    for name, limit in HELLO_FIELD_LIMITS.items():
+        value = getattr(hello, name, None)
+        if value is not None and len(value) > limit:
+            return True
+    groups = hello.groups or ()
+    if len(groups) > GROUPS_LIMIT:
+        return True
+    return any(
+        len(g.name) > _GROUP_TEXT_LIMIT or len(g.role or "") > _GROUP_TEXT_LIMIT for g in groups
+    )
+
+
 def check_hello(hello: Hello, *, now: float, skew: float, verifier: Verifier) -> Refusal | None:
     """The frame-only checks of a member hello (module docstring); ``None`` if they pass."""
     timestamp = hello.timestamp
@@ -157,7 +194,8 @@ def check_hello(hello: Hello, *, now: float, skew: float, verifier: Verifier) ->
         return TIMESTAMP_SKEW
     signature = hello.signature
     if (
-        _HEX64.fullmatch(hello.pubkey) is None
+        _oversized(hello)
+        or _HEX64.fullmatch(hello.pubkey) is None
         or signature is None
         or _HEX128.fullmatch(signature) is None
     ):
@@ -176,7 +214,7 @@ def check_session_hello(
     if timestamp is None or _skewed(timestamp, now, skew):
         return SESSION_TIMESTAMP_SKEW
     signature = hello.signature
-    if signature is None or _HEX128.fullmatch(signature) is None:
+    if signature is None or _HEX128.fullmatch(signature) is None or _oversized(hello):
         return SESSION_MALFORMED
     parent, session = hello.parent_member_pubkey, hello.session_pubkey
     if _HEX64.fullmatch(parent) is None:

@@ -206,7 +206,7 @@ from ._brokerwire import (
     random_id,
     random_uuid,
 )
-from ._codec import decode, encode
+from ._codec import decode, encode, is_unicode_text
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._frames import (
     Ack,
@@ -232,6 +232,7 @@ from ._targets import check_target, is_direct_target
 
 __all__ = [
     "NO_PEER_TEXT",
+    "SUMMARY_LIMIT",
     "Broker",
     "BrokerOptions",
 ]
@@ -240,6 +241,9 @@ logger = logging.getLogger("meshproto.broker")
 
 _PRIORITIES = frozenset({"now", "next", "low"})
 _STATUSES = frozenset({"idle", "working", "dnd"})
+
+#: The longest summary a presence may set, in characters **[reference broker]**.
+SUMMARY_LIMIT = 512
 
 #: The real broker's refusal of a direct send it cannot route (docs/protocol.md §4.1).
 NO_PEER_TEXT = (
@@ -550,7 +554,15 @@ class Broker:
             self._on_set_status(conn, presence, frame.status, now)
         elif kind is SetSummary:
             assert isinstance(frame, SetSummary)
-            presence.summary = frame.summary
+            if len(frame.summary) > SUMMARY_LIMIT:
+                self._error(
+                    conn,
+                    "malformed",
+                    f"set_summary: a summary is at most {SUMMARY_LIMIT} characters, "
+                    f"got {len(frame.summary)}",
+                )
+            else:
+                presence.summary = frame.summary
         elif kind is ListPeers:
             assert isinstance(frame, ListPeers)
             self._on_list_peers(conn, presence, frame.req_id)
@@ -570,7 +582,9 @@ class Broker:
                 self._refuse(conn, refuse_undecodable_hello(raw), now)
             return
         frame_id = raw.get("id") if raw is not None else None
-        self._error(conn, "malformed", str(exc), frame_id if type(frame_id) is str else None)
+        if type(frame_id) is not str or not is_unicode_text(frame_id):
+            frame_id = None  # only a clean string id is echoed
+        self._error(conn, "malformed", str(exc), frame_id)
 
     # --- hello ------------------------------------------------------------------
 

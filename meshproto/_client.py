@@ -39,41 +39,75 @@ Rules
 * The first frame on every transport is the one ``hello``; until
   ``hello_ack`` nothing else is written but the ``client_ack`` of a push that
   arrives early (the broker drains queued messages before it acks the hello,
-  and such pushes are taken normally). Without ``hello_ack`` in ``hello_timeout`` the transport is
-  closed and a reconnect is scheduled.
+  and such pushes are taken normally). Without ``hello_ack`` in
+  ``hello_timeout`` the transport is closed and a reconnect is scheduled.
 * A send is validated and encoded once, in ``send()``, and gets an id that it
-  keeps for life (it is also its ``client_message_id``). It then sits in the
-  *outbox* until the connection is open, is written in order, and waits
-  ``ack_timeout`` from the moment it is written. The outbox counts every send
-  not yet resolved, written or not, and holds at most ``max_outbox``; a send
-  beyond that fails at once with ``queue_full``.
+  keeps for life; its ``client_message_id`` is that id, or the key of the
+  earlier send it retries (``send(..., client_message_id=...)``). It then
+  sits in the *outbox* until the connection is open, is written in order,
+  and waits ``ack_timeout`` from the moment it is written. The outbox counts
+  every send not yet resolved, written or not, and holds at most
+  ``max_outbox``; a send beyond that fails at once with ``queue_full``.
 * When the link drops, sends in flight go back to the front of the outbox and
-  are written again after the next ``hello_ack`` (or, with
-  ``resend_in_flight=False``, fail with ``connection_lost``).
-* Every send resolves exactly once (:class:`SendAcked` or :class:`SendFailed`);
-  a failed send is never written again.
-* Every push is answered with ``client_ack``, duplicates included. A push
-  whose dedupe key (``client_message_id``, else ``messageId``) is within the
-  last ``dedupe_window`` keys is counted as a duplicate and not delivered.
+  are written again, under the same ``client_message_id``, after the next
+  ``hello_ack`` (or, with ``resend_in_flight=False``, resolve as below).
+* Every send resolves exactly once, with one of three events, and is never
+  written again afterwards:
+
+  - :class:`SendAcked`: the broker accepted it;
+  - :class:`SendFailed`: it was **not delivered**: it was never written, or
+    the broker refused the only write of it;
+  - :class:`SendOutcomeUnknown`: it was written, and nothing settles whether
+    a write reached the broker: no ack in time, the link or the client
+    closed, or a re-send was refused after an earlier write. Retrying under
+    the same ``client_message_id`` is safe; a fresh send may duplicate it.
+
+* Pushes go through the :class:`~meshproto._inbox.Inbox` (see its theory
+  of operation): each message reaches the application once, and
+  ``client_ack`` is written only when the message is in the application's
+  hands: when ``take_messages()`` returns it (with an inbox), or as the
+  event is produced (``inbox_limit=0``). Acknowledgements due while no
+  transport is attached are written after the next ``hello_ack``. While the
+  inbox is full :attr:`ClientConnection.reading_paused` is true and the
+  adapter stops reading; nothing is ever dropped. With
+  ``accept_messages=False`` no message is taken or acknowledged at all.
 * After ``hello_ack`` the connection pings every ``ping_interval``; any
   inbound frame, ping or pong counts as life, and ``liveness_timeout`` of
-  silence closes the transport and reconnects.
+  silence closes the transport and reconnects. While reading is paused the
+  silence is ours, not the broker's: the liveness timeout is suspended, and
+  counts again from the first input after reading resumes.
 * Only one reconnect is ever pending. Delays come from :class:`Backoff`; the
-  attempt count resets only after ``hello_ack``. Permanent refusals
-  (docs/protocol.md §6) end in CLOSED with a :class:`Closed` event that says why.
+  attempt count goes back to zero only after a link has proved itself: it
+  stayed open ``proven_after`` seconds past ``hello_ack``, or a send was
+  acknowledged on it. A broker that accepts the hello and drops the link at
+  once therefore sees the delays grow. Permanent refusals
+  (docs/protocol.md §6) end in CLOSED with a :class:`Closed` event that says
+  why.
 * Garbage from the network never raises: it becomes :class:`MalformedFrame`.
-  Misuse raises :class:`LocalProtocolError` before any state changes.
+  An unexpected exception while handling a frame (a bug) is logged once,
+  becomes :class:`InternalError`, and costs the transport: it is closed with
+  1011 and a reconnect is scheduled. Misuse raises :class:`LocalProtocolError`
+  before any state changes.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass, field
 from random import Random
 
-from ._backoff import Backoff
 from ._codec import decode, encode
+from ._config import (
+    ATTESTATION_MAX_TTL_MS,
+    MAX_FRAME_BYTES,
+    PRIORITIES,
+    STATUSES,
+    ClientConfig,
+    ClientOptions,
+    Counters,
+    SendHandle,
+    check_text,
+)
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     Action,
@@ -83,6 +117,7 @@ from ._events import (
     ConnectionState,
     Event,
     HandshakeComplete,
+    InternalError,
     MalformedFrame,
     MessageReceived,
     OpenTransport,
@@ -91,6 +126,7 @@ from ._events import (
     RequestFailed,
     SendAcked,
     SendFailed,
+    SendOutcomeUnknown,
     SendPing,
     StateChanged,
     SystemMessage,
@@ -102,18 +138,16 @@ from ._frames import (
     ClientAck,
     ErrorFrame,
     Frame,
-    Group,
-    Hello,
     HelloAck,
     ListPeers,
-    ParentAttestation,
     PeersList,
     Push,
     Send,
-    SessionHello,
     SetStatus,
     SetSummary,
 )
+from ._hellos import hello_frame
+from ._inbox import Inbox, Message, ack_for
 from ._reasons import (
     ACK_TIMEOUT,
     CLOSED,
@@ -126,15 +160,7 @@ from ._reasons import (
     classify_ack_error,
     classify_error_frame,
 )
-from ._seams import (
-    OpenError,
-    PlaintextSealer,
-    Sealer,
-    Signer,
-    attestation_signing_payload,
-    hello_signing_payload,
-    session_hello_signing_payload,
-)
+from ._seams import OpenError
 from ._targets import check_target
 
 __all__ = [
@@ -153,14 +179,6 @@ __all__ = [
 
 logger = logging.getLogger("meshproto.client")
 
-#: A parent attestation lives at most 24 hours (docs/protocol.md §3.2).
-ATTESTATION_MAX_TTL_MS = 24 * 3600 * 1000
-
-#: The largest frame a client writes and the largest body it accepts (§1, §7).
-MAX_FRAME_BYTES = 65_536
-PRIORITIES = frozenset({"now", "next", "low"})
-STATUSES = frozenset({"idle", "working", "dnd"})
-
 #: Refusal codes (error frames or 1008 close reasons) that mean "our identity
 #: is wrong": reconnecting cannot help (docs/protocol.md §3, §6).
 PERMANENT_REFUSALS = frozenset(
@@ -175,18 +193,12 @@ PERMANENT_REFUSALS = frozenset(
         "attestation_mismatch",
         "bad_parent_pubkey",
         "parent_member_id_mismatch",
-        "session_key_claimed",  # [ours] the key's proven owner took it back
+        "session_key_claimed",  # [reference broker] the key's proven owner took it back
     }
 )
 
-
-def _is_utf8_encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
+#: The longest ``client_message_id`` a caller may choose.
+MAX_CLIENT_MESSAGE_ID = 128
 
 # States in which a transport exists (opening, handshaking or open).
 _WITH_TRANSPORT = frozenset(
@@ -211,116 +223,12 @@ def is_permanent_close(code: int | None, reason: str, refusal: str | None = None
     return False
 
 
-@dataclass(frozen=True, slots=True)
-class ClientConfig:
-    """Who this peer is and where its broker is.
-
-    ``signer`` holds the member key. With ``session_signer`` (a session key,
-    docs/protocol.md §3.2) every transport opens with ``session_hello``: a parent
-    attestation minted afresh, valid ``attestation_ttl_ms`` (at most 24 h),
-    signed by the member key, and the hello signed by the session key.
-    Without it, the transport opens with a member ``hello``, which may still
-    name a ``session_pubkey`` so that the broker can reattach the session.
-
-    ``pid`` and ``cwd`` are reported in the hello; the core does not read them
-    from the process, the adapters fill them in.
-    """
-
-    url: str
-    mesh_id: str
-    member_id: str
-    signer: Signer
-    session_id: str
-    pid: int = 0
-    cwd: str = ""
-    display_name: str | None = None
-    hostname: str | None = None
-    peer_type: str | None = None
-    groups: tuple[Group, ...] | None = None
-    session_pubkey: str | None = None
-    sealer: Sealer = field(default_factory=PlaintextSealer)
-    session_signer: Signer | None = None
-    attestation_ttl_ms: int = ATTESTATION_MAX_TTL_MS
-    role: str | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 < self.attestation_ttl_ms <= ATTESTATION_MAX_TTL_MS:
-            raise LocalProtocolError(
-                f"attestation_ttl_ms must be in (0, {ATTESTATION_MAX_TTL_MS}], "
-                f"got {self.attestation_ttl_ms!r}"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class ClientOptions:
-    """Timers (seconds), bounds and policies. The defaults are docs/protocol.md §7's."""
-
-    connect_timeout: float = 10.0
-    hello_timeout: float = 5.0
-    ack_timeout: float = 10.0
-    request_timeout: float = 10.0
-    ping_interval: float = 30.0
-    liveness_timeout: float = 75.0
-    max_outbox: int = 100
-    inbox_limit: int = 500
-    dedupe_window: int = 4096
-    max_requests: int = 64
-    resend_in_flight: bool = True
-    backoff: Backoff = field(default_factory=Backoff)
-
-    def __post_init__(self) -> None:
-        for name in (
-            "connect_timeout",
-            "hello_timeout",
-            "ack_timeout",
-            "request_timeout",
-            "ping_interval",
-            "liveness_timeout",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 0):
-                raise LocalProtocolError(
-                    f"{name} must be a positive number of seconds, got {value!r}"
-                )
-        for name in ("max_outbox", "dedupe_window", "max_requests"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not (isinstance(value, int) and value >= 1):
-                raise LocalProtocolError(f"{name} must be a positive integer, got {value!r}")
-        limit = self.inbox_limit
-        if isinstance(limit, bool) or not (isinstance(limit, int) and limit >= 0):
-            raise LocalProtocolError(f"inbox_limit must be >= 0, got {self.inbox_limit!r}")
-
-
-@dataclass(frozen=True, slots=True)
-class Counters:
-    """A snapshot of what the connection has done so far."""
-
-    frames_in: int = 0
-    frames_out: int = 0
-    reconnects: int = 0
-    resends: int = 0
-    duplicate_pushes: int = 0
-    dropped_pushes: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class SendHandle:
-    """What ``send()`` returns at once; the outcome arrives as an event with ``id``."""
-
-    id: str
-    target_spec: str
-    priority: str
-
-    @property
-    def client_message_id(self) -> str:
-        return self.id
-
-
 class _PendingSend:
-    __slots__ = ("deadline", "id", "text", "writes")
+    __slots__ = ("client_message_id", "deadline", "id", "text", "writes")
 
-    def __init__(self, send_id: str, text: str) -> None:
+    def __init__(self, send_id: str, client_message_id: str, text: str) -> None:
         self.id = send_id
+        self.client_message_id = client_message_id
         self.text = text
         self.deadline = 0.0
         self.writes = 0
@@ -351,14 +259,15 @@ class ClientConnection:
         self._state = ConnectionState.IDLE
         self._actions: list[Action] = []
         self._events: list[Event] = []
-        self._inbox: deque[MessageReceived | UnreadableMessage] = deque()
+        self._inbox = Inbox(limit=self.options.inbox_limit, window=self.options.dedupe_window)
+        # client_acks due while no transport was attached (after the next hello_ack).
+        self._owed_acks: list[ClientAck] = []
         # Sends: every unresolved one by id; the unwritten ones in order; the
         # written ones in write order (so the first has the earliest deadline).
         self._sends: dict[str, _PendingSend] = {}
         self._outbox: deque[_PendingSend] = deque()
         self._in_flight: dict[str, _PendingSend] = {}
         self._requests: dict[str, _PendingRequest] = {}
-        self._seen: dict[str, None] = {}
         self._status: str | None = None
         self._summary: str | None = None
         # Transport and timers.
@@ -369,13 +278,17 @@ class ClientConnection:
         self._last_inbound = 0.0
         self._attempt = 0
         self._refusal: str | None = None
+        # Has the current link proved itself (for the backoff)?
+        self._opened_at: float | None = None  # hello_ack time on this transport
+        self._acked_on_link = False
+        # Reading resumed after a pause: liveness counts from the next input.
+        self._liveness_restart = False
         # Counters.
         self._frames_in = 0
         self._frames_out = 0
         self._reconnects = 0
         self._resends = 0
-        self._duplicates = 0
-        self._dropped = 0
+        self._declined = 0
 
     # --- observation -------------------------------------------------------
 
@@ -390,8 +303,8 @@ class ClientConnection:
             self._frames_out,
             self._reconnects,
             self._resends,
-            self._duplicates,
-            self._dropped,
+            self._inbox.duplicates,
+            self._declined,
         )
 
     @property
@@ -406,7 +319,17 @@ class ClientConnection:
 
     @property
     def inbox_size(self) -> int:
+        """Messages waiting in the inbox, not yet taken."""
         return len(self._inbox)
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether the adapter should stop reading the socket: the inbox is full.
+
+        Check it after every input and every ``take_messages()``; reading
+        resumes once a take makes room. Nothing is ever dropped instead.
+        """
+        return self._inbox.full
 
     @property
     def reconnect_pending(self) -> bool:
@@ -422,17 +345,33 @@ class ClientConnection:
         events, self._events = self._events, []
         return events
 
-    def take_messages(self, limit: int | None = None) -> list[MessageReceived | UnreadableMessage]:
-        """Remove and return up to ``limit`` messages from the inbox, oldest first."""
+    def take_messages(self, limit: int | None = None) -> list[Message]:
+        """Remove and return up to ``limit`` messages from the inbox, oldest first.
+
+        This is the hand-over: each message returned is acknowledged to the
+        broker now (a ``client_ack`` to write, see ``drain_actions()``), or
+        after the next ``hello_ack`` if no transport is attached.
+        """
         inbox = self._inbox
-        count = len(inbox) if limit is None else min(limit, len(inbox))
-        return [inbox.popleft() for _ in range(count)]
+        was_full = inbox.full
+        messages, acks = inbox.take(limit)
+        if acks:
+            if self._attached:
+                for ack in acks:
+                    self._write(encode(ack))
+            else:
+                self._owed_acks.extend(acks)
+        if was_full and not inbox.full:
+            self._liveness_restart = True
+        return messages
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` should next run, or ``None`` if nothing is timed."""
         best = self._state_deadline
         if self._state is ConnectionState.OPEN:
-            due = min(self._ping_due, self._last_inbound + self.options.liveness_timeout)
+            due = self._ping_due
+            if not (self._inbox.full or self._liveness_restart):
+                due = min(due, self._last_inbound + self.options.liveness_timeout)
             best = due if best is None or due < best else best
         if self._in_flight:
             due = next(iter(self._in_flight.values())).deadline
@@ -453,18 +392,31 @@ class ClientConnection:
         self._open_transport(now)
 
     def send(
-        self, target: str, body: str | bytes, priority: str = "next", *, now: float
+        self,
+        target: str,
+        body: str | bytes,
+        priority: str = "next",
+        *,
+        now: float,
+        client_message_id: str | None = None,
     ) -> SendHandle:
         """Queue a message for ``target``; the outcome arrives as an event.
 
+        ``client_message_id`` retries an earlier send whose outcome is unknown
+        (:class:`SendOutcomeUnknown`): pass that send's key, and the receiver
+        deduplicates the two. Leave it out for a new message.
+
         Raises :class:`LocalProtocolError`, before any state changes, for a
         closed connection, a malformed target, an unknown priority, a body
-        that is not ``str``/``bytes`` or larger than 64 KiB, or a frame that
-        would exceed 64 KiB once encoded.
+        that is not ``str``/``bytes`` or larger than 64 KiB, a frame that
+        would exceed 64 KiB once encoded, or a ``client_message_id`` that is
+        malformed or already pending.
         """
         if self._state is ConnectionState.CLOSED:
             raise LocalProtocolError("cannot send: the connection is closed")
         check_target(target)
+        if client_message_id is not None:
+            self._check_client_message_id(client_message_id)
         if not isinstance(priority, str) or priority not in PRIORITIES:
             raise LocalProtocolError(
                 f"priority must be one of 'now', 'next', 'low', got {priority!r}"
@@ -486,22 +438,23 @@ class ClientConnection:
         send_id = f"{rng.getrandbits(64):016x}"
         while send_id in self._sends:
             send_id = f"{rng.getrandbits(64):016x}"
+        cmid = send_id if client_message_id is None else client_message_id
         nonce, ciphertext = self.config.sealer.seal(target, data, rng)
-        text = encode(Send(send_id, target, priority, nonce, ciphertext, send_id))
+        text = encode(Send(send_id, target, priority, nonce, ciphertext, cmid))
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
         if size > MAX_FRAME_BYTES:
             raise LocalProtocolError(
                 f"the encoded send is {size} bytes; the broker accepts at most "
                 f"{MAX_FRAME_BYTES} (send a smaller body)"
             )
-        handle = SendHandle(send_id, target, priority)
+        handle = SendHandle(send_id, target, priority, cmid)
         if len(self._sends) >= self.options.max_outbox:
             detail = (
                 f"{len(self._sends)} sends already pending (max_outbox={self.options.max_outbox})"
             )
             self._events.append(SendFailed(send_id, FailureReason.of(QUEUE_FULL, detail)))
             return handle
-        record = _PendingSend(send_id, text)
+        record = _PendingSend(send_id, cmid, text)
         self._sends[send_id] = record
         if self._state is ConnectionState.OPEN:
             self._write_send(record, now)
@@ -525,10 +478,7 @@ class ClientConnection:
         """Set the one-line summary other peers see; re-sent after every reconnect."""
         if self._state is ConnectionState.CLOSED:
             raise LocalProtocolError("cannot set summary: the connection is closed")
-        if not isinstance(summary, str):
-            raise LocalProtocolError(f"summary must be a str, got {type(summary).__name__}")
-        if not _is_utf8_encodable(summary):
-            raise LocalProtocolError("summary is not valid Unicode text (lone surrogate)")
+        check_text(summary, "summary")
         self._summary = summary
         if self._state is ConnectionState.OPEN:
             self._write(encode(SetSummary(summary)))
@@ -573,7 +523,7 @@ class ClientConnection:
         self._last_inbound = now
         self._set_state(ConnectionState.HANDSHAKING)
         self._state_deadline = now + self.options.hello_timeout
-        self._write(encode(self._hello(wall_time_ms)))
+        self._write(encode(hello_frame(self.config, wall_time_ms)))
 
     def transport_closed(
         self, transport_id: int, *, now: float, code: int | None = None, reason: str = ""
@@ -589,10 +539,8 @@ class ClientConnection:
             # A Node-hosted broker refuses an oversized frame this way: the
             # last frame written is the one it could not take (docs/protocol.md §6).
             last = next(reversed(self._in_flight.values()))
-            self._resolve(
-                last.id,
-                SendFailed(last.id, FailureReason.of(PAYLOAD_TOO_LARGE, "closed with 1009")),
-            )
+            too_large = FailureReason.of(PAYLOAD_TOO_LARGE, "closed with 1009")
+            self._fail_send(last.id, too_large, answered=True)
         if is_permanent_close(code, reason, self._refusal):
             why = reason or self._refusal or "refused"
             self._finish(
@@ -616,7 +564,12 @@ class ClientConnection:
             logger.debug("dropping malformed frame: %s", exc)
             self._events.append(MalformedFrame(exc))
             return
-        self._dispatch(frame, now)
+        try:
+            self._dispatch(frame, now)
+        except Exception as exc:
+            what = getattr(frame, "TYPE", None) or "unknown"
+            logger.exception("unexpected error while handling a %r frame", what)
+            self.report_internal_error(exc, during=f"handling a {what!r} frame", now=now)
 
     def receive_binary(self, data: bytes, *, now: float) -> None:
         """A binary message arrived: a protocol violation, reported and dropped."""
@@ -640,6 +593,19 @@ class ClientConnection:
         if self._attached:
             self._last_inbound = now
 
+    def report_internal_error(self, error: BaseException, *, during: str, now: float) -> None:
+        """An adapter (or this connection) hit an unexpected exception while handling input.
+
+        Records :class:`InternalError` and gives up on the current transport,
+        closing it with 1011, as after any lost link: sends in flight go back
+        to the outbox and a reconnect is scheduled. Without a transport only
+        the event is recorded.
+        """
+        self._events.append(InternalError(error, during))
+        if self._state in _WITH_TRANSPORT:
+            self._detach(1011, "internal error")
+            self._link_lost(now, f"internal error while {during}: {error!r}"[:200])
+
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at or before ``now``."""
         state = self._state
@@ -652,10 +618,13 @@ class ClientConnection:
                 self._drop(now, "could not open the transport in time")
             elif state is ConnectionState.HANDSHAKING:
                 self._drop(now, "no hello_ack in time")
+        if self._liveness_restart:
+            self._liveness_restart = False
+            self._last_inbound = max(self._last_inbound, now)
         if self._state is ConnectionState.OPEN:
             # Same expression as next_deadline(), so float rounding cannot
             # leave a deadline at or before ``now``.
-            if now >= self._last_inbound + self.options.liveness_timeout:
+            if not self._inbox.full and now >= self._last_inbound + self.options.liveness_timeout:
                 self._drop(now, f"nothing heard for {self.options.liveness_timeout:g} s")
             elif now >= self._ping_due:
                 self._actions.append(SendPing())
@@ -666,7 +635,7 @@ class ClientConnection:
             if record.deadline > now:
                 break
             detail = f"no ack within {self.options.ack_timeout:g} s of writing"
-            self._resolve(record.id, SendFailed(record.id, FailureReason.of(ACK_TIMEOUT, detail)))
+            self._fail_send(record.id, FailureReason.of(ACK_TIMEOUT, detail), answered=False)
         requests = self._requests
         while requests:
             request = next(iter(requests.values()))
@@ -684,10 +653,11 @@ class ClientConnection:
             assert isinstance(frame, Ack)
             if frame.id in self._in_flight:
                 if frame.queued:
+                    self._acked_on_link = True
                     self._resolve(frame.id, SendAcked(frame.id, frame.message_id))
                 else:
                     reason = classify_ack_error(frame.error or "rejected without a reason")
-                    self._resolve(frame.id, SendFailed(frame.id, reason))
+                    self._fail_send(frame.id, reason, answered=True)
         elif kind is Push:
             assert isinstance(frame, Push)
             self._on_push(frame)
@@ -705,11 +675,16 @@ class ClientConnection:
         # Anything else (unknown types, frames meant for a broker) is ignored.
 
     def _on_hello_ack(self, ack: HelloAck, now: float) -> None:
-        self._attempt = 0
         self._state_deadline = None
+        self._opened_at = now
+        self._acked_on_link = False
         self._ping_due = now + self.options.ping_interval
         self._set_state(ConnectionState.OPEN)
         self._events.append(HandshakeComplete(ack))
+        if self._owed_acks:
+            owed, self._owed_acks = self._owed_acks, []
+            for client_ack in owed:
+                self._write(encode(client_ack))
         if self._status is not None:
             self._write(encode(SetStatus(self._status)))
         if self._summary is not None:
@@ -722,49 +697,54 @@ class ClientConnection:
                 self._write_request(request)
 
     def _on_push(self, push: Push) -> None:
-        self._write(encode(ClientAck(push.client_message_id, push.message_id)))
-        key = push.client_message_id or push.message_id
-        seen = self._seen
-        if key in seen:
-            self._duplicates += 1
+        inbox = self._inbox
+        duplicate, ack = inbox.duplicate(push)
+        if duplicate:
+            if ack is not None:  # already handed over: the broker missed our ack
+                self._write(encode(ack))
             return
-        seen[key] = None
-        if len(seen) > self.options.dedupe_window:
-            del seen[next(iter(seen))]
         if push.subtype == "system":
+            inbox.handed_over(push)
+            self._write(encode(ack_for(push)))
             self._events.append(
                 SystemMessage(push.event or "", push.event_data or {}, push.message_id, push)
             )
             return
-        message: MessageReceived | UnreadableMessage
+        if not self.options.accept_messages:
+            self._declined += 1  # left for the member's other sessions
+            return
+        message = self._open(push)
+        self._events.append(message)
+        if inbox.limit:
+            inbox.put(push, message)  # acknowledged when taken
+        else:
+            inbox.handed_over(push)  # the event is the hand-over
+            self._write(encode(ack_for(push)))
+
+    def _open(self, push: Push) -> Message:
+        """The message a push carries, its body opened by the sealer."""
         try:
             body = self.config.sealer.open(push)
         except OpenError as exc:
-            message = UnreadableMessage(push.message_id, push.sender_pubkey, str(exc), push)
-        else:
-            message = MessageReceived(
-                push.message_id,
-                push.client_message_id,
-                push.sender_pubkey,
-                push.priority,
-                body,
-                push.created_at,
-                push,
-            )
-        self._events.append(message)
-        limit = self.options.inbox_limit
-        if limit:
-            inbox = self._inbox
-            if len(inbox) >= limit:
-                inbox.popleft()
-                self._dropped += 1
-            inbox.append(message)
+            return UnreadableMessage(push.message_id, push.sender_pubkey, str(exc), push)
+        except Exception as exc:  # a sealer bug costs this one message, nothing more
+            logger.exception("the sealer failed to open message %s", push.message_id)
+            reason = f"the sealer failed: {exc!r}"
+            return UnreadableMessage(push.message_id, push.sender_pubkey, reason, push)
+        return MessageReceived(
+            push.message_id,
+            push.client_message_id,
+            push.sender_pubkey,
+            push.priority,
+            body,
+            push.created_at,
+            push,
+        )
 
     def _on_error(self, frame: ErrorFrame, now: float) -> None:
         if frame.id is not None and frame.id in self._in_flight:
-            self._resolve(
-                frame.id, SendFailed(frame.id, classify_error_frame(frame.code, frame.message))
-            )
+            reason = classify_error_frame(frame.code, frame.message)
+            self._fail_send(frame.id, reason, answered=True)
             return
         if frame.req_id is not None and self._requests.pop(frame.req_id, None) is not None:
             self._events.append(
@@ -786,62 +766,6 @@ class ClientConnection:
                 self._drop(now, f"hello refused: {frame.code}")
 
     # --- internals ------------------------------------------------------------
-
-    def _hello(self, wall_time_ms: int) -> Hello | SessionHello:
-        config = self.config
-        if config.session_signer is not None:
-            return self._session_hello(wall_time_ms, config.session_signer)
-        pubkey = config.signer.public_key
-        payload = hello_signing_payload(config.mesh_id, config.member_id, pubkey, wall_time_ms)
-        return Hello(
-            mesh_id=config.mesh_id,
-            member_id=config.member_id,
-            pubkey=pubkey,
-            session_id=config.session_id,
-            pid=config.pid,
-            cwd=config.cwd,
-            timestamp=wall_time_ms,
-            signature=config.signer.sign(payload).hex(),
-            session_pubkey=config.session_pubkey,
-            display_name=config.display_name,
-            hostname=config.hostname,
-            peer_type=config.peer_type,
-            groups=config.groups,
-        )
-
-    def _session_hello(self, wall_time_ms: int, session: Signer) -> SessionHello:
-        config = self.config
-        member_pubkey = config.signer.public_key
-        session_pubkey = session.public_key
-        expires_at = wall_time_ms + config.attestation_ttl_ms
-        attestation = ParentAttestation(
-            session_pubkey=session_pubkey,
-            parent_member_pubkey=member_pubkey,
-            expires_at=expires_at,
-            signature=config.signer.sign(
-                attestation_signing_payload(member_pubkey, session_pubkey, expires_at)
-            ).hex(),
-        )
-        payload = session_hello_signing_payload(
-            config.mesh_id, member_pubkey, session_pubkey, wall_time_ms
-        )
-        return SessionHello(
-            mesh_id=config.mesh_id,
-            parent_member_id=config.member_id,
-            parent_member_pubkey=member_pubkey,
-            session_pubkey=session_pubkey,
-            parent_attestation=attestation,
-            session_id=config.session_id,
-            pid=config.pid,
-            cwd=config.cwd,
-            timestamp=wall_time_ms,
-            signature=session.sign(payload).hex(),
-            display_name=config.display_name,
-            hostname=config.hostname,
-            peer_type=config.peer_type,
-            groups=config.groups,
-            role=config.role,
-        )
 
     def _set_state(self, new: ConnectionState) -> None:
         old = self._state
@@ -866,7 +790,37 @@ class ClientConnection:
         request.written = True
         self._write(encode(ListPeers(request.id)))
 
-    def _resolve(self, send_id: str, outcome: SendAcked | SendFailed) -> None:
+    def _check_client_message_id(self, client_message_id: object) -> None:
+        check_text(client_message_id, "client_message_id")
+        assert isinstance(client_message_id, str)
+        if not 0 < len(client_message_id) <= MAX_CLIENT_MESSAGE_ID or not (
+            client_message_id.isprintable()
+        ):
+            raise LocalProtocolError(
+                f"client_message_id must be 1 to {MAX_CLIENT_MESSAGE_ID} printable "
+                f"characters, got {client_message_id!r}"
+            )
+        for record in self._sends.values():
+            if record.client_message_id == client_message_id:
+                raise LocalProtocolError(
+                    f"a send with client_message_id {client_message_id!r} is already pending "
+                    f"(send {record.id}): wait for its outcome before retrying it"
+                )
+
+    def _fail_send(self, send_id: str, reason: FailureReason, *, answered: bool) -> None:
+        """Resolve a send that was not acknowledged.
+
+        ``answered``: the broker refused the latest write itself. The send is
+        known not delivered if it was never written, or if that refusal
+        answers its only write; otherwise an earlier write may have landed.
+        """
+        record = self._sends[send_id]
+        if record.writes == 0 or (answered and record.writes == 1):
+            self._resolve(send_id, SendFailed(send_id, reason))
+        else:
+            self._resolve(send_id, SendOutcomeUnknown(send_id, record.client_message_id, reason))
+
+    def _resolve(self, send_id: str, outcome: SendAcked | SendFailed | SendOutcomeUnknown) -> None:
         record = self._sends.pop(send_id)
         if self._in_flight.pop(send_id, None) is None:
             self._outbox.remove(record)
@@ -898,9 +852,15 @@ class ClientConnection:
             else:
                 reason = FailureReason.of(CONNECTION_LOST, cause)
                 for send_id in list(self._in_flight):
-                    self._resolve(send_id, SendFailed(send_id, reason))
+                    self._fail_send(send_id, reason, answered=False)
         for request in self._requests.values():
             request.written = False
+        opened_at, self._opened_at = self._opened_at, None
+        if opened_at is not None and (
+            self._acked_on_link or now - opened_at >= self.options.proven_after
+        ):
+            self._attempt = 0  # the link proved itself: start the backoff again
+        self._acked_on_link = False
         delay = self.options.backoff.delay(self._attempt, self._rng)
         self._attempt += 1
         self._set_state(ConnectionState.RECONNECTING)
@@ -910,7 +870,7 @@ class ClientConnection:
     def _finish(self, reason: FailureReason, closed: Closed) -> None:
         """Enter CLOSED: fail everything pending with ``reason``."""
         for send_id in list(self._sends):
-            self._resolve(send_id, SendFailed(send_id, reason))
+            self._fail_send(send_id, reason, answered=False)
         for request_id in list(self._requests):
             del self._requests[request_id]
             self._events.append(RequestFailed(request_id, reason))

@@ -7,6 +7,22 @@ know. A ``type`` it does not know becomes :class:`UnknownFrame`. Anything else
 (malformed JSON, a non-object, a wrong field type, a binary payload) raises
 :class:`RemoteProtocolError` with a message that says what was wrong.
 
+``decode`` is the one gate between the network and everything else, so it
+also refuses text that parses but could not be carried onward:
+
+* a string anywhere in the frame (a key or a value, in a known field or an
+  unknown one) that is not valid Unicode, i.e. a lone surrogate such as the
+  JSON escape ``"\ud800"``: no later ``encode``, signature, log line or
+  store could write it as UTF-8;
+* the literals ``NaN``, ``Infinity`` and ``-Infinity``, which are not JSON;
+* an integer outside the signed 64-bit range in a field the codec types as
+  an integer, and anywhere an integer of more than 20 digits (which no
+  64-bit value has, and whose conversion would cost quadratic time).
+
+Such a frame is malformed as a whole. Duplicate keys are allowed; the last
+one wins, as in every common JSON parser. Nesting deep enough to exhaust the
+parser is malformed too.
+
 The field tables are derived once, at import, from the dataclass metadata in
 :mod:`meshproto._frames`, so a frame's shape is written in one place only.
 """
@@ -39,7 +55,12 @@ from ._frames import (
     UnknownFrame,
 )
 
-__all__ = ["FRAME_TYPES", "decode", "encode"]
+__all__ = ["FRAME_TYPES", "INT64_MAX", "INT64_MIN", "decode", "encode", "is_unicode_text", "loads"]
+
+#: The range of an integer field (JSON numbers beyond it lose precision in
+#: most peers, and no store column takes them).
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 # (attribute, wire name, kind, required, default)
 _Field = tuple[str, str, str, bool, Any]
@@ -104,7 +125,11 @@ def _dec_str(v: object, where: str, wire: str) -> Any:
 
 def _dec_int(v: object, where: str, wire: str) -> Any:
     if type(v) is int:
-        return v
+        if INT64_MIN <= v <= INT64_MAX:
+            return v
+        raise RemoteProtocolError(
+            f"{where}: field {wire!r} must be a 64-bit integer, got one of {v.bit_length()} bits"
+        )
     raise _wrong(where, wire, "an integer", v)
 
 
@@ -152,6 +177,77 @@ _DECODERS: dict[str, Callable[[object, str, str], Any]] = {
 
 _ABSENT = object()
 
+
+def is_unicode_text(text: str) -> bool:
+    """Whether ``text`` can be written as UTF-8 (it holds no lone surrogate)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _not_json(literal: str) -> Any:
+    raise ValueError(f"{literal} is not a JSON value")
+
+
+def _parse_int(digits: str) -> int:
+    # Longer than any 64-bit integer: refused before int() does quadratic work.
+    if len(digits) > 20:
+        raise ValueError(f"an integer of {len(digits)} digits is out of range")
+    return int(digits)
+
+
+_strict_loads = json.JSONDecoder(parse_constant=_not_json, parse_int=_parse_int).decode
+
+
+def _first_lone_surrogate(value: object) -> str | None:
+    """A string (key or value) anywhere in ``value`` that is not valid Unicode, or None.
+
+    Iterative, so that a deep document cannot exhaust the stack here.
+    """
+    stack: list[object] = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is str:
+            if not is_unicode_text(item):
+                return item
+        elif type(item) is dict:
+            for key, inner in item.items():
+                if not is_unicode_text(str(key)):
+                    return str(key)
+                stack.append(inner)
+        elif type(item) is list:
+            stack.extend(item)
+    return None
+
+
+def loads(text: str) -> Any:
+    """Parse ``text`` as strict JSON that can be carried onward; see the module docstring.
+
+    Raises :class:`RemoteProtocolError` for malformed JSON, the non-JSON
+    literals ``NaN``/``Infinity``, nesting too deep to parse, and any string
+    in the document that is not valid Unicode.
+    """
+    if not is_unicode_text(text):
+        raise RemoteProtocolError("malformed text: it holds a lone surrogate (not valid Unicode)")
+    try:
+        obj = _strict_loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"malformed JSON: {exc}") from None
+    # Only an escape can make a lone surrogate out of valid text.
+    if "\\u" in text:
+        bad = _first_lone_surrogate(obj)
+        if bad is not None:
+            raise RemoteProtocolError(
+                f"malformed JSON: the string {bad[:40]!r} holds a lone surrogate "
+                "(not valid Unicode)"
+            )
+    return obj
+
+
 # One encoder, built once: ``json.dumps`` with options builds a new one per call.
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
@@ -180,10 +276,7 @@ def decode(data: str | bytes | bytearray) -> Frame:
         raise RemoteProtocolError(
             f"binary message of {len(data)} bytes: the protocol allows only text messages"
         )
-    try:
-        obj = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"malformed JSON: {exc}") from None
+    obj = loads(data)
     if type(obj) is not dict:
         got = _JSON_NAMES.get(type(obj), type(obj).__name__)
         raise RemoteProtocolError(f"a frame must be a JSON object, got {got}")

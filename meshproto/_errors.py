@@ -21,6 +21,7 @@ __all__ = [
     "RemoteProtocolError",
     "RequestError",
     "SendError",
+    "SendOutcomeUnknownError",
 ]
 
 
@@ -37,10 +38,15 @@ class RemoteProtocolError(MeshProtoError):
 
 
 class SendError(MeshProtoError):
-    """A send failed; ``reason`` says why and whether retrying can help.
+    """A send was not delivered; ``reason`` says why and whether retrying can help.
 
-    Raised by the adapters' blocking and awaiting ``send()``, never by the core.
+    Raised by the adapters' blocking and awaiting ``send()``, never by the
+    core. Its subclass :class:`SendOutcomeUnknownError` means the send *may*
+    have been delivered.
     """
+
+    #: Whether the send may have been delivered after all (see the subclass).
+    outcome_unknown = False
 
     def __init__(self, send_id: str, reason: FailureReason) -> None:
         super().__init__(f"send {send_id} failed: {reason}")
@@ -50,6 +56,32 @@ class SendError(MeshProtoError):
     @property
     def retryable(self) -> bool:
         return self.reason.retryable
+
+
+def _plain(reason: FailureReason) -> str:
+    """A reason without its retryable/permanent label (which an unknown outcome lacks)."""
+    return f"{reason.code}: {reason.detail}" if reason.detail else reason.code
+
+
+class SendOutcomeUnknownError(SendError):
+    """No answer settled the send: it **may have been delivered**.
+
+    Retry it, if you must, with ``send(..., client_message_id=error.client_message_id)``:
+    the receiver deduplicates on that key, so the retry cannot make a second
+    copy. A retry under a new key might.
+    """
+
+    outcome_unknown = True
+
+    def __init__(self, send_id: str, client_message_id: str, reason: FailureReason) -> None:
+        MeshProtoError.__init__(
+            self,
+            f"send {send_id}: outcome unknown, it may have been delivered "
+            f"({_plain(reason)}); retry only with client_message_id={client_message_id!r}",
+        )
+        self.send_id = send_id
+        self.client_message_id = client_message_id
+        self.reason = reason
 
 
 class RequestError(MeshProtoError):

@@ -25,6 +25,7 @@ __all__ = [
     "ConnectionState",
     "Event",
     "HandshakeComplete",
+    "InternalError",
     "MalformedFrame",
     "MessageReceived",
     "OpenTransport",
@@ -33,6 +34,7 @@ __all__ = [
     "RequestFailed",
     "SendAcked",
     "SendFailed",
+    "SendOutcomeUnknown",
     "SendPing",
     "StateChanged",
     "SystemMessage",
@@ -121,15 +123,42 @@ class SendAcked:
 
 @dataclass(frozen=True, slots=True)
 class SendFailed:
-    """Send ``send_id`` failed; it will never be written again."""
+    """Send ``send_id`` failed and was not delivered; it will never be written again.
+
+    Either it was never written, or the broker refused the one write of it.
+    """
 
     send_id: str
     reason: FailureReason
 
 
 @dataclass(frozen=True, slots=True)
+class SendOutcomeUnknown:
+    """Send ``send_id`` got no answer that settles it: it **may have been delivered**.
+
+    It was written at least once and then: no ack came in time
+    (``ack_timeout``), the link dropped (``connection_lost``, with
+    ``resend_in_flight=False``), the client closed or was refused, or a
+    re-send was refused after an earlier write may have been accepted. It
+    will never be written again. To retry without risking a duplicate, send
+    the same message again with ``client_message_id=`` this value: the
+    receiver (and the reference broker) deduplicate on it.
+    """
+
+    send_id: str
+    client_message_id: str
+    reason: FailureReason
+
+
+@dataclass(frozen=True, slots=True)
 class MessageReceived:
-    """A message pushed to us, seen for the first time, with its opened body."""
+    """A message pushed to us, seen for the first time, with its opened body.
+
+    With an inbox (``ClientOptions.inbox_limit > 0``) this event says the
+    message is waiting there; it is handed over, and acknowledged to the
+    broker, when :meth:`~meshproto.ClientConnection.take_messages` returns it.
+    Without one, this event is the hand-over.
+    """
 
     message_id: str
     client_message_id: str | None
@@ -193,6 +222,18 @@ class MalformedFrame:
 
 
 @dataclass(frozen=True, slots=True)
+class InternalError:
+    """An unexpected exception (a bug) while handling input; the transport was dropped.
+
+    The connection reconnects as after any other link loss. ``during`` says
+    what was being handled.
+    """
+
+    error: BaseException
+    during: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReconnectScheduled:
     """The next connection attempt, number ``attempt``, is due at ``at``."""
 
@@ -216,6 +257,7 @@ Event = (
     | HandshakeComplete
     | SendAcked
     | SendFailed
+    | SendOutcomeUnknown
     | MessageReceived
     | UnreadableMessage
     | SystemMessage
@@ -223,6 +265,7 @@ Event = (
     | RequestFailed
     | BrokerError
     | MalformedFrame
+    | InternalError
     | ReconnectScheduled
     | Closed
 )

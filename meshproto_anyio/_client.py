@@ -22,6 +22,7 @@ pushed; an ``on_event`` hook sees every core event as it happens.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -197,7 +198,14 @@ class Client:
 
     # --- user calls ----------------------------------------------------------------
 
-    async def send(self, target: str, body: str | bytes, priority: str = "next") -> str:
+    async def send(
+        self,
+        target: str,
+        body: str | bytes,
+        priority: str = "next",
+        *,
+        client_message_id: str | None = None,
+    ) -> str:
         """Send ``body`` to ``target`` and wait for the broker's ack; return its ``messageId``.
 
         Sends made while offline wait in the core's bounded outbox. Raises
@@ -206,9 +214,16 @@ class Client:
         for a bad target, priority or size, and
         :class:`~meshproto.ConnectionClosedError` once closed. Cancelling the
         wait does not withdraw the send.
+
+        A :class:`~meshproto.SendOutcomeUnknownError` (a ``SendError``) means
+        no answer settled the send: it may have been delivered. Retry it, if
+        at all, with ``client_message_id=error.client_message_id``, which the
+        receiver deduplicates on; a retry without it may deliver twice.
         """
         self._outcomes.check_open()
-        handle = self._core.send(target, body, priority, now=anyio.current_time())
+        handle = self._core.send(
+            target, body, priority, now=anyio.current_time(), client_message_id=client_message_id
+        )
         outcome: _Outcome[str] = _Outcome()
         self._outcomes.expect_send(handle.id, outcome)
         self._apply()
@@ -241,9 +256,13 @@ class Client:
     def messages(self) -> AsyncIterator[Message]:
         """Messages pushed to this peer, in order, each once; ends when the client closes.
 
-        Backed by the core's bounded inbox (``ClientOptions.inbox_limit``):
-        when nobody reads, the oldest messages are dropped and counted in
-        ``counters.dropped_pushes``.
+        Backed by the core's bounded inbox (``ClientOptions.inbox_limit``).
+        Each message is acknowledged to the broker when this iterator hands it
+        to you, never before. While nobody reads and the inbox is full, the
+        client stops reading its socket, so the broker holds the rest back:
+        nothing is dropped. Messages left in the inbox when the client closes
+        are still handed over, but no longer acknowledged: the broker delivers
+        its stored ones again to the next session.
         """
         if self._core.options.inbox_limit == 0:
             raise LocalProtocolError("messages() needs an inbox: inbox_limit is 0")
@@ -287,8 +306,40 @@ class Client:
             if deadline is not None:
                 now = anyio.current_time()
                 if now >= deadline:
-                    self._driver.handle_timer(now)
-                    self._apply()
+                    self._guarded("a timer", self._driver.handle_timer, now)
+
+    def _guarded(self, during: str, step: Callable[[float], None], now: float) -> None:
+        """Run one input and carry out its commands; a bug costs the transport, not the client.
+
+        An unexpected exception is logged once and reported to the driver,
+        which drops the current transport and reconnects. If even that
+        fails, the client is closed for good rather than left half-working.
+        """
+        try:
+            step(now)
+            self._apply()
+        except Exception as exc:
+            logger.exception("unexpected error while handling %s; dropping the connection", during)
+            try:
+                self._driver.report_internal_error(exc, during=during, now=now)
+                self._apply()
+            except Exception:
+                logger.exception("could not recover from that error; closing the client")
+                self._close_after_failure(now)
+
+    def _close_after_failure(self, now: float) -> None:
+        for link in self._links.values():
+            link.abort()
+        for scope in self._opening.values():
+            scope.cancel()
+        if self._core.state is not ConnectionState.CLOSED:
+            with contextlib.suppress(Exception):
+                self._core.close(now=now)
+        for event in self._core.drain_events():
+            with contextlib.suppress(Exception):
+                self._deliver(event)
+        self._core.drain_actions()
+        self._rearm.set()
 
     def _apply(self) -> None:
         """Carry out the driver's commands until there are none, then deliver the events."""
@@ -316,6 +367,12 @@ class Client:
                         scope.cancel()
         for event in driver.drain_events():
             self._deliver(event)
+        paused = driver.paused_socket
+        for socket_id, link in self._links.items():
+            if socket_id == paused:
+                link.pause_reading()
+            else:
+                link.resume_reading()
         self._rearm.set()
 
     async def _run_socket(self, socket_id: int, address: WsAddress) -> None:
@@ -352,9 +409,21 @@ class Client:
         )
         self._links[socket_id] = link
         try:
-            self._driver.socket_opened(socket_id, now=anyio.current_time())
-            self._apply()
+            self._guarded(
+                "an opened socket",
+                lambda now: self._driver.socket_opened(socket_id, now=now),
+                anyio.current_time(),
+            )
             await link.run()
+        except Exception as exc:  # a bug in this task: it costs this socket only
+            logger.exception("unexpected error on socket %d; dropping it", socket_id)
+            link.abort()
+            reason = f"internal error: {exc!r}"
+            self._guarded(
+                "a failed socket",
+                lambda now: self._driver.socket_failed(socket_id, now=now, reason=reason),
+                anyio.current_time(),
+            )
         finally:
             del self._links[socket_id]
             self._sockets_pulse.fire()
@@ -373,18 +442,28 @@ class Client:
         )
 
     def _on_data(self, socket_id: int, data: bytes | None) -> None:
-        self._driver.receive_data(
-            socket_id, data, now=anyio.current_time(), wall_time_ms=time.time_ns() // 1_000_000
+        wall_time_ms = time.time_ns() // 1_000_000
+        self._guarded(
+            "bytes from the broker",
+            lambda now: self._driver.receive_data(
+                socket_id, data, now=now, wall_time_ms=wall_time_ms
+            ),
+            anyio.current_time(),
         )
-        self._apply()
 
     def _socket_failed(self, socket_id: int, reason: str) -> None:
-        self._driver.socket_failed(socket_id, now=anyio.current_time(), reason=reason)
-        self._apply()
+        self._guarded(
+            "a failed socket",
+            lambda now: self._driver.socket_failed(socket_id, now=now, reason=reason),
+            anyio.current_time(),
+        )
 
     def _deliver(self, event: Event) -> None:
         if self._on_event is not None:
-            self._on_event(event)
+            try:
+                self._on_event(event)
+            except Exception:  # the application's bug: logged, the client goes on
+                logger.exception("the on_event hook raised on %s", type(event).__name__)
         for wake in self._outcomes.note(event):
             self._pulses[wake].fire()
         self._outcomes.settle()
@@ -406,6 +485,7 @@ class _Messages:
         while True:
             taken = client._core.take_messages(1)
             if taken:
+                client._apply()  # the client_ack, and reading again if it was paused
                 return taken[0]
             if client._core.state is ConnectionState.CLOSED:
                 raise StopAsyncIteration
@@ -473,7 +553,9 @@ async def connect(
     :func:`ssl.create_default_context`). ``max_message_bytes`` caps a
     received message (see :data:`meshproto_ws.CLIENT_MAX_MESSAGE_BYTES`).
     ``on_event`` is called with every core event, synchronously, from the
-    client's tasks: it must not block or raise.
+    client's tasks: it must not block; an exception it raises is logged and
+    changes nothing. A ``MessageReceived`` event says a message is waiting
+    in the inbox: it is handed over (and acknowledged) by :meth:`Client.messages`.
 
     Raises :class:`~meshproto.LocalProtocolError` at once for a URL that is
     not ``ws://`` or ``wss://``.

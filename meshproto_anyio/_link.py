@@ -8,6 +8,9 @@ so nothing in between can interleave. Writes never wait: :meth:`write`
 appends to a buffer that the writer task flushes, so a peer that stops
 reading stalls only its own writer. The buffer is bounded (``max_buffered``);
 a write that would overflow it is refused, and the owner closes the link.
+:meth:`pause_reading` stops the reader before its next read (the owner's
+inbox is full) until :meth:`resume_reading`; TCP then pushes back on the
+peer.
 
 :meth:`close` flushes what is buffered, then closes the socket; the flush is
 bounded by ``close_timeout``. :meth:`abort` closes at once. Either way the
@@ -64,6 +67,8 @@ class SocketLink:
         self._done = False  # no more callbacks
         self._wakeup = anyio.Event()
         self._scope = anyio.CancelScope()
+        self._paused = False
+        self._resumed = anyio.Event()
 
     @property
     def closing(self) -> bool:
@@ -86,6 +91,21 @@ class SocketLink:
         self._wakeup.set()
         return True
 
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
+
+    def pause_reading(self) -> None:
+        """Read nothing more until :meth:`resume_reading` (bytes already read are delivered)."""
+        if not self._paused:
+            self._paused = True
+            self._resumed = anyio.Event()
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            self._resumed.set()
+
     def close(self) -> None:
         """Flush what is buffered (within ``close_timeout``), then close the socket."""
         self._done = True
@@ -96,6 +116,7 @@ class SocketLink:
         self._closing = True
         self._done = True
         self._buffer.clear()
+        self.resume_reading()
         self._scope.cancel()
 
     async def run(self) -> None:
@@ -113,6 +134,9 @@ class SocketLink:
 
     async def _read(self) -> None:
         while not self._done:
+            if self._paused:
+                await self._resumed.wait()
+                continue
             try:
                 data = await self._stream.receive(READ_SIZE)
             except anyio.EndOfStream:

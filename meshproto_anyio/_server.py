@@ -18,6 +18,12 @@ This module listens, accepts, does TLS, and carries the commands out:
 
 :func:`serve_broker` runs until cancelled (cancelling drops every socket);
 :meth:`BrokerServer.aclose` closes gracefully (1001 to every client first).
+
+A bug costs one socket, never the server: the driver contains what happens
+inside the broker and the WebSocket glue (a 1011 close), and an unexpected
+exception in this module while serving one socket is logged once, aborts
+that socket and tells the driver; the listener, the timer and every other
+socket go on.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import logging
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -34,7 +40,7 @@ from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
 from anyio.streams.tls import TLSStream
 
 from meshproto import Broker, LocalProtocolError
-from meshproto_ws import BrokerDriver, CloseSocket, OpenSocket, WriteBytes
+from meshproto_ws import TIMER_RETRY, BrokerDriver, CloseSocket, OpenSocket, WriteBytes
 
 from ._link import SocketLink
 
@@ -173,20 +179,42 @@ class BrokerServer:
         try:
             self._apply()
             await link.run()
+        except Exception:
+            logger.exception("unexpected error while serving socket %d; dropping it", socket_id)
+            link.abort()
         finally:
             del self._links[socket_id]
             self._idle.set()
             # The link may have ended without telling the driver (cancelled).
-            self._driver.socket_failed(socket_id, now=time.time(), reason="socket ended")
-            self._apply()
+            self._guarded(
+                socket_id,
+                lambda now: self._driver.socket_failed(socket_id, now=now, reason="socket ended"),
+            )
 
     def _on_data(self, socket_id: int, data: bytes | None) -> None:
-        self._driver.receive_data(socket_id, data, now=time.time())
-        self._apply()
+        self._guarded(socket_id, lambda now: self._driver.receive_data(socket_id, data, now=now))
 
     def _on_error(self, socket_id: int, reason: str) -> None:
-        self._driver.socket_failed(socket_id, now=time.time(), reason=reason)
-        self._apply()
+        self._guarded(
+            socket_id, lambda now: self._driver.socket_failed(socket_id, now=now, reason=reason)
+        )
+
+    def _guarded(self, socket_id: int, step: Callable[[float], None]) -> None:
+        """Feed one socket's input and carry out the commands; a bug costs that socket."""
+        now = time.time()
+        try:
+            step(now)
+            self._apply()
+        except Exception:
+            logger.exception("unexpected error while serving socket %d; dropping it", socket_id)
+            link = self._links.get(socket_id)
+            if link is not None:
+                link.abort()
+            try:
+                self._driver.fail_socket(socket_id, now=now)
+                self._apply()
+            except Exception:
+                logger.exception("could not drop socket %d cleanly", socket_id)
 
     def _apply(self) -> None:
         """Carry out the driver's commands until there are none, then re-arm the timer."""
@@ -232,8 +260,12 @@ class BrokerServer:
                     await self._rearm.wait()
                 if time.time() < deadline:
                     continue
-            driver.handle_timer(time.time())
-            self._apply()
+            try:
+                driver.handle_timer(time.time())
+                self._apply()
+            except Exception:  # the driver contains the broker's; this is ours
+                logger.exception("unexpected error in the server's timer; going on")
+                await anyio.sleep(TIMER_RETRY)
 
 
 async def serve_broker(

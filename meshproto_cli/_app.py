@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("message", help="the text to send")
     send.add_argument("-p", "--priority", choices=("now", "next", "low"), default="next")
     send.add_argument("--timeout", type=float, default=20.0, help="give up after this many s")
+    send.add_argument(
+        "--client-message-id",
+        metavar="ID",
+        help="retry an earlier send whose outcome was unknown, under its key (the receiver "
+        "deduplicates on it, so the retry cannot deliver a second copy)",
+    )
     _add_identity_options(send)
     send.set_defaults(run="send")
 

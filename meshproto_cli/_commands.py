@@ -23,10 +23,13 @@ import anyio
 from meshproto import (
     Broker,
     BrokerOptions,
+    ClientOptions,
     ConnectionState,
     LocalProtocolError,
     MessageReceived,
     Peer,
+    SendError,
+    SendOutcomeUnknownError,
     StaticRegistry,
     check_target,
 )
@@ -148,15 +151,33 @@ async def _resolve_target(client: Client, target: str) -> str:
     raise CommandError(f"several connected peers are called {target!r}; use a pubkey")
 
 
+#: A command that only sends takes no message: pushes stay with the broker,
+#: unacknowledged, for the member's sessions that do listen.
+_SEND_ONLY = ClientOptions(accept_messages=False)
+
+
 async def cmd_send(args: argparse.Namespace) -> int:
     identity = _identity(args)
-    with anyio.fail_after(args.timeout):
-        async with connect(
-            **identity.connect_kwargs(args.url, args.name), ssl_context=_client_ssl(args)
-        ) as client:
-            await client.wait_state(ConnectionState.OPEN, ConnectionState.CLOSED)
-            target = await _resolve_target(client, args.target)
-            message_id = await client.send(target, args.message, args.priority)
+    try:
+        with anyio.fail_after(args.timeout):
+            async with connect(
+                **identity.connect_kwargs(args.url, args.name),
+                ssl_context=_client_ssl(args),
+                options=_SEND_ONLY,
+            ) as client:
+                await client.wait_state(ConnectionState.OPEN, ConnectionState.CLOSED)
+                target = await _resolve_target(client, args.target)
+                message_id = await client.send(
+                    target, args.message, args.priority, client_message_id=args.client_message_id
+                )
+    except SendOutcomeUnknownError as exc:
+        raise CommandError(
+            f"outcome unknown ({exc.reason.code}: {exc.reason.detail}); the message may have "
+            "been delivered. "
+            f"To retry without risking a second copy: --client-message-id {exc.client_message_id}"
+        ) from None
+    except SendError as exc:
+        raise CommandError(f"not delivered: {exc.reason}") from None
     print(f"sent {message_id}")
     return 0
 
@@ -206,7 +227,9 @@ async def cmd_peers(args: argparse.Namespace) -> int:
     identity = _identity(args)
     with anyio.fail_after(args.timeout):
         async with connect(
-            **identity.connect_kwargs(args.url, args.name), ssl_context=_client_ssl(args)
+            **identity.connect_kwargs(args.url, args.name),
+            ssl_context=_client_ssl(args),
+            options=_SEND_ONLY,
         ) as client:
             await client.wait_state(ConnectionState.OPEN, ConnectionState.CLOSED)
             peers = await client.list_peers()

@@ -161,6 +161,7 @@ class Client:
         priority: str = "next",
         *,
         timeout: float | None = None,
+        client_message_id: str | None = None,
     ) -> str:
         """Send ``body`` to ``target`` and wait for the broker's ack; return its ``messageId``.
 
@@ -170,11 +171,21 @@ class Client:
         for a bad target, priority or size, :class:`~meshproto.ConnectionClosedError`
         once closed, and :class:`TimeoutError` after ``timeout`` seconds, in
         which case the send stays pending and resolves later, unobserved
-        (see the module docstring).
+        (see the module docstring). A :class:`~meshproto.SendOutcomeUnknownError`
+        (a ``SendError``) means the send may have been delivered: retry it,
+        if at all, with ``client_message_id=error.client_message_id``.
         """
-        return self._wait_future(self.send_nowait(target, body, priority), timeout, "send")
+        future = self.send_nowait(target, body, priority, client_message_id=client_message_id)
+        return self._wait_future(future, timeout, "send")
 
-    def send_nowait(self, target: str, body: str | bytes, priority: str = "next") -> Future[str]:
+    def send_nowait(
+        self,
+        target: str,
+        body: str | bytes,
+        priority: str = "next",
+        *,
+        client_message_id: str | None = None,
+    ) -> Future[str]:
         """Start a send and return at once; the future gives the ``messageId``.
 
         The future's ``result()`` raises what :meth:`send` raises
@@ -187,7 +198,9 @@ class Client:
         future.set_running_or_notify_cancel()
         with self._lock:
             self._outcomes.check_open()
-            handle = self._core.send(target, body, priority, now=time.monotonic())
+            handle = self._core.send(
+                target, body, priority, now=time.monotonic(), client_message_id=client_message_id
+            )
             self._outcomes.expect_send(handle.id, future)
             self._io.wake()
         return future
@@ -225,11 +238,13 @@ class Client:
     def receive(self, timeout: float | None = None) -> Message:
         """The next message pushed to this peer, in order, each once.
 
-        Backed by the core's bounded inbox (``ClientOptions.inbox_limit``):
-        when nobody reads, the oldest messages are dropped and counted in
-        ``counters.dropped_pushes``. Raises :class:`TimeoutError` after
-        ``timeout`` seconds, and :class:`~meshproto.ConnectionClosedError`
-        once the client is closed and the inbox is empty.
+        Backed by the core's bounded inbox (``ClientOptions.inbox_limit``).
+        Each message is acknowledged to the broker when this call returns it,
+        never before. While nobody reads and the inbox is full, the I/O
+        thread stops reading the socket, so the broker holds the rest back:
+        nothing is dropped. Raises :class:`TimeoutError` after ``timeout``
+        seconds, and :class:`~meshproto.ConnectionClosedError` once the
+        client is closed and the inbox is empty.
         """
         self._check_inbox()
         deadline = Deadline(timeout)
@@ -237,6 +252,7 @@ class Client:
             while True:
                 taken = self._core.take_messages(1)
                 if taken:
+                    self._io.wake()  # the client_ack, and reading again if it was paused
                     return taken[0]
                 if self._core.state is ConnectionState.CLOSED:
                     raise self._outcomes.closed_error()

@@ -50,10 +50,18 @@ and the timers while a new one opens; the core's connect timeout bounds it
 (it closes the transport, which abandons the link). Name resolution is the
 one blocking step (see :mod:`meshproto_sync._link`).
 
-If the loop itself raises (a bug), the thread closes the core (every
-pending send and request fails with ``closed``), aborts the sockets and
-ends, so that no caller waits forever; :attr:`IoThread.error` keeps the
-exception.
+Back-pressure: after every input the link of the driver's
+:attr:`~meshproto_ws.ClientDriver.paused_socket` is marked ``paused`` and
+leaves the selector's read set until the application takes messages (each
+read hands the driver one chunk, so the core sees it before the next).
+
+Faults: an unexpected exception while feeding one input (a bug) is logged
+once and reported to the driver, which drops that transport with 1011 and
+reconnects; the thread goes on. Only if that fails too, or the loop itself
+keeps failing (:data:`MAX_FAILED_TURNS` turns in a row), does the thread
+close the core (every pending send and request fails with ``closed``), abort
+the sockets and end, so that no caller waits forever; :attr:`IoThread.error`
+keeps the exception.
 """
 
 from __future__ import annotations
@@ -72,7 +80,7 @@ from meshproto_ws import ClientDriver, CloseSocket, OpenSocket, WriteBytes
 
 from ._link import LinkData, LinkFailed, LinkOpened, LinkResult, SocketLink
 
-__all__ = ["CLOSE_GRACE", "MAX_SEND_BUFFER", "IoThread"]
+__all__ = ["CLOSE_GRACE", "MAX_FAILED_TURNS", "MAX_SEND_BUFFER", "IoThread"]
 
 logger = logging.getLogger("meshproto.sync")
 
@@ -83,6 +91,8 @@ MAX_SEND_BUFFER = 8 * 1_048_576
 #: How long past ``close_timeout`` a closing client may take before its
 #: remaining sockets are aborted and the thread ends.
 CLOSE_GRACE = 0.5
+#: Turns of the loop that may fail in a row before the thread gives up.
+MAX_FAILED_TURNS = 8
 
 
 class IoThread:
@@ -164,23 +174,32 @@ class IoThread:
         with lock:
             driver.start(time.monotonic())
             self._apply()
+        failed_turns = 0
         while True:
-            with lock:
-                now = time.monotonic()
-                deadline = driver.next_deadline()
-                if deadline is not None and now >= deadline:
-                    driver.handle_timer(now)
-                self._expire_closing(now)
-                self._apply()
-                if self._finished(now):
-                    return
-                timeout = self._timeout(now)
-                for link in self._links.values():
-                    link.sync_interest()
-            self._settle()
-            ready = self._selector.select(timeout)
-            with lock:
-                self._on_ready(ready)
+            try:
+                with lock:
+                    now = time.monotonic()
+                    deadline = driver.next_deadline()
+                    if deadline is not None and now >= deadline:
+                        driver.handle_timer(now)
+                    self._expire_closing(now)
+                    self._apply()
+                    if self._finished(now):
+                        return
+                    timeout = self._timeout(now)
+                    for link in self._links.values():
+                        link.sync_interest()
+                self._settle()
+                ready = self._selector.select(timeout)
+                with lock:
+                    self._on_ready(ready)
+                failed_turns = 0
+            except Exception as exc:
+                failed_turns += 1
+                if failed_turns >= MAX_FAILED_TURNS:
+                    raise
+                with lock:
+                    self._contain(exc, "a turn of the I/O loop")
 
     def _on_ready(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
         handled: set[int] = set()
@@ -209,17 +228,29 @@ class IoThread:
             if self._links.get(socket_id) is not link:
                 return  # the driver let go of it: nothing more is fed back
             now = time.monotonic()
-            if isinstance(result, LinkData):
-                driver.receive_data(
-                    socket_id, result.data, now=now, wall_time_ms=time.time_ns() // 1_000_000
-                )
-            elif isinstance(result, LinkOpened):
-                driver.socket_opened(socket_id, now=now)
-            elif isinstance(result, LinkFailed):
-                del self._links[socket_id]
-                logger.debug("socket %d: %s", socket_id, result.reason)
-                driver.socket_failed(socket_id, now=now, reason=result.reason)
-            self._apply()
+            try:
+                if isinstance(result, LinkData):
+                    driver.receive_data(
+                        socket_id, result.data, now=now, wall_time_ms=time.time_ns() // 1_000_000
+                    )
+                elif isinstance(result, LinkOpened):
+                    driver.socket_opened(socket_id, now=now)
+                elif isinstance(result, LinkFailed):
+                    del self._links[socket_id]
+                    logger.debug("socket %d: %s", socket_id, result.reason)
+                    driver.socket_failed(socket_id, now=now, reason=result.reason)
+                self._apply()
+            except Exception as exc:
+                self._contain(exc, f"input from socket {socket_id}")
+
+    def _contain(self, error: Exception, during: str) -> None:
+        """A bug while handling ``during``: log it once, drop the transport, go on.
+
+        Raises (and so ends the thread) only if the driver cannot take the report.
+        """
+        logger.exception("unexpected error while handling %s; dropping the connection", during)
+        self._driver.report_internal_error(error, during=during, now=time.monotonic())
+        self._apply()
 
     def _apply(self) -> None:
         """Carry out the driver's commands until there are none, then deliver the events.
@@ -258,6 +289,9 @@ class IoThread:
                 break
         for event in driver.drain_events():
             self._deliver(event)
+        paused = driver.paused_socket
+        for link in links.values():
+            link.paused = link.socket_id == paused
 
     def _open(self, command: OpenSocket, now: float) -> None:
         link = SocketLink(
@@ -299,7 +333,7 @@ class IoThread:
         return False
 
     def _timeout(self, now: float) -> float | None:
-        if any(link.read_again for link in self._links.values()):
+        if any(link.read_again and not link.paused for link in self._links.values()):
             return 0.0
         best = self._driver.next_deadline()
         for link in self._links.values():

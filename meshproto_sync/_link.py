@@ -46,8 +46,10 @@ __all__ = [
 
 #: How much one ``recv`` asks for.
 READ_SIZE = 65_536
-#: Reads per readiness before the other sockets get a turn (``read_again`` is set).
-READ_BUDGET = 16
+#: Reads per readiness before the other sockets (and the core's back-pressure)
+#: get a turn: one, so that the core sees every chunk before the next is read
+#: (``read_again`` is set when more may be waiting).
+READ_BUDGET = 1
 #: Most bytes handed to one TLS ``send`` (a retry after a would-block passes
 #: at least as many, as OpenSSL requires).
 TLS_WRITE_CHUNK = 262_144
@@ -105,6 +107,8 @@ class SocketLink:
         self.state = LinkState.CONNECTING
         #: Set when the read budget ran out with data possibly left to read.
         self.read_again = False
+        #: The owner's inbox is full: read nothing until this is cleared.
+        self.paused = False
         #: While ``CLOSING``: when to give up flushing.
         self.close_deadline: float | None = None
         self._selector = selector
@@ -219,7 +223,7 @@ class SocketLink:
         if state is LinkState.HANDSHAKING:
             return self._handshake_wants
         events = 0
-        if state is LinkState.OPEN and not self._eof:
+        if state is LinkState.OPEN and not self._eof and not self.paused:
             events |= _WRITE if self._read_wants_write else _READ
         if self._buffer and state in (LinkState.OPEN, LinkState.CLOSING):
             events |= _READ if self._write_wants_read else _WRITE
@@ -246,7 +250,7 @@ class SocketLink:
         if state is LinkState.HANDSHAKING:
             return self._handshake()
         results: list[LinkResult] = []
-        if state is LinkState.OPEN and not self._eof:
+        if state is LinkState.OPEN and not self._eof and not self.paused:
             wanted = _WRITE if self._read_wants_write else _READ
             if events & wanted or self.read_again:
                 results += self._read()

@@ -31,7 +31,13 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess
         "pip install 'meshproto[anyio]' (or 'meshproto[sync]')"
     ) from _exc
 
-from ._broker_driver import DEFAULT_HANDSHAKE_TIMEOUT, BrokerDriver
+from ._broker_driver import (
+    CLOSE_INTERNAL_ERROR,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+    TIMER_RETRY,
+    BrokerDriver,
+    BrokerMachine,
+)
 from ._client_driver import DEFAULT_CLOSE_TIMEOUT, ClientDriver, client_driver
 from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
 from ._connection import (
@@ -54,13 +60,16 @@ from ._url import DEFAULT_PATH, WsAddress, parse_ws_url
 
 __all__ = [
     "CLIENT_MAX_MESSAGE_BYTES",
+    "CLOSE_INTERNAL_ERROR",
     "CLOSE_MESSAGE_TOO_BIG",
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_PATH",
     "SERVER_MAX_MESSAGE_BYTES",
+    "TIMER_RETRY",
     "BinaryReceived",
     "BrokerDriver",
+    "BrokerMachine",
     "ClientDriver",
     "CloseSocket",
     "Closed",

@@ -25,13 +25,24 @@ bounded wait (``close_timeout``) for the client's echo or EOF, then
 every broker input, in order.
 
 The clock is the broker's: Unix wall-clock seconds (``now`` of every input).
+
+Faults are contained per socket. An unexpected exception (a bug, in the
+broker or here) while handling one socket's input is logged once, with its
+traceback, on the ``meshproto.ws`` logger; that socket is closed with 1011
+(``internal error``) and the broker hears ``connection_closed`` for it;
+every other socket goes on as before. The outputs the broker produced for
+other sockets before it failed are still carried out. An exception from the
+broker's timers is logged the same way and the timers are not run again for
+:data:`TIMER_RETRY` seconds, so a timer that keeps failing cannot spin.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from typing import Protocol
 
-from meshproto import Broker, CloseConnection, PingConnection, SendText
+from meshproto import BrokerOutput, CloseConnection, PingConnection, SendText
 
 from ._commands import CloseSocket, SocketCommand, WriteBytes
 from ._connection import (
@@ -46,11 +57,49 @@ from ._connection import (
     WsState,
 )
 
-__all__ = ["DEFAULT_HANDSHAKE_TIMEOUT", "BrokerDriver"]
+__all__ = [
+    "CLOSE_INTERNAL_ERROR",
+    "DEFAULT_HANDSHAKE_TIMEOUT",
+    "TIMER_RETRY",
+    "BrokerDriver",
+    "BrokerMachine",
+]
+
+logger = logging.getLogger("meshproto.ws")
 
 #: How long an accepted socket may take to send its upgrade request.
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 _DEFAULT_CLOSE_TIMEOUT = 2.0
+#: The close code for a socket whose input hit a bug (RFC 6455 §7.4.1).
+CLOSE_INTERNAL_ERROR = 1011
+#: After the broker's timers raised, how long before they run again (seconds).
+TIMER_RETRY = 1.0
+
+
+class BrokerMachine(Protocol):
+    """What :class:`BrokerDriver` calls on its broker; :class:`~meshproto.Broker` has it all.
+
+    Anything with these methods can be driven, such as a test's stand-in
+    that checks the broker around every input.
+    """
+
+    def connection_opened(self, conn_id: int, *, now: float) -> None: ...
+
+    def receive_text(self, conn_id: int, text: str, *, now: float) -> None: ...
+
+    def receive_binary(self, conn_id: int, data: bytes, *, now: float) -> None: ...
+
+    def receive_ping(self, conn_id: int, *, now: float) -> None: ...
+
+    def receive_pong(self, conn_id: int, *, now: float) -> None: ...
+
+    def connection_closed(self, conn_id: int, *, now: float) -> None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def drain_outputs(self) -> list[BrokerOutput]: ...
+
+    def next_deadline(self) -> float | None: ...
 
 
 @dataclass(slots=True)
@@ -61,11 +110,11 @@ class _Socket:
 
 
 class BrokerDriver:
-    """Drives one :class:`~meshproto.Broker` over many WebSocket sockets."""
+    """Drives one :class:`~meshproto.Broker` (any :class:`BrokerMachine`) over many sockets."""
 
     def __init__(
         self,
-        broker: Broker,
+        broker: BrokerMachine,
         *,
         max_message_bytes: int | None = None,
         handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
@@ -78,9 +127,12 @@ class BrokerDriver:
         self._sockets: dict[int, _Socket] = {}
         self._next_id = 0
         self._commands: list[SocketCommand] = []
+        self._timers_paused_until: float | None = None
+        #: Sockets closed because handling their input raised (a bug).
+        self.internal_errors = 0
 
     @property
-    def broker(self) -> Broker:
+    def broker(self) -> BrokerMachine:
         return self._broker
 
     @property
@@ -103,26 +155,33 @@ class BrokerDriver:
 
     def receive_data(self, socket_id: int, data: bytes | None, *, now: float) -> None:
         """Bytes read from the socket (``None`` at EOF)."""
-        self._pump(now)
-        sock = self._sockets.get(socket_id)
-        if sock is None:
-            return
-        for event in sock.ws.receive_data(data):
-            self._feed(socket_id, sock, event, now)
-        self._flush(socket_id, sock.ws)
-        self._settle(socket_id, sock, now)
+        try:
+            self._pump(now)
+            sock = self._sockets.get(socket_id)
+            if sock is None:
+                return
+            for event in sock.ws.receive_data(data):
+                self._feed(socket_id, sock, event, now)
+            self._flush(socket_id, sock.ws)
+            self._settle(socket_id, sock, now)
+        except Exception:
+            self._contain(socket_id, now)
 
     def socket_failed(self, socket_id: int, *, now: float, reason: str = "") -> None:
         """The socket broke (reset, TLS error, its send buffer overflowed …)."""
-        self._pump(now)
-        sock = self._sockets.pop(socket_id, None)
-        if sock is None:
-            return
-        self._commands.append(CloseSocket(socket_id))
-        if sock.registered:
-            sock.registered = False
-            self._broker.connection_closed(socket_id, now=now)
+        try:
             self._pump(now)
+            sock = self._sockets.pop(socket_id, None)
+            if sock is None:
+                return
+            self._commands.append(CloseSocket(socket_id))
+            if sock.registered:
+                sock.registered = False
+                self._broker.connection_closed(socket_id, now=now)
+                self._pump(now)
+        except Exception:
+            logger.exception("unexpected error while closing socket %d", socket_id)
+            self._recover(now)
 
     def handle_timer(self, now: float) -> None:
         """Run what is due: handshake and close deadlines, then the broker's timers."""
@@ -133,8 +192,26 @@ class BrokerDriver:
                 self._commands.append(CloseSocket(socket_id))
                 if sock.registered:  # pragma: no cover - registered sockets have no deadline
                     self._broker.connection_closed(socket_id, now=now)
-        self._broker.handle_timer(now)
-        self._pump(now)
+        paused = self._timers_paused_until
+        if paused is not None and now < paused:
+            return
+        self._timers_paused_until = None
+        try:
+            self._broker.handle_timer(now)
+            self._pump(now)
+        except Exception:
+            logger.exception(
+                "unexpected error in the broker's timers; retrying in %g s", TIMER_RETRY
+            )
+            self._timers_paused_until = now + TIMER_RETRY
+            self._recover(now)
+
+    def fail_socket(self, socket_id: int, *, now: float) -> None:
+        """The adapter hit a bug while serving ``socket_id``: close it with 1011.
+
+        The adapter has logged the error. Every other socket is untouched.
+        """
+        self._close_for_bug(socket_id, now)
 
     # --- outputs -------------------------------------------------------------------
 
@@ -145,7 +222,14 @@ class BrokerDriver:
         return commands
 
     def next_deadline(self) -> float | None:
-        best = self._broker.next_deadline()
+        try:
+            best = self._broker.next_deadline()
+        except Exception:
+            logger.exception("unexpected error in the broker's next_deadline()")
+            best = None
+        paused = self._timers_paused_until
+        if paused is not None and (best is None or best < paused):
+            best = paused
         for sock in self._sockets.values():
             due = sock.deadline
             if due is not None and (best is None or due < best):
@@ -176,23 +260,68 @@ class BrokerDriver:
         self._pump(now)
 
     def _pump(self, now: float) -> None:
-        """Carry out the broker's outputs."""
-        for output in self._broker.drain_outputs():
-            sock = self._sockets.get(output.conn_id)
-            if sock is None:
-                continue
-            ws = sock.ws
-            if isinstance(output, SendText):
-                if ws.send_text(output.text):
-                    self._flush(output.conn_id, ws)
-            elif isinstance(output, PingConnection):
-                if ws.send_ping():
-                    self._flush(output.conn_id, ws)
-            elif isinstance(output, CloseConnection):
-                sock.registered = False
-                ws.close(output.code, output.reason)
+        """Carry out the broker's outputs; one that fails costs only its own socket."""
+        while outputs := self._broker.drain_outputs():
+            for output in outputs:
+                sock = self._sockets.get(output.conn_id)
+                if sock is None:
+                    continue
+                try:
+                    self._carry_out(output, sock, now)
+                except Exception:
+                    logger.exception(
+                        "unexpected error while writing to socket %d; closing it with %d",
+                        output.conn_id,
+                        CLOSE_INTERNAL_ERROR,
+                    )
+                    self._close_for_bug(output.conn_id, now)
+
+    def _carry_out(self, output: BrokerOutput, sock: _Socket, now: float) -> None:
+        ws = sock.ws
+        if isinstance(output, SendText):
+            if ws.send_text(output.text):
                 self._flush(output.conn_id, ws)
-                self._settle(output.conn_id, sock, now)
+        elif isinstance(output, PingConnection):
+            if ws.send_ping():
+                self._flush(output.conn_id, ws)
+        elif isinstance(output, CloseConnection):
+            sock.registered = False
+            ws.close(output.code, output.reason)
+            self._flush(output.conn_id, ws)
+            self._settle(output.conn_id, sock, now)
+
+    def _contain(self, socket_id: int, now: float) -> None:
+        logger.exception(
+            "unexpected error while handling input on socket %d; closing it with %d",
+            socket_id,
+            CLOSE_INTERNAL_ERROR,
+        )
+        self._close_for_bug(socket_id, now)
+
+    def _close_for_bug(self, socket_id: int, now: float) -> None:
+        """Close one socket whose handling raised, and let the broker forget it."""
+        self.internal_errors += 1
+        sock = self._sockets.get(socket_id)
+        registered = sock is not None and sock.registered
+        if sock is not None:
+            sock.registered = False
+            try:
+                sock.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
+                self._flush(socket_id, sock.ws)
+                self._settle(socket_id, sock, now)
+            except Exception:  # the WebSocket itself is broken: drop the socket
+                del self._sockets[socket_id]
+                self._commands.append(CloseSocket(socket_id))
+        if registered:
+            try:
+                self._broker.connection_closed(socket_id, now=now)
+            except Exception:
+                logger.exception("the broker could not forget socket %d", socket_id)
+        self._recover(now)
+
+    def _recover(self, now: float) -> None:
+        """Carry out what the broker decided before (or despite) a failure."""
+        self._pump(now)
 
     def _flush(self, socket_id: int, ws: WsConnection) -> None:
         data = ws.data_to_send()

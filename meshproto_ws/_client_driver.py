@@ -55,11 +55,21 @@ Rules:
   the core let go of a transport is never fed back.
 * A socket the core let go of is only drained until it finishes closing;
   nothing from it reaches the core.
-* The driver never raises for anything the network does.
+* Back-pressure: while the core's inbox is full,
+  :attr:`ClientDriver.paused_socket` names the current socket, and the
+  adapter stops reading it (sockets that are closing are still read to
+  their end). It is ``None`` again once the application takes messages.
+* The driver never raises for anything the network does. An unexpected
+  exception while handling an input (a bug, here or in the core) is logged
+  once on the ``meshproto.ws`` logger and reported to the core
+  (:meth:`~meshproto.ClientConnection.report_internal_error`), which drops
+  that transport with 1011 and reconnects. Only if reporting fails as well
+  does the exception propagate, and the adapter closes the client.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Sequence
@@ -78,6 +88,7 @@ from meshproto import (
     SendPing,
     Signer,
     WriteFrame,
+    is_unicode_text,
 )
 
 from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
@@ -98,6 +109,8 @@ __all__ = ["DEFAULT_CLOSE_TIMEOUT", "ClientDriver", "client_driver"]
 
 #: How long a closing socket waits for the peer's close echo or EOF.
 DEFAULT_CLOSE_TIMEOUT = 2.0
+
+logger = logging.getLogger("meshproto.ws")
 
 
 @dataclass(slots=True)
@@ -138,6 +151,13 @@ class ClientDriver:
         """Sockets opening, open, or closing."""
         return len(self._sockets)
 
+    @property
+    def paused_socket(self) -> int | None:
+        """The socket the adapter must not read now (the inbox is full), or ``None``."""
+        if self._current is not None and self._core.reading_paused:
+            return self._current
+        return None
+
     # --- inputs --------------------------------------------------------------------
 
     def start(self, now: float) -> None:
@@ -147,49 +167,73 @@ class ClientDriver:
 
     def socket_opened(self, socket_id: int, *, now: float) -> None:
         """The socket from ``OpenSocket(socket_id)`` is connected: start the handshake."""
-        self._translate(now)
-        sock = self._sockets.get(socket_id)
-        if sock is None or sock.ws is not None:
-            return
-        sock.ws = WsConnection.client(self.address, max_message_bytes=self.max_message_bytes)
-        self._flush(socket_id, sock.ws)
+        try:
+            self._translate(now)
+            sock = self._sockets.get(socket_id)
+            if sock is None or sock.ws is not None:
+                return
+            sock.ws = WsConnection.client(self.address, max_message_bytes=self.max_message_bytes)
+            self._flush(socket_id, sock.ws)
+        except Exception as exc:
+            self._contain(exc, "opening a WebSocket", now)
 
     def socket_failed(self, socket_id: int, *, now: float, reason: str) -> None:
         """Opening the socket failed, or it broke (reset, TLS error …)."""
-        self._translate(now)
-        sock = self._sockets.pop(socket_id, None)
-        if sock is None:
-            return
-        self._commands.append(CloseSocket(socket_id))
-        if sock.attached:
-            self._detach(socket_id)
-            self._core.transport_closed(socket_id, now=now, code=None, reason=reason)
+        try:
             self._translate(now)
+            sock = self._sockets.pop(socket_id, None)
+            if sock is None:
+                return
+            self._commands.append(CloseSocket(socket_id))
+            if sock.attached:
+                self._detach(socket_id)
+                self._core.transport_closed(socket_id, now=now, code=None, reason=reason)
+                self._translate(now)
+        except Exception as exc:
+            self._contain(exc, "a socket failure", now)
 
     def receive_data(
         self, socket_id: int, data: bytes | None, *, now: float, wall_time_ms: int
     ) -> None:
         """Bytes read from the socket (``None`` at EOF)."""
-        self._translate(now)
-        sock = self._sockets.get(socket_id)
-        if sock is None or sock.ws is None:
-            return
-        ws = sock.ws
-        for event in ws.receive_data(data):
-            if sock.attached:
-                self._feed(socket_id, sock, event, now, wall_time_ms)
-        self._flush(socket_id, ws)
-        self._settle(socket_id, sock, now)
+        try:
+            self._translate(now)
+            sock = self._sockets.get(socket_id)
+            if sock is None or sock.ws is None:
+                return
+            ws = sock.ws
+            for event in ws.receive_data(data):
+                if sock.attached:
+                    self._feed(socket_id, sock, event, now, wall_time_ms)
+            self._flush(socket_id, ws)
+            self._settle(socket_id, sock, now)
+        except Exception as exc:
+            self._contain(exc, "bytes from the broker", now)
 
     def handle_timer(self, now: float) -> None:
         """Run what is due: closing sockets that waited long enough, then the core."""
+        try:
+            self._translate(now)
+            for socket_id, sock in list(self._sockets.items()):
+                if sock.close_deadline is not None and now >= sock.close_deadline:
+                    del self._sockets[socket_id]
+                    self._commands.append(CloseSocket(socket_id))
+            self._core.handle_timer(now)
+            self._translate(now)
+        except Exception as exc:
+            self._contain(exc, "a timer", now)
+
+    def report_internal_error(self, error: BaseException, *, during: str, now: float) -> None:
+        """An adapter hit an unexpected exception: drop the current transport, reconnect.
+
+        The adapter has logged it. Raises only if the core cannot take the report.
+        """
+        self._core.report_internal_error(error, during=during, now=now)
         self._translate(now)
-        for socket_id, sock in list(self._sockets.items()):
-            if sock.close_deadline is not None and now >= sock.close_deadline:
-                del self._sockets[socket_id]
-                self._commands.append(CloseSocket(socket_id))
-        self._core.handle_timer(now)
-        self._translate(now)
+
+    def _contain(self, error: Exception, during: str, now: float) -> None:
+        logger.exception("unexpected error while handling %s; dropping the connection", during)
+        self.report_internal_error(error, during=during, now=now)
 
     # --- outputs -------------------------------------------------------------------
 
@@ -289,8 +333,14 @@ class ClientDriver:
         self._detach(socket_id)
         sock = self._sockets[socket_id]
         if sock.ws is not None:
-            sock.ws.close(code, reason)
-            self._flush(socket_id, sock.ws)
+            try:
+                sock.ws.close(code, reason)
+                self._flush(socket_id, sock.ws)
+            except Exception:  # a broken WebSocket: give the socket up at once
+                logger.exception("closing socket %d failed; dropping it", socket_id)
+                del self._sockets[socket_id]
+                self._commands.append(CloseSocket(socket_id))
+                return
         self._settle(socket_id, sock, now)
 
     def _settle(self, socket_id: int, sock: _Socket, now: float) -> None:
@@ -302,6 +352,18 @@ class ClientDriver:
             self._commands.append(CloseSocket(socket_id))
         elif sock.close_deadline is None:
             sock.close_deadline = now + self.close_timeout
+
+
+def _printable_cwd() -> str:
+    """This process's working directory, as valid Unicode for the hello.
+
+    A path with bytes that are not UTF-8 comes back from the OS with lone
+    surrogates; they are shown as U+FFFD instead (the hello only reports it).
+    """
+    cwd = os.getcwd()
+    if is_unicode_text(cwd):
+        return cwd
+    return cwd.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def client_driver(
@@ -340,7 +402,7 @@ def client_driver(
         signer=signer,
         session_id=session_id if session_id is not None else f"{rng.getrandbits(64):016x}",
         pid=os.getpid(),
-        cwd=os.getcwd(),
+        cwd=_printable_cwd(),
         display_name=display_name,
         hostname=hostname,
         peer_type=peer_type,

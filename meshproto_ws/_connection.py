@@ -66,13 +66,14 @@ __all__ = [
 ]
 
 #: Received-message cap on the client side. The protocol caps a send's
-#: *payload* at 65,536 bytes (docs/protocol.md §1); the push that carries it adds an
-#: envelope (ids, keys, a timestamp, the sender's name), so a push of a send the
-#: broker accepted can exceed 65,536 bytes. A cap of exactly 65,536 would
-#: refuse such a push, and since the broker pushes it again after every
-#: reconnect, the client would loop. Twice the payload limit bounds memory just
-#: as well and never refuses a legal push.
-CLIENT_MAX_MESSAGE_BYTES = 2 * 65_536
+#: *payload* at 65,536 bytes (docs/protocol.md §1), and the push that carries
+#: it adds an envelope, so a push can exceed 65,536 bytes; a ``peers_list`` of
+#: a large mesh is larger still (a thousand peers with long paths and
+#: summaries come to a few megabytes). A cap too small would refuse a legal
+#: frame that the broker sends again after every reconnect, so the client
+#: would loop; 8 MiB bounds memory and refuses nothing a broker legitimately
+#: sends.
+CLIENT_MAX_MESSAGE_BYTES = 8 * 1_048_576
 #: Received-message hard cap on the server side (docs/protocol.md §1, [ours]).
 SERVER_MAX_MESSAGE_BYTES = 1_048_576
 #: The close code for a message over the cap (RFC 6455 §7.4.1).

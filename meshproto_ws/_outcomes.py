@@ -35,8 +35,9 @@ Outputs:
   adapter wakes those waiters, which look again;
 * ``settle()`` hands every outcome decided so far to its waiter, in event
   order: ``set_result`` with the ``messageId`` or the peers,
-  ``set_exception`` with :class:`~meshproto.SendError` or
-  :class:`~meshproto.RequestError`. The adapter calls it when running
+  ``set_exception`` with :class:`~meshproto.SendError` (its subclass
+  :class:`~meshproto.SendOutcomeUnknownError` when the send may have been
+  delivered) or :class:`~meshproto.RequestError`. The adapter calls it when running
   whatever a waiter runs is safe (anyio: after each event; threads:
   with the client's lock released, because a future runs its callbacks
   inside ``set_result``);
@@ -76,6 +77,8 @@ from meshproto import (
     SendAcked,
     SendError,
     SendFailed,
+    SendOutcomeUnknown,
+    SendOutcomeUnknownError,
     StateChanged,
     SystemMessage,
     UnreadableMessage,
@@ -156,6 +159,13 @@ class Outcomes:
                 self._due.append(
                     partial(sent.set_exception, SendError(event.send_id, event.reason))
                 )
+        elif isinstance(event, SendOutcomeUnknown):
+            sent = self._sends.pop(event.send_id, None)
+            if sent is not None:
+                unknown = SendOutcomeUnknownError(
+                    event.send_id, event.client_message_id, event.reason
+                )
+                self._due.append(partial(sent.set_exception, unknown))
         elif isinstance(event, (MessageReceived, UnreadableMessage)):
             return _MESSAGES
         elif isinstance(event, SystemMessage):

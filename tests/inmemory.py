@@ -7,11 +7,17 @@ outputs back (``SendText`` becomes ``receive_text``, ``CloseConnection``
 ``transport_closed``), answering pings on both sides, until nothing moves.
 Time (the Unix wall clock, in seconds, as the broker wants it) is moved by
 hand; both machines' timers run as adapters would run them. A client's
-hello is signed at ``round(now * 1000)``.
+hello is signed at ``round(now * 1000)``. Each client's application is an
+eager reader (unless ``eager=False``): it takes every message from the inbox
+as soon as it arrives (kept in ``taken``), so its ``client_ack`` follows.
+Like a real adapter, the wire stops reading for a client whose
+``reading_paused`` is true: what the broker wrote to it waits in the wire
+(``backlog``) until the client has room again.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from random import Random
 
 from meshproto import (
@@ -21,12 +27,16 @@ from meshproto import (
     CloseConnection,
     CloseTransport,
     Event,
+    MessageReceived,
     OpenTransport,
     PingConnection,
     SendPing,
     SendText,
+    UnreadableMessage,
     WriteFrame,
 )
+
+Message = MessageReceived | UnreadableMessage
 
 __all__ = ["T0", "Wire"]
 
@@ -37,11 +47,15 @@ T0 = 1_800_000_000.0
 class Wire:
     """One broker and the named clients connected to it."""
 
-    def __init__(self, broker: Broker, *, now: float = T0) -> None:
+    def __init__(self, broker: Broker, *, now: float = T0, eager: bool = True) -> None:
         self.now = now
         self.broker = broker
+        self.eager = eager
         self.clients: dict[str, ClientConnection] = {}
         self.events: dict[str, list[Event]] = {}
+        self.taken: dict[str, list[Message]] = {}
+        #: Frames the broker wrote to a client that is not reading (TCP's buffers).
+        self.backlog: dict[str, deque[str]] = {}
         self._conn_of: dict[str, int] = {}  # client name -> broker conn_id
         self._transport_of: dict[int, tuple[str, int]] = {}  # conn_id -> (client, transport)
         self._next_conn = 100
@@ -51,12 +65,15 @@ class Wire:
         client = ClientConnection(config, rng=Random(name))
         self.clients[name] = client
         self.events[name] = []
+        self.taken[name] = []
+        self.backlog[name] = deque()
         client.connect(self.now)
         self.pump()
         return client
 
     def drop_link(self, name: str) -> None:
         """The network loses the link: both sides see it closed, nothing more is delivered."""
+        self.backlog[name].clear()
         conn = self._conn_of.pop(name)
         _, transport = self._transport_of.pop(conn)
         self.broker.connection_closed(conn, now=self.now)
@@ -73,6 +90,12 @@ class Wire:
         while moved:
             moved = False
             for name, client in self.clients.items():
+                if self.eager:
+                    self.taken[name] += client.take_messages()
+                backlog = self.backlog[name]
+                while backlog and not client.reading_paused:
+                    moved = True
+                    client.receive_text(backlog.popleft(), now=self.now)
                 for action in client.drain_actions():
                     moved = True
                     self._client_action(name, client, action)
@@ -106,7 +129,11 @@ class Wire:
         now = self.now
         if isinstance(out, SendText):
             name, _ = self._transport_of[out.conn_id]
-            self.clients[name].receive_text(out.text, now=now)
+            client = self.clients[name]
+            if client.reading_paused or self.backlog[name]:
+                self.backlog[name].append(out.text)  # not read yet
+            else:
+                client.receive_text(out.text, now=now)
         elif isinstance(out, PingConnection):
             name, _ = self._transport_of[out.conn_id]
             self.clients[name].receive_ping(now=now)
@@ -114,6 +141,7 @@ class Wire:
         elif isinstance(out, CloseConnection):
             name, transport = self._transport_of.pop(out.conn_id)
             self._conn_of.pop(name, None)
+            self.backlog[name].clear()
             self.clients[name].transport_closed(
                 transport, now=now, code=out.code, reason=out.reason
             )

@@ -1261,3 +1261,70 @@ def test_broker_options_are_validated() -> None:
         BrokerOptions(lease=0)
     with pytest.raises(LocalProtocolError):
         BrokerOptions(rate_burst=0)
+
+
+# --- sizes a peer can make others carry --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "length"),
+    [("displayName", 65), ("sessionId", 129), ("cwd", 513), ("hostname", 129)],
+)
+def test_a_hello_field_longer_than_its_limit_is_refused_malformed(field: str, length: int) -> None:
+    net = Net()
+    conn = net.hello("a", **{field: "x" * length})
+    error, close = refusal(net, conn)
+    assert error["code"] == "malformed"
+    assert close == (1008, "malformed")
+
+
+def test_a_hello_with_too_many_groups_is_refused_malformed() -> None:
+    net = Net()
+    conn = net.hello("a", groups=[{"name": f"g{i}"} for i in range(17)])
+    error, _ = refusal(net, conn)
+    assert error["code"] == "malformed"
+
+
+def test_a_summary_longer_than_512_characters_is_refused_and_changes_nothing() -> None:
+    net = Net()
+    a = net.joined("a")
+    net.frame(a, {"type": "set_summary", "summary": "ok"})
+    net.frame(a, {"type": "set_summary", "summary": "x" * 513})
+    (error,) = net.take(a)
+    assert (error["type"], error["code"]) == ("error", "malformed")
+    assert [p.summary for p in net.broker.peers(MESH)] == ["ok"]
+
+
+def test_the_largest_peer_list_a_full_mesh_can_make_fits_every_client() -> None:
+    from meshproto import AcceptingVerifier as Accepting  # noqa: PLC0415
+    from meshproto_ws import CLIENT_MAX_MESSAGE_BYTES  # noqa: PLC0415
+
+    # Every field at its limit, in two-byte characters. A peer list grows by
+    # one entry per peer, so 50 peers show what a full mesh (1,000) would send.
+    sample = 50
+    net = Net(registry=StaticRegistry(open_mesh=MESH), verifier=Accepting())
+    for i in range(sample):
+        conn = net.open()
+        hello = {
+            "type": "hello",
+            "meshId": MESH,
+            "memberId": "m" * 128,
+            "pubkey": f"{i:064x}",
+            "sessionId": f"{i:0128d}",
+            "displayName": "\u00e9" * 64,
+            "cwd": "\u00e9" * 512,
+            "hostname": "h" * 128,
+            "peerType": "p" * 32,
+            "groups": [{"name": f"{g:032d}", "role": "r" * 32} for g in range(16)],
+            "timestamp": round(net.now * 1000),
+            "signature": "0" * 128,
+        }
+        net.frame(conn, hello)
+        net.frame(conn, {"type": "set_summary", "summary": "\u00e9" * 512})
+        net.take(conn)
+    net.frame(conn, {"type": "list_peers", "_reqId": "r" * 64})
+    (answer,) = [f for f in net.take(conn) if f["type"] == "peers_list"]
+    assert len(answer["peers"]) == sample
+    size = len(json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode())
+    full_mesh = size * net.broker.options.max_connections_per_mesh / sample
+    assert full_mesh < CLIENT_MAX_MESSAGE_BYTES / 2, full_mesh

@@ -1,12 +1,21 @@
 """Property tests of the reference broker: arbitrary interleavings, checked invariants.
 
 A hypothesis ``RuleBasedStateMachine`` drives one :class:`~meshproto.Broker`
-through ``meshproto.testing.BrokerHarness``: it opens and closes sockets,
-says hello (member and session hellos, good and bad), sends to every kind of
-target (and to nonsense), acknowledges, changes status and summary, asks for
-peers, feeds garbage and binary, pings, and moves time. Every input goes
-through ``meshproto.testing.BrokerOracle``, which checks the broker's
-invariants (``meshproto/_broker.py``) around it:
+over WebSocket bytes, through a real :class:`~meshproto_ws.BrokerDriver`
+(``meshproto_ws.testing.SocketBrokerHarness``, which is
+``meshproto.testing.BrokerHarness`` with sockets for a transport): it opens
+and closes sockets, says hello (member and session hellos, good and bad),
+sends to every kind of target (and to nonsense), acknowledges, changes
+status and summary, asks for peers, feeds garbage, binary and hostile frame
+text (``meshproto.testing._hostile``: lone surrogates as JSON escapes in any
+string or key, strings at the size caps, integers past 2**63, floats where
+integers belong, ``NaN``/``Infinity``, duplicate keys, deep nesting, all
+written from the harness's own well-formed frames), pings, and moves time;
+and at the socket level it botches handshakes, writes raw garbage, hangs up
+every way a client can (close frames with any code, EOF, a broken socket,
+silence), splits reads and fragments messages, and goes over the size caps.
+Every broker input goes through ``meshproto.testing.BrokerOracle``, which
+checks the broker's invariants (``meshproto/_broker.py``) around it:
 
 * no input raises;
 * every ``send`` on an open socket is answered exactly once (an ``ack`` or an
@@ -20,14 +29,24 @@ invariants (``meshproto/_broker.py``) around it:
 * a session key names at most one peer, and an accepted hello (member or
   session) that names one leaves it with that member;
 * a session hello is refused ``bad_session_pubkey`` only while a presence
-  of another member made by a session hello holds its key, and a member
-  hello's unproven claim never takes a key from such a presence;
-* at the end (``BrokerHarness.finish``: shutdown, then every timer run out)
-  no socket, presence, claim, stored message or timer is left.
+  of another member made by a session hello holds its key (or the key is
+  not a key at all), and a member hello's unproven claim never takes a key
+  from such a presence;
+* at the end (``finish``: shutdown, then every timer run out) no socket,
+  presence, claim, stored message or timer is left.
 
-The fuzz harness in ``fuzz/fuzz_broker.py`` drives the same harness and
-oracle from raw bytes; ``test_byte_driven_broker_runs_keep_the_invariants``
-runs that path here, so CI needs no fuzzer.
+and the socket harness checks the driver: nothing escapes it and its fault
+containment is never needed (``internal_errors`` stays 0); every text a
+client reads decodes and is the next one the broker wrote for it; a socket
+the broker closes gets its close frame; a closed socket is never named
+again; and at the end the driver has no socket or deadline left.
+
+``test_byte_driven_broker_runs_keep_the_invariants`` runs the byte
+interpreter of ``fuzz/fuzz_broker.py`` (the same harness and oracle) here,
+so CI needs no fuzzer; ``test_sans_io_byte_runs_keep_the_invariants`` runs
+it on the bare broker, which also gets what the driver never passes on
+(inputs for sockets it does not know, a second close, text past the frame
+cap).
 """
 
 from __future__ import annotations
@@ -37,8 +56,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from meshproto.testing import BrokerHarness
+from meshproto_ws.testing import SocketBrokerHarness
 
-H = BrokerHarness
+H = SocketBrokerHarness
 
 
 def index(table: tuple[object, ...]) -> st.SearchStrategy[int]:
@@ -49,14 +69,14 @@ def index(table: tuple[object, ...]) -> st.SearchStrategy[int]:
 slots = st.sampled_from(range(H.SLOTS))
 
 
-class BrokerMachine(RuleBasedStateMachine):
-    """Sockets, hellos, sends, acks, status, peers, garbage and time, in any order."""
+class BrokerOverSockets(RuleBasedStateMachine):
+    """Sockets, hellos, sends, acks, status, peers, garbage, hostile text, bytes and time."""
 
-    harness: BrokerHarness
+    harness: SocketBrokerHarness
 
     @initialize(small_limits=st.booleans())
     def start(self, small_limits: bool) -> None:
-        self.harness = BrokerHarness(small=small_limits)
+        self.harness = SocketBrokerHarness(small=small_limits)
 
     @rule(slot=slots)
     def open_socket(self, slot: int) -> None:
@@ -141,6 +161,11 @@ class BrokerMachine(RuleBasedStateMachine):
         else:
             self.harness.op_text(slot, garbage.encode("utf-8"))
 
+    @rule(slot=slots, data=st.data())
+    def hostile_frame_text(self, slot: int, data: st.DataObject) -> None:
+        """A client frame written as text with hostile strings, numbers, keys or nesting."""
+        self.harness.op_hostile(slot, lambda n: data.draw(st.integers(0, max(0, n - 1))))
+
     @rule(slot=slots, data=st.binary(max_size=16))
     def binary(self, slot: int, data: bytes) -> None:
         self.harness.op_binary(slot, data)
@@ -152,6 +177,30 @@ class BrokerMachine(RuleBasedStateMachine):
     @rule(slot=slots)
     def close(self, slot: int) -> None:
         self.harness.op_close(slot)
+
+    # --- the socket level ----------------------------------------------------------
+
+    @rule(slot=slots, how=index(H.ACCEPTS))
+    def botched_handshake(self, slot: int, how: int) -> None:
+        self.harness.op_accept(slot, how)
+
+    @rule(slot=slots, data=st.binary(min_size=1, max_size=48))
+    def raw_bytes(self, slot: int, data: bytes) -> None:
+        self.harness.op_raw(slot, data)
+
+    @rule(slot=slots, how=index(H.HANGUPS))
+    def hang_up(self, slot: int, how: int) -> None:
+        self.harness.op_hangup(slot, how)
+
+    @rule(how=index(H.FRAMINGS))
+    def framing(self, how: int) -> None:
+        self.harness.op_framing(how)
+
+    @rule(slot=slots, which=st.sampled_from(range(2)))
+    def oversize(self, slot: int, which: int) -> None:
+        self.harness.op_oversize(slot, which)
+
+    # --- time -------------------------------------------------------------------------
 
     @rule(step=index(H.TIME_STEPS))
     def advance(self, step: int) -> None:
@@ -172,10 +221,10 @@ class BrokerMachine(RuleBasedStateMachine):
             self.harness.finish()
 
 
-TestBrokerProperties = BrokerMachine.TestCase
-TestBrokerProperties.settings = settings(
-    max_examples=150,
-    stateful_step_count=40,
+TestBrokerOverSockets = BrokerOverSockets.TestCase
+TestBrokerOverSockets.settings = settings(
+    max_examples=300,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
@@ -183,7 +232,13 @@ TestBrokerProperties.settings = settings(
 
 # hypothesis's binaries are a few bytes long unless told otherwise: too short to
 # say hello and then send on the same socket.
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(small_limits=st.booleans(), data=st.binary(min_size=64, max_size=800))
 def test_byte_driven_broker_runs_keep_the_invariants(small_limits: bool, data: bytes) -> None:
+    SocketBrokerHarness(small=small_limits).run_bytes(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_limits=st.booleans(), data=st.binary(min_size=64, max_size=800))
+def test_sans_io_byte_runs_keep_the_invariants(small_limits: bool, data: bytes) -> None:
     BrokerHarness(small=small_limits).run_bytes(data)

@@ -30,8 +30,10 @@ from meshproto import (
     ConnectionState,
     Event,
     Frame,
+    Group,
     HandshakeComplete,
     Hello,
+    InternalError,
     ListPeers,
     LocalProtocolError,
     MalformedFrame,
@@ -44,6 +46,7 @@ from meshproto import (
     Send,
     SendAcked,
     SendFailed,
+    SendOutcomeUnknown,
     SendPing,
     SetStatus,
     SetSummary,
@@ -342,7 +345,7 @@ def test_no_hello_ack_within_5s_closes_transport_and_schedules_reconnect() -> No
     assert client.reconnect_pending
 
 
-def test_push_before_hello_ack_is_delivered_and_client_acked() -> None:
+def test_push_before_hello_ack_is_delivered_and_acked_when_taken() -> None:
     client = make_client()
     transport_id = start(client, now=0.0)
     client.transport_opened(transport_id, now=0.0, wall_time_ms=WALL_MS)
@@ -353,9 +356,13 @@ def test_push_before_hello_ack_is_delivered_and_client_acked() -> None:
     [message] = s.of(MessageReceived)
     assert message.message_id == "m-early"
     assert message.body == b"queued for you"
-    acks = s.frames_of(ClientAck)
-    assert [(a.client_message_id, a.broker_message_id) for a in acks] == [("c-early", "m-early")]
+    assert s.frames_of(ClientAck) == []
     assert client.state is ConnectionState.OPEN
+
+    [taken] = client.take_messages()
+    assert taken.message_id == "m-early"
+    acks = step(client).frames_of(ClientAck)
+    assert [(a.client_message_id, a.broker_message_id) for a in acks] == [("c-early", "m-early")]
 
 
 def test_transport_opened_twice_writes_one_hello() -> None:
@@ -479,9 +486,9 @@ def test_ack_timer_starts_when_the_frame_is_written_not_at_send() -> None:
     assert step(client).of(SendFailed) == []
 
     client.handle_timer(18.0)
-    [failed] = step(client).of(SendFailed)
-    assert failed.send_id == handle.id
-    assert failed.reason.code == "ack_timeout"
+    [unknown] = step(client).of(SendOutcomeUnknown)
+    assert unknown.send_id == handle.id
+    assert unknown.reason.code == "ack_timeout"
     assert client.pending_sends == 0
 
 
@@ -587,11 +594,11 @@ def test_sends_in_flight_fail_with_connection_lost_when_resend_is_disabled() -> 
     step(client)
 
     client.transport_closed(transport_id, now=2.0, code=None)
-    [failed] = step(client).of(SendFailed)
+    [unknown] = step(client).of(SendOutcomeUnknown)  # it was written: it may have landed
 
-    assert failed.send_id == handle.id
-    assert failed.reason.code == "connection_lost"
-    assert failed.reason.retryable
+    assert unknown.send_id == handle.id
+    assert unknown.client_message_id == handle.client_message_id
+    assert unknown.reason.code == "connection_lost"
     _, _, s = reconnect(client)
     assert s.frames_of(Send) == []
     assert client.counters.resends == 0
@@ -602,7 +609,7 @@ def test_a_send_reported_failed_is_never_written_afterwards() -> None:
     timed_out = client.send("*", "will time out", now=0.0)
     step(client)
     client.handle_timer(10.0)
-    assert [e.send_id for e in step(client).of(SendFailed)] == [timed_out.id]
+    assert [e.send_id for e in step(client).of(SendOutcomeUnknown)] == [timed_out.id]
 
     survivor = client.send("*", "survives", now=11.0)
     rejected = client.send("*", "rejected", now=11.0)
@@ -659,25 +666,131 @@ def test_duplicate_push_without_client_message_id_is_deduplicated_by_message_id(
     assert client.counters.duplicate_pushes == 1
 
 
-def test_every_push_is_client_acked_including_duplicates() -> None:
-    client, _ = open_client()
+def _acks(s: Step) -> list[tuple[str | None, str | None]]:
+    return [(a.client_message_id, a.broker_message_id) for a in s.frames_of(ClientAck)]
 
+
+def test_a_message_is_acked_only_when_taken_from_the_inbox() -> None:
+    client, _ = open_client()
+    feed(client, push("m-1", client_message_id="c-1"), now=1.0)
+    feed(client, push("m-2"), now=1.2)
+    assert _acks(step(client)) == []
+
+    client.take_messages(1)
+    assert _acks(step(client)) == [("c-1", "m-1")]
+    client.take_messages()
+    assert _acks(step(client)) == [(None, "m-2")]
+
+
+def test_a_system_push_is_acked_at_once() -> None:
+    client, _ = open_client()
+    feed(client, system_push("0a55c05e-bbdd-46fd-8af4-a2dadf49c762"), now=1.3)
+    assert _acks(step(client)) == [(None, "0a55c05e-bbdd-46fd-8af4-a2dadf49c762")]
+
+
+def test_without_an_inbox_the_event_is_the_hand_over_and_is_acked_at_once() -> None:
+    client, _ = open_client(ClientOptions(inbox_limit=0))
+    feed(client, push("m-1", client_message_id="c-1"), now=1.0)
+    s = step(client)
+    assert [m.message_id for m in s.of(MessageReceived)] == ["m-1"]
+    assert _acks(s) == [("c-1", "m-1")]
+    assert client.inbox_size == 0
+
+
+def test_a_duplicate_of_a_waiting_message_is_not_acked_until_the_message_is_taken() -> None:
+    client, _ = open_client()
+    feed(client, push("m-1", client_message_id="c-1"), now=1.0)
+    feed(client, push("m-1", client_message_id="c-1"), now=1.1)  # re-pushed, same row
+    feed(client, push("m-9", client_message_id="c-1"), now=1.2)  # re-sent: a new row
+    s = step(client)
+    assert len(s.of(MessageReceived)) == 1
+    assert _acks(s) == []
+
+    [taken] = client.take_messages()
+    assert taken.message_id == "m-1"
+    assert _acks(step(client)) == [("c-1", "m-1"), ("c-1", "m-9")]
+
+
+def test_a_duplicate_of_a_message_already_taken_is_acked_again_at_once() -> None:
+    client, _ = open_client()
+    feed(client, push("m-1", client_message_id="c-1"), now=1.0)
+    client.take_messages()
+    step(client)
+
+    feed(client, push("m-1", client_message_id="c-1"), now=2.0)
+    s = step(client)
+    assert s.of(MessageReceived) == []
+    assert _acks(s) == [("c-1", "m-1")]
+
+
+def test_a_message_taken_while_offline_is_acked_after_the_next_hello_ack() -> None:
+    client, transport_id = open_client()
+    feed(client, push("m-1"), now=1.0)
+    client.transport_closed(transport_id, now=2.0, code=None)
+    client.take_messages()
+    assert _acks(step(client)) == []
+
+    _, _, s = reconnect(client)
+    assert _acks(s) == [(None, "m-1")]
+
+
+def test_a_full_inbox_pauses_reading_and_taking_resumes_it() -> None:
+    client, _ = open_client(ClientOptions(inbox_limit=2))
+    feed(client, push("m-0"), now=1.0)
+    assert not client.reading_paused
+    feed(client, push("m-1"), now=1.0)
+    assert client.reading_paused
+
+    client.take_messages(1)
+    assert not client.reading_paused
+
+
+def test_a_full_inbox_never_drops_a_message() -> None:
+    client, _ = open_client(ClientOptions(inbox_limit=3))
+    for i in range(5):  # what one read of the socket may already hold
+        feed(client, push(f"m-{i}"), now=1.0)
+
+    assert client.reading_paused
+    assert [m.message_id for m in client.take_messages()] == [f"m-{i}" for i in range(5)]
+    assert len(step(client).frames_of(ClientAck)) == 5
+
+
+def test_liveness_is_suspended_while_reading_is_paused() -> None:
+    client, _ = open_client(ClientOptions(inbox_limit=1))
+    feed(client, push("m-0"), now=1.0)
+    assert client.reading_paused
+    step(client)
+
+    for t in range(30, 300, 30):  # long past the 75 s of silence
+        client.handle_timer(float(t) + 1.0)
+    s = step(client)
+    assert s.of(ReconnectScheduled) == []
+    assert client.state is ConnectionState.OPEN
+    assert len(s.of(SendPing)) >= 8  # pings still go out
+
+    client.take_messages()
+    client.handle_timer(300.0)
+    assert client.state is ConnectionState.OPEN  # counts again from here
+    client.handle_timer(374.9)
+    assert client.state is ConnectionState.OPEN
+    client.handle_timer(375.0)
+    assert client.state is ConnectionState.RECONNECTING
+
+
+def test_a_send_only_connection_leaves_every_message_unacknowledged() -> None:
+    client, _ = open_client(ClientOptions(accept_messages=False))
     feed(client, push("m-1", client_message_id="c-1"), now=1.0)
     feed(client, push("m-1", client_message_id="c-1"), now=1.1)
-    feed(client, push("m-2"), now=1.2)
-    feed(client, system_push("0a55c05e-bbdd-46fd-8af4-a2dadf49c762"), now=1.3)
-    acks = step(client).frames_of(ClientAck)
+    s = step(client)
 
-    assert [(a.client_message_id, a.broker_message_id) for a in acks] == [
-        ("c-1", "m-1"),
-        ("c-1", "m-1"),
-        (None, "m-2"),
-        (None, "0a55c05e-bbdd-46fd-8af4-a2dadf49c762"),
-    ]
+    assert s.of(MessageReceived) == []
+    assert _acks(s) == []
+    assert client.inbox_size == 0
+    assert client.counters.declined_pushes == 2
 
 
 def test_dedupe_window_is_bounded() -> None:
-    client, _ = open_client(ClientOptions(dedupe_window=3))
+    client, _ = open_client(ClientOptions(dedupe_window=3, inbox_limit=0))
     feed(client, push("m-old"), now=1.0)
     for i in range(2):
         feed(client, push(f"m-{i}"), now=1.0)
@@ -710,24 +823,16 @@ def test_inbox_keeps_messages_for_pollers_in_order() -> None:
     assert client.inbox_size == 0
 
 
-def test_inbox_overflow_drops_the_oldest_and_counts_dropped_pushes() -> None:
-    client, _ = open_client(ClientOptions(inbox_limit=3))
-    for i in range(5):
-        feed(client, push(f"m-{i}"), now=1.0)
-
-    assert len(step(client).of(MessageReceived)) == 5  # events are not dropped
-    assert client.counters.dropped_pushes == 2
-    assert [m.message_id for m in client.take_messages()] == ["m-2", "m-3", "m-4"]
-
-
-def test_inbox_holds_500_messages_by_default() -> None:
+def test_inbox_pauses_reading_at_500_messages_by_default() -> None:
     client, _ = open_client()
-    for i in range(501):
+    for i in range(499):
         feed(client, push(f"m-{i}"), now=1.0)
+    assert not client.reading_paused
 
+    feed(client, push("m-499"), now=1.0)
+    assert client.reading_paused
     assert client.inbox_size == 500
-    assert client.counters.dropped_pushes == 1
-    assert client.take_messages(1)[0].message_id == "m-1"
+    assert client.take_messages(1)[0].message_id == "m-0"
 
 
 def test_system_push_becomes_a_system_message_not_a_message() -> None:
@@ -756,7 +861,8 @@ def test_push_whose_ciphertext_is_not_base64_becomes_unreadable_message() -> Non
     assert unreadable.sender_pubkey == PEER
     assert unreadable.reason
     assert s.of(MessageReceived) == []
-    assert [a.broker_message_id for a in s.frames_of(ClientAck)] == ["m-bad"]
+    assert client.take_messages() == [unreadable]
+    assert [a.broker_message_id for a in step(client).frames_of(ClientAck)] == ["m-bad"]
     assert client.state is ConnectionState.OPEN
 
 
@@ -1006,7 +1112,7 @@ def test_jittered_backoff_is_drawn_from_the_injected_rng() -> None:
     assert same != other
 
 
-def test_backoff_resets_only_after_hello_ack() -> None:
+def test_backoff_resets_only_after_a_link_has_proved_itself() -> None:
     client = make_client(ClientOptions(backoff=Backoff.seed()))
     transport_id = start(client, now=0.0)
     client.transport_closed(transport_id, now=0.0, code=None)  # open fails
@@ -1022,9 +1128,42 @@ def test_backoff_resets_only_after_hello_ack() -> None:
     client.handle_timer(at + 5.0)  # hello_ack timeout
     assert [e.delay for e in step(client).of(ReconnectScheduled)] == [4.0]
 
-    at, transport_id, _ = reconnect(client)  # this one gets its hello_ack
+    at, transport_id, _ = reconnect(client)  # hello_ack, then dropped after 1 s
     client.transport_closed(transport_id, now=at + 1.0, code=1001)
+    assert [e.delay for e in step(client).of(ReconnectScheduled)] == [8.0]
+
+    at, transport_id, _ = reconnect(client)  # open for 10 s: proven
+    client.handle_timer(at + 10.0)
+    client.transport_closed(transport_id, now=at + 10.0, code=1001)
     assert [e.delay for e in step(client).of(ReconnectScheduled)] == [1.0]
+
+
+def test_a_send_acked_on_a_link_proves_it_at_once() -> None:
+    client = make_client(ClientOptions(backoff=Backoff.seed()))
+    transport_id = start(client, now=0.0)
+    client.transport_closed(transport_id, now=0.0, code=None)
+    at, transport_id, _ = reconnect(client)
+    client.transport_closed(transport_id, now=at + 0.5, code=None)
+    assert [e.delay for e in step(client).of(ReconnectScheduled)] == [2.0]
+
+    at, transport_id, _ = reconnect(client)
+    handle = client.send("*", "proof", now=at)
+    feed(client, ack(handle.id), now=at + 0.1)
+    client.transport_closed(transport_id, now=at + 0.5, code=None)
+    assert [e.delay for e in step(client).of(ReconnectScheduled)] == [1.0]
+
+
+def test_a_broker_that_accepts_and_drops_at_once_sees_the_delays_grow() -> None:
+    client = make_client(ClientOptions(backoff=Backoff.seed()))
+    transport_id = start(client, now=0.0)
+    client.transport_closed(transport_id, now=0.0, code=None)
+    delays = [step(client).of(ReconnectScheduled)[0].delay]
+    for _ in range(7):
+        at, transport_id, _ = reconnect(client)  # hello_ack every time ...
+        client.transport_closed(transport_id, now=at, code=None)  # ... and dropped at once
+        delays.append(step(client).of(ReconnectScheduled)[0].delay)
+
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
 
 
 PERMANENT_CLOSES = [
@@ -1053,8 +1192,8 @@ def test_permanent_close_ends_in_closed_and_fails_pending_sends(code: int, reaso
     assert closed.code == code
     assert reason in closed.reason
     assert not closed.by_user
-    assert [e.send_id for e in s.of(SendFailed)] == [written.id]
-    assert not s.of(SendFailed)[0].reason.retryable
+    assert [e.send_id for e in s.of(SendOutcomeUnknown)] == [written.id]  # it was written
+    assert s.of(SendOutcomeUnknown)[0].reason.code == "refused"
     assert [e.request_id for e in s.of(RequestFailed)] == [request_id]
     assert s.of(ReconnectScheduled) == []
     assert client.next_deadline() is None
@@ -1142,7 +1281,9 @@ def test_user_close_closes_the_transport_fails_pending_and_stops_timers() -> Non
     assert client.state is ConnectionState.CLOSED
     [closed] = s.of(Closed)
     assert closed.by_user
-    assert [(e.send_id, e.reason.code) for e in s.of(SendFailed)] == [(written.id, "closed")]
+    assert [(e.send_id, e.reason.code) for e in s.of(SendOutcomeUnknown)] == [
+        (written.id, "closed")
+    ]
     assert [e.request_id for e in s.of(RequestFailed)] == [request_id]
     assert client.next_deadline() is None
     client.transport_closed(transport_id, now=2.1, code=1000)
@@ -1232,7 +1373,8 @@ def test_frames_out_counts_every_written_frame() -> None:
     s = handshake(client, transport_id, now=0.0)
     client.send("*", "one", now=1.0)
     client.set_status("idle", now=1.0)
-    feed(client, push("m-1"), now=1.0)  # answered with client_ack
+    feed(client, push("m-1"), now=1.0)
+    client.take_messages()  # answered with client_ack
     s = s + step(client)
 
     written = s.of(WriteFrame)
@@ -1265,15 +1407,16 @@ def test_resends_counter_counts_rewritten_sends() -> None:
     assert client.counters.resends == 2
 
 
-def test_duplicate_and_dropped_push_counters_change() -> None:
+def test_duplicate_push_counter_counts_each_duplicate() -> None:
     client, _ = open_client(ClientOptions(inbox_limit=1))
     feed(client, push("m-1"), now=1.0)
-    assert (client.counters.duplicate_pushes, client.counters.dropped_pushes) == (0, 0)
+    assert client.counters.duplicate_pushes == 0
 
     feed(client, push("m-1"), now=1.0)
-    assert (client.counters.duplicate_pushes, client.counters.dropped_pushes) == (1, 0)
-    feed(client, push("m-2"), now=1.0)
-    assert (client.counters.duplicate_pushes, client.counters.dropped_pushes) == (1, 1)
+    assert client.counters.duplicate_pushes == 1
+    client.take_messages()
+    feed(client, push("m-1"), now=1.0)
+    assert client.counters.duplicate_pushes == 2
 
 
 # --- misuse --------------------------------------------------------------------------------
@@ -1504,3 +1647,182 @@ def test_no_inbound_text_or_binary_ever_raises(texts: list[str], blobs: list[byt
     assert client.state is ConnectionState.OPEN
     handle = client.send("*", "still here", now=2.0)
     assert [f.id for f in step(client).frames_of(Send)] == [handle.id]
+
+
+# --- outcome unknown, and retrying safely ---------------------------------------------
+
+
+def test_a_send_never_written_fails_as_not_delivered() -> None:
+    client = make_client()
+    handle = client.send("*", "never left", now=0.0)
+    client.close(now=1.0)
+
+    [failed] = step(client).of(SendFailed)
+    assert failed.send_id == handle.id
+    assert failed.reason.code == "closed"
+
+
+def test_a_refusal_of_the_only_write_is_a_definite_failure() -> None:
+    client, _ = open_client()
+    handle = client.send(PEER, "hi", now=1.0)
+    feed(client, nack(handle.id, NO_PEER_TEXT), now=1.1)
+
+    s = step(client)
+    assert [e.send_id for e in s.of(SendFailed)] == [handle.id]
+    assert s.of(SendOutcomeUnknown) == []
+
+
+def test_a_refused_resend_is_an_unknown_outcome_since_the_first_write_may_have_landed() -> None:
+    client, transport_id = open_client()
+    handle = client.send("*", "twice written", now=1.0)
+    client.transport_closed(transport_id, now=2.0, code=None)
+    reconnect(client)
+    feed(client, nack(handle.id, RATE_LIMIT_TEXT), now=5.0)
+
+    [unknown] = step(client).of(SendOutcomeUnknown)
+    assert unknown.send_id == handle.id
+    assert unknown.reason.code == "rate_limited"
+
+
+def test_a_retry_under_the_same_client_message_id_carries_that_key() -> None:
+    client, _ = open_client()
+    first = client.send(PEER, "hello", now=1.0)
+    step(client)
+    client.handle_timer(11.0)
+    [unknown] = step(client).of(SendOutcomeUnknown)
+
+    retry = client.send(PEER, "hello", now=12.0, client_message_id=unknown.client_message_id)
+    [written] = step(client).frames_of(Send)
+
+    assert retry.id != first.id
+    assert retry.client_message_id == first.client_message_id
+    assert written.id == retry.id
+    assert written.client_message_id == first.client_message_id
+
+
+def test_a_client_message_id_already_pending_is_refused_before_any_change() -> None:
+    client, _ = open_client()
+    pending = client.send(PEER, "hello", now=1.0)
+    assert_misuse_changes_nothing(
+        client,
+        lambda: client.send(PEER, "again", now=1.0, client_message_id=pending.client_message_id),
+    )
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 129, "tab\there", "\ud800", 7])
+def test_a_malformed_client_message_id_is_refused_before_any_change(bad: Any) -> None:
+    client, _ = open_client()
+    assert_misuse_changes_nothing(
+        client, lambda: client.send(PEER, "hello", now=1.0, client_message_id=bad)
+    )
+
+
+# --- text that cannot be carried, and bugs --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "field", ["mesh_id", "member_id", "session_id", "cwd", "display_name", "hostname", "role"]
+)
+def test_config_refuses_a_string_that_is_not_valid_unicode(field: str) -> None:
+    values: dict[str, Any] = {
+        "url": URL,
+        "mesh_id": MESH_ID,
+        "member_id": MEMBER_ID,
+        "session_id": SESSION_ID,
+        field: "bad\udcffname",
+    }
+    with pytest.raises(LocalProtocolError, match=field):
+        ClientConfig(signer=FakeSigner(), **values)
+
+
+def test_config_refuses_a_group_name_that_is_not_valid_unicode() -> None:
+    with pytest.raises(LocalProtocolError, match="group"):
+        ClientConfig(
+            url=URL,
+            mesh_id=MESH_ID,
+            member_id=MEMBER_ID,
+            signer=FakeSigner(),
+            session_id=SESSION_ID,
+            groups=(Group("\ud800"),),
+        )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"type": "push", "messageId": "\\ud800", "meshId": "m", "senderPubkey": "s", '
+        '"priority": "now", "nonce": "", "ciphertext": "", "createdAt": "t"}',
+        '{"type": "push", "messageId": "m", "meshId": "m", "senderPubkey": "s", '
+        '"priority": "now", "nonce": "", "ciphertext": "", "createdAt": "t", '
+        '"client_message_id": "\\udfff"}',
+        '{"type": "push", "messageId": "m", "meshId": "m", "senderPubkey": "s", '
+        '"priority": "now", "nonce": "", "ciphertext": "", "createdAt": "t", '
+        '"senderName": "\\ud83d"}',
+        '{"type": "push", "subtype": "system", "event": "peer_joined", "messageId": "m", '
+        '"meshId": "m", "senderPubkey": "system", "priority": "low", "nonce": "", '
+        '"ciphertext": "", "createdAt": "t", "eventData": {"name": "\\ud800"}}',
+    ],
+    ids=["messageId", "client_message_id", "senderName", "eventData-name"],
+)
+def test_a_push_holding_a_lone_surrogate_is_a_malformed_frame_and_changes_nothing(
+    text: str,
+) -> None:
+    client, _ = open_client()
+    client.receive_text(text, now=1.0)
+    s = step(client)
+
+    assert [type(e) for e in s.events] == [MalformedFrame]
+    assert s.actions == []
+    assert client.inbox_size == 0
+    assert client.state is ConnectionState.OPEN
+
+
+def test_a_bug_while_handling_a_frame_costs_the_transport_not_the_connection(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = open_client()
+    handle = client.send("*", "in flight", now=1.0)
+    step(client)
+
+    def broken(self: ClientConnection, frame: Any, now: float) -> None:
+        raise RuntimeError("planted bug")
+
+    monkeypatch.setattr(ClientConnection, "_dispatch", broken)
+    with caplog.at_level("ERROR", logger="meshproto.client"):
+        feed(client, push("m-1"), now=2.0)
+    s = step(client)
+    monkeypatch.undo()
+
+    [internal] = s.of(InternalError)
+    assert "planted bug" in repr(internal.error)
+    assert [(c.code, c.reason) for c in s.of(CloseTransport)] == [(1011, "internal error")]
+    assert len(s.of(ReconnectScheduled)) == 1
+    assert sum("planted bug" in r.exc_text for r in caplog.records if r.exc_text) == 1
+    _, _, after = reconnect(client)
+    assert [f.id for f in after.frames_of(Send)] == [handle.id]  # nothing lost
+    assert client.state is ConnectionState.OPEN
+
+
+def test_a_sealer_that_raises_costs_only_that_message() -> None:
+    class Broken:
+        def seal(self, target_spec: str, body: bytes, rng: random.Random) -> tuple[str, str]:
+            return "", ""
+
+        def open(self, push: Any) -> bytes:
+            raise KeyError("sealer bug")
+
+    config = ClientConfig(
+        url=URL,
+        mesh_id=MESH_ID,
+        member_id=MEMBER_ID,
+        signer=FakeSigner(),
+        session_id=SESSION_ID,
+        sealer=Broken(),
+    )
+    client = ClientConnection(config, rng=random.Random(0))
+    handshake(client, start(client), now=0.0)
+    feed(client, push("m-1"), now=1.0)
+
+    [unreadable] = step(client).of(UnreadableMessage)
+    assert "sealer bug" in unreadable.reason
+    assert client.state is ConnectionState.OPEN

@@ -17,7 +17,9 @@ records are grouped by ``conn`` and every recorded connection drives one fresh
   The client picks its own send and request ids, so the recorded ids are
   mapped to the client's and rewritten in the broker's answers (``ack`` and
   ``error`` ``id``, ``peers_list`` and ``error`` ``_reqId``).
-* ``in``: ``receive_text``; ``ping``: ``receive_ping``; ``close``:
+* ``in``: ``receive_text``, then ``take_messages()`` (the replayed application
+  takes every message at once, as the recording client did, so that each
+  ``client_ack`` follows its push); ``ping``: ``receive_ping``; ``close``:
   ``transport_closed``. ``note`` and ``summary`` records are not inputs.
 * Before every record, the client's timers that are due by then run
   (``handle_timer`` at each ``next_deadline()``), as an adapter would run them.
@@ -75,6 +77,7 @@ from meshproto import (
     SendAcked,
     SendFailed,
     SendHandle,
+    SendOutcomeUnknown,
     SystemMessage,
     UnreadableMessage,
     WriteFrame,
@@ -126,7 +129,7 @@ _TRUNCATED = re.compile(r".*\.\.\.<(\d+) chars>", re.DOTALL)
 _MAX_TIMER_FIRINGS = 1_000
 
 _DELIVERIES = (MessageReceived, UnreadableMessage, SystemMessage)
-_OUTCOMES = (SendAcked, SendFailed)
+_OUTCOMES = (SendAcked, SendFailed, SendOutcomeUnknown)
 
 
 # --- transcripts -------------------------------------------------------------
@@ -366,6 +369,10 @@ class ConnReplay:
         if direction == "in":
             step.fed = self._rewrite(record["frame"])
             client.receive_text(json.dumps(step.fed, ensure_ascii=False), now=t)
+            # The recorded client was an eager reader: it took every message
+            # at once, so its client_ack followed the push (ours is written
+            # only when the application takes the message).
+            client.take_messages()
         elif direction == "out":
             self._out(step, record["frame"], t)
         elif direction == "ping":

@@ -2,7 +2,13 @@
 
 A hypothesis ``RuleBasedStateMachine`` plays a scripted broker against one
 ``ClientConnection`` (through ``meshproto.testing.ClientHarness``) and the
-``ClientOracle`` checks every contract after every step. The fuzz harness in
+``ClientOracle`` checks every contract after every step. Besides well-formed
+frames it feeds hostile frame *text* (``meshproto.testing._hostile``): lone
+surrogates as JSON escapes in any string or key, characters outside the
+BMP, NUL, strings at the size caps, integers past 2**63, floats where
+integers belong, ``NaN``/``Infinity``, duplicate keys and deep nesting, all
+through the real codec; and the application takes messages at its own pace,
+with an inbox of any size (or none), or accepts none at all. The fuzz harness in
 ``fuzz/fuzz_client.py`` drives the same harness and oracle from raw bytes;
 ``test_byte_driven_runs_keep_the_contracts`` runs that path here, so CI needs
 no fuzzer.
@@ -30,9 +36,12 @@ class ClientAgainstScriptedBroker(RuleBasedStateMachine):
         resend=st.booleans(),
         outbox=st.integers(min_value=1, max_value=8),
         inbox=st.integers(min_value=0, max_value=6),
+        accept=st.booleans() | st.just(True),
     )
-    def start(self, seed: int, resend: bool, outbox: int, inbox: int) -> None:
-        options = ClientOptions(resend_in_flight=resend, max_outbox=outbox, inbox_limit=inbox)
+    def start(self, seed: int, resend: bool, outbox: int, inbox: int, accept: bool) -> None:
+        options = ClientOptions(
+            resend_in_flight=resend, max_outbox=outbox, inbox_limit=inbox, accept_messages=accept
+        )
         self.harness = ClientHarness(seed=seed, options=options)
 
     @rule(to=small, priority=small, size=small)
@@ -62,6 +71,15 @@ class ClientAgainstScriptedBroker(RuleBasedStateMachine):
     @rule(key=small, flags=small)
     def push(self, key: int, flags: int) -> None:
         self.harness.op_push(key, flags)
+
+    @rule(how_many=small)
+    def application_takes_messages(self, how_many: int) -> None:
+        self.harness.op_take(how_many)
+
+    @rule(data=st.data())
+    def hostile_frame_text(self, data: st.DataObject) -> None:
+        """A broker frame written as text with hostile strings, numbers, keys or nesting."""
+        self.harness.op_hostile(lambda n: data.draw(st.integers(0, max(0, n - 1))))
 
     @rule(which=small)
     def link_drop(self, which: int) -> None:
@@ -127,6 +145,10 @@ test_client_keeps_its_contracts_in_any_interleaving = ClientAgainstScriptedBroke
 
 
 @settings(max_examples=500, deadline=None)
-@given(seed=st.integers(min_value=0, max_value=2**16), data=st.binary(min_size=64, max_size=600))
-def test_byte_driven_runs_keep_the_contracts(seed: int, data: bytes) -> None:
-    ClientHarness(seed=seed).run_bytes(data)
+@given(
+    seed=st.integers(min_value=0, max_value=2**16),
+    inbox=st.integers(min_value=0, max_value=4),
+    data=st.binary(min_size=64, max_size=600),
+)
+def test_byte_driven_runs_keep_the_contracts(seed: int, inbox: int, data: bytes) -> None:
+    ClientHarness(seed=seed, options=ClientOptions(inbox_limit=inbox)).run_bytes(data)

@@ -660,7 +660,9 @@ def test_drivers_in_memory_send_ack_and_push() -> None:
     net.run()
     acked = [e for e in a.drain_events() if isinstance(e, SendAcked)]
     assert [e.send_id for e in acked] == [handle.id]
+    assert net.broker.broker.claimed_count == 1  # not acked until b's application takes it
     (message,) = b.connection.take_messages()
+    net.run()
     assert message.message_id == acked[0].message_id
     assert net.broker.broker.claimed_count == 0  # b's client_ack came back
 

@@ -1,0 +1,141 @@
+"""The receiving side of a client connection: dedupe, the inbox, and when to acknowledge.
+
+Theory of operation
+===================
+
+The broker delivers at least once (docs/protocol.md §4.2): it may push a
+message again, and it forgets a message only when the receiver answers with
+``client_ack`` (§4.3). So a receiver must say ``client_ack`` only for a
+message it will never lose, and it must never hand the same message to the
+application twice. :class:`Inbox` keeps both promises for one connection.
+
+Every push is known by its dedupe key (``client_message_id``, else
+``messageId``). A key is in one of three states:
+
+* *unknown*: the push is new. It becomes a message (its body opened) and
+  is either *waiting* in the inbox (``limit > 0``) or handed over at once as
+  an event (``limit == 0``, *handed over*);
+* *waiting*: the message sits in the inbox, not yet taken. A duplicate push
+  of it is not delivered and **not acknowledged**: the acknowledgement (one
+  ``client_ack`` per broker ``messageId`` seen for it) is owed, and leaves
+  only when the application takes the message;
+* *handed over*: the application has it (taken from the inbox, or given as
+  an event). A duplicate push is acknowledged at once and not delivered.
+
+So ``client_ack`` is written exactly when a message reaches the
+application's hands, or when the broker re-pushes one that already has. The
+inbox never drops a message: instead, while it holds ``limit`` or more, the
+connection asks its adapter to stop reading the socket (:attr:`Inbox.full`),
+which pushes back on the broker through TCP. It can grow past ``limit`` by
+what one read of the socket had already brought in.
+
+Keys are remembered, in arrival order, up to ``window`` of them. When the
+window is full the oldest *handed over* key is forgotten; a waiting key is
+never forgotten (``ClientOptions`` keeps ``limit`` at most half the window).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from ._events import MessageReceived, UnreadableMessage
+from ._frames import ClientAck, Push
+
+__all__ = ["Inbox", "Message"]
+
+Message = MessageReceived | UnreadableMessage
+
+
+class _Waiting:
+    """A message in the inbox and the acknowledgements owed for it."""
+
+    __slots__ = ("acks", "key", "message")
+
+    def __init__(self, key: str, message: Message, ack: ClientAck) -> None:
+        self.key = key
+        self.message = message
+        self.acks = [ack]
+
+
+def ack_for(push: Push) -> ClientAck:
+    """The ``client_ack`` that answers ``push``."""
+    return ClientAck(push.client_message_id, push.message_id)
+
+
+class Inbox:
+    """Dedupe, the bounded inbox and the acknowledgements owed; see the module docstring."""
+
+    __slots__ = ("_queue", "_seen", "duplicates", "limit", "window")
+
+    def __init__(self, *, limit: int, window: int) -> None:
+        self.limit = limit
+        self.window = window
+        self._queue: deque[_Waiting] = deque()
+        # Every remembered key: its waiting entry, or None once handed over.
+        self._seen: dict[str, _Waiting | None] = {}
+        self.duplicates = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def full(self) -> bool:
+        """Whether the inbox holds ``limit`` messages or more (read no more)."""
+        return self.limit > 0 and len(self._queue) >= self.limit
+
+    @property
+    def remembered(self) -> int:
+        """How many dedupe keys are remembered."""
+        return len(self._seen)
+
+    def duplicate(self, push: Push) -> tuple[bool, ClientAck | None]:
+        """Whether ``push`` was seen before, and the ``client_ack`` to write for it now.
+
+        A duplicate of a waiting message owes its acknowledgement to the take.
+        """
+        key = push.dedupe_key
+        if key not in self._seen:
+            return False, None
+        self.duplicates += 1
+        waiting = self._seen[key]
+        ack = ack_for(push)
+        if waiting is None:
+            return True, ack
+        if ack not in waiting.acks:
+            waiting.acks.append(ack)
+        return True, None
+
+    def handed_over(self, push: Push) -> None:
+        """Remember ``push`` as handed over (a system message, or an event-mode message)."""
+        self._seen[push.dedupe_key] = None
+        self._trim()
+
+    def put(self, push: Push, message: Message) -> None:
+        """Keep ``message`` (from ``push``, not a duplicate) waiting in the inbox."""
+        waiting = _Waiting(push.dedupe_key, message, ack_for(push))
+        self._seen[waiting.key] = waiting
+        self._queue.append(waiting)
+        self._trim()
+
+    def take(self, limit: int | None) -> tuple[list[Message], list[ClientAck]]:
+        """Hand over up to ``limit`` messages, oldest first, with the acknowledgements now due."""
+        queue = self._queue
+        count = len(queue) if limit is None else max(0, min(limit, len(queue)))
+        messages: list[Message] = []
+        acks: list[ClientAck] = []
+        seen = self._seen
+        for _ in range(count):
+            waiting = queue.popleft()
+            seen[waiting.key] = None
+            messages.append(waiting.message)
+            acks.extend(waiting.acks)
+        return messages, acks
+
+    def _trim(self) -> None:
+        seen = self._seen
+        if len(seen) <= self.window:
+            return
+        for key, waiting in seen.items():
+            if waiting is None:
+                del seen[key]
+                return

@@ -1,0 +1,593 @@
+"""The client's contracts, checked from the outside, and a harness that drives them."""
+
+from __future__ import annotations
+
+import json
+from random import Random
+from typing import Any
+
+from .._client import ClientConfig, ClientConnection, ClientOptions, SendHandle
+from .._codec import decode
+from .._errors import RemoteProtocolError
+from .._events import (
+    Action,
+    Closed,
+    CloseTransport,
+    ConnectionState,
+    Event,
+    InternalError,
+    MessageReceived,
+    OpenTransport,
+    ReconnectScheduled,
+    SendAcked,
+    SendFailed,
+    SendOutcomeUnknown,
+    SystemMessage,
+    UnreadableMessage,
+    WriteFrame,
+)
+from .._frames import ClientAck, ListPeers, Push, Send
+from ._fakes import ContractViolation, FakeSigner
+from ._hostile import Draw, hostile_text
+
+
+class ClientOracle:
+    """Checks a :class:`ClientConnection` against its contracts, step by step.
+
+    Feed it every action and event the connection produces (``observe``), the
+    sends made (``sent``), the pushes fed in (``pushed``), the messages the
+    application took (``took``), and call ``check`` after every step. It
+    checks:
+
+    * no send resolves twice, and (``check_drained``) every send has resolved;
+      a send is reported "outcome unknown" only if it was written, and
+      "failed" (not delivered) only if it was written at most once;
+    * no resolved send is ever written afterwards;
+    * the outbox stays within its bound, and the inbox within its bound plus
+      what arrived while reading was paused (what one read may carry);
+    * at most one reconnect is pending;
+    * no message (by dedupe key) is announced twice or handed over twice,
+      and no new message is lost: each is announced when it first arrives;
+    * a ``client_ack`` is written for a message only once the application
+      has it (taken from the inbox, or handed over as the event when there
+      is no inbox), and while the connection is open every push of a message
+      the application has is answered with one; a connection that accepts no
+      messages acknowledges none;
+    * no :class:`~meshproto.InternalError` (a bug) ever happens;
+    * after ``handle_timer(now)`` no deadline is at or before ``now``.
+    """
+
+    def __init__(self, client: ClientConnection) -> None:
+        self.client = client
+        self.sends: set[str] = set()
+        self.writes: dict[str, int] = {}
+        self.resolved: dict[str, SendAcked | SendFailed | SendOutcomeUnknown] = {}
+        self.announced: set[str] = set()
+        self.handed: set[str] = set()
+        self.system: set[str] = set()
+        self.seen_keys: set[str] = set()
+        # (messageId, dedupe key) of the pushes fed since their last client_ack.
+        self.unanswered: set[tuple[str, str]] = set()
+        self.paused_arrivals = 0
+        self.pending_new: str | None = None  # a new message just fed, to be announced
+        self.reconnect_pending = False
+        self.closed = False
+
+    @staticmethod
+    def _fail(message: str) -> None:
+        raise ContractViolation(message)
+
+    def sent(self, handle: SendHandle) -> None:
+        if handle.id in self.sends:
+            self._fail(f"send id {handle.id} handed out twice")
+        self.sends.add(handle.id)
+
+    def pushed(self, push: Push) -> None:
+        """``push`` is about to be fed to the connection (decoded as the client will)."""
+        if self.client.reading_paused:
+            self.paused_arrivals += 1
+        key = push.dedupe_key
+        system = push.subtype == "system"
+        accepted = system or self.client.options.accept_messages
+        if key not in self.seen_keys and accepted:
+            # What a key is, is decided by the first push the client keeps (one
+            # that a send-only client declines leaves no trace).
+            self.seen_keys.add(key)
+            if system:
+                self.system.add(key)
+            else:
+                self.pending_new = key
+        self.unanswered.add((push.message_id, key))
+
+    def took(self, messages: list[MessageReceived | UnreadableMessage]) -> None:
+        """The application took ``messages`` from the inbox."""
+        for message in messages:
+            key = message.push.dedupe_key
+            if key in self.handed:
+                self._fail(f"message {key} handed to the application twice")
+            if key not in self.announced:
+                self._fail(f"message {key} taken but never announced")
+            self.handed.add(key)
+
+    def observe(self, actions: list[Action], events: list[Event]) -> None:
+        for event in events:
+            self._observe_event(event)
+        for action in actions:
+            self._observe_action(action)
+
+    def _observe_event(self, event: Event) -> None:
+        if isinstance(event, (SendAcked, SendFailed, SendOutcomeUnknown)):
+            send_id = event.send_id
+            if send_id not in self.sends:
+                self._fail(f"resolution of unknown send {send_id}: {event}")
+            if send_id in self.resolved:
+                self._fail(f"send {send_id} resolved twice: {self.resolved[send_id]} then {event}")
+            writes = self.writes.get(send_id, 0)
+            if isinstance(event, SendOutcomeUnknown) and writes == 0:
+                self._fail(f"send {send_id} never written, yet its outcome is unknown: {event}")
+            if isinstance(event, SendFailed) and writes > 1:
+                self._fail(f"send {send_id} written {writes} times, yet failed for sure: {event}")
+            self.resolved[send_id] = event
+        elif isinstance(event, (MessageReceived, UnreadableMessage)):
+            key = event.push.dedupe_key
+            if key in self.announced:
+                self._fail(f"message {key} announced to the application twice")
+            if not self.client.options.accept_messages:
+                self._fail(f"message {key} announced by a connection that accepts none")
+            self.announced.add(key)
+            if self.client.options.inbox_limit == 0:
+                self.handed.add(key)  # the event is the hand-over
+        elif isinstance(event, SystemMessage):
+            key = event.push.dedupe_key
+            if key in self.announced:
+                self._fail(f"system message {key} announced twice")
+            self.announced.add(key)
+        elif isinstance(event, ReconnectScheduled):
+            if self.reconnect_pending:
+                self._fail("a second reconnect was scheduled while one was pending")
+            self.reconnect_pending = True
+        elif isinstance(event, Closed):
+            self.reconnect_pending = False
+            self.closed = True
+        elif isinstance(event, InternalError):
+            self._fail(f"an unexpected exception while {event.during}: {event.error!r}")
+
+    def _observe_action(self, action: Action) -> None:
+        if isinstance(action, OpenTransport):
+            if self.closed:
+                self._fail("a transport was opened after the connection closed")
+            self.reconnect_pending = False
+        elif isinstance(action, WriteFrame):
+            if self.closed:
+                self._fail(f"a frame was written after the connection closed: {action.text}")
+            frame = decode(action.text)
+            if isinstance(frame, Send):
+                if frame.id in self.resolved:
+                    self._fail(
+                        f"send {frame.id} written after it resolved: {self.resolved[frame.id]}"
+                    )
+                self.writes[frame.id] = self.writes.get(frame.id, 0) + 1
+            elif isinstance(frame, ClientAck) and frame.broker_message_id is not None:
+                # An ack names its push as the push named itself: the key is the same.
+                key = frame.client_message_id or frame.broker_message_id
+                if key not in self.seen_keys:
+                    self._fail(f"client_ack for a message never pushed: {frame}")
+                elif key not in self.handed and key not in self.system:
+                    self._fail(f"client_ack for {key} before the application had it")
+                self.unanswered.discard((frame.broker_message_id, key))
+
+    def check(self, *, timer_fired_at: float | None = None) -> None:
+        client = self.client
+        options = client.options
+        if client.pending_sends > options.max_outbox:
+            self._fail(f"{client.pending_sends} sends pending > max_outbox {options.max_outbox}")
+        if client.inbox_size > options.inbox_limit + self.paused_arrivals:
+            self._fail(
+                f"inbox holds {client.inbox_size} > inbox_limit {options.inbox_limit} "
+                f"+ {self.paused_arrivals} arrivals while paused"
+            )
+        if client.reconnect_pending != self.reconnect_pending:
+            self._fail(
+                f"reconnect_pending is {client.reconnect_pending}, "
+                f"but the events say {self.reconnect_pending}"
+            )
+        if self.pending_new is not None:
+            if self.pending_new not in self.announced:
+                self._fail(f"new message {self.pending_new} was neither announced nor kept")
+            self.pending_new = None
+        if client.state is ConnectionState.OPEN:
+            owed = sorted(
+                pair for pair in self.unanswered if pair[1] in self.handed or pair[1] in self.system
+            )
+            if owed:
+                self._fail(f"pushes of messages the application has, never acked: {owed}")
+        unresolved = len(self.sends) - len(self.resolved)
+        if unresolved != client.pending_sends:
+            self._fail(
+                f"{unresolved} sends unresolved by the events, "
+                f"but the client reports {client.pending_sends} pending"
+            )
+        if timer_fired_at is not None:
+            deadline = client.next_deadline()
+            if deadline is not None and deadline <= timer_fired_at:
+                self._fail(f"after handle_timer({timer_fired_at}) the next deadline is {deadline}")
+
+    def check_drained(self) -> None:
+        missing = self.sends - set(self.resolved)
+        if missing:
+            self._fail(f"sends never resolved: {sorted(missing)}")
+
+
+# ---------------------------------------------------------------------------
+# The harness: a client driven against a scripted broker.
+# ---------------------------------------------------------------------------
+
+#: ``ack{queued:false}`` texts, verbatim from the real broker (docs/protocol.md §4.1).
+ACK_ERROR_TEXTS = (
+    "rate_limit: max 60 msg/min (burst 10) \u2014 slow down",
+    "payload too large: 70096 bytes > MAX_MESSAGE_BYTES=65536",
+    "no connected peer for target (not online, or targetSpec is your own key without "
+    "another session)",
+    "blocked by recipient grants",
+)
+TARGETS = ("*", "@all", "@team", "#topic", "ab" * 32, "0123456789abcdef" * 4)
+TRANSIENT_CLOSES: tuple[tuple[int | None, str], ...] = (
+    (None, ""),
+    (1000, ""),
+    (1001, "going away"),
+    (1006, ""),
+    (1008, "timestamp_skew"),
+    (1008, "capacity"),
+    (1009, "too big"),
+)
+PERMANENT_CLOSES: tuple[tuple[int | None, str], ...] = (
+    (1000, "session_replaced"),
+    (1008, "unauthorized"),
+    (1008, "bad_signature"),
+    (4001, "kicked"),
+    (4002, "banned"),
+)
+_TIME_STEPS = (0.25, 1.0, 4.9, 5.0, 9.99, 10.0, 30.0, 75.0)
+
+
+class ClientHarness:
+    """A :class:`ClientConnection` wired to a scripted broker and a :class:`ClientOracle`.
+
+    Each ``op_*`` method is one input to the client, chosen by small integers
+    so that hypothesis rules and fuzzer bytes can both drive it; every op that
+    makes no sense in the current state does nothing. After every op the
+    oracle checks the contracts.
+    """
+
+    def __init__(self, *, seed: int = 0, options: ClientOptions | None = None) -> None:
+        config = ClientConfig(
+            url="ws://127.0.0.1:7900/ws",
+            mesh_id="mesh",
+            member_id="member",
+            signer=FakeSigner(),
+            session_id="harness",
+        )
+        self.now = 0.0
+        self.client = ClientConnection(config, rng=Random(seed), options=options)
+        self.oracle = ClientOracle(self.client)
+        self.opening: int | None = None
+        self.transport: int | None = None
+        self.unanswered: list[str] = []
+        self.requests: list[str] = []
+        self.read_while_paused = 0
+        self.client.connect(self.now)
+        self._step()
+
+    # --- plumbing -------------------------------------------------------------
+
+    def _step(self, *, timer: bool = False) -> None:
+        client = self.client
+        actions = client.drain_actions()
+        events = client.drain_events()
+        self.oracle.observe(actions, events)
+        for action in actions:
+            if isinstance(action, OpenTransport):
+                self.opening, self.transport = action.transport_id, None
+                self.unanswered.clear()
+                self.requests.clear()
+            elif isinstance(action, CloseTransport):
+                self.opening = self.transport = None
+                self.unanswered.clear()
+                self.requests.clear()
+            elif isinstance(action, WriteFrame):
+                frame = decode(action.text)
+                if isinstance(frame, Send):
+                    self.unanswered.append(frame.id)
+                elif isinstance(frame, ListPeers) and frame.req_id is not None:
+                    self.requests.append(frame.req_id)
+        self.oracle.check(timer_fired_at=self.now if timer else None)
+
+    def _feed(self, frame: dict[str, Any]) -> None:
+        self._feed_text(json.dumps(frame))
+
+    def _feed_text(self, text: str) -> None:
+        """Feed one message as a socket would; a push is announced to the oracle first."""
+        try:
+            frame = decode(text)
+        except RemoteProtocolError:
+            frame = None
+        if isinstance(frame, Push):
+            self.oracle.pushed(frame)
+        self.client.receive_text(text, now=self.now)
+        self._step()
+
+    @property
+    def closed(self) -> bool:
+        return self.client.state is ConnectionState.CLOSED
+
+    # --- operations -------------------------------------------------------------
+
+    def op_send(self, target: int, priority: int, size: int) -> None:
+        if self.closed:
+            return
+        body = "x" * (size % 300)
+        handle = self.client.send(
+            TARGETS[target % len(TARGETS)], body, ("now", "next", "low")[priority % 3], now=self.now
+        )
+        self.oracle.sent(handle)
+        self._step()
+
+    def op_open(self) -> None:
+        if self.opening is not None:
+            self.transport, self.opening = self.opening, None
+            self.client.transport_opened(
+                self.transport, now=self.now, wall_time_ms=1_790_000_000_000 + int(self.now * 1000)
+            )
+            self._step()
+
+    def op_open_fails(self) -> None:
+        if self.opening is not None:
+            failed, self.opening = self.opening, None
+            self.client.transport_closed(failed, now=self.now, code=None)
+            self._step()
+
+    def op_hello_ack(self) -> None:
+        if self.transport is not None:
+            self._feed({"type": "hello_ack", "presenceId": "presence"})
+
+    def op_answer(self, index: int, how: int) -> None:
+        if self.transport is None or not self.unanswered:
+            return
+        send_id = self.unanswered.pop(index % len(self.unanswered))
+        choice = how % (len(ACK_ERROR_TEXTS) + 2)
+        if choice == 0:
+            self._feed({"type": "ack", "id": send_id, "messageId": f"M{send_id}", "queued": True})
+        elif choice == 1:
+            self._feed({"type": "error", "code": "malformed", "message": "bad send", "id": send_id})
+        else:
+            text = ACK_ERROR_TEXTS[choice - 2]
+            self._feed(
+                {"type": "ack", "id": send_id, "messageId": "", "queued": False, "error": text}
+            )
+
+    def op_stale_ack(self, index: int) -> None:
+        if self.transport is not None:
+            self._feed({"type": "ack", "id": f"stale{index}", "messageId": "X", "queued": True})
+
+    def _may_read(self) -> bool:
+        """Whether an adapter would read now: not while paused, but for what one read held."""
+        if self.transport is None:
+            return False
+        if not self.client.reading_paused:
+            self.read_while_paused = 0
+            return True
+        self.read_while_paused += 1
+        return self.read_while_paused <= 2
+
+    def _push_fields(self, key: int, flags: int) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "type": "push",
+            "messageId": f"msg-{key % 16}",
+            "meshId": "mesh",
+            "senderPubkey": "cd" * 32,
+            "priority": "next",
+            "nonce": "",
+            "ciphertext": "!!not base64" if flags & 4 else "aGVsbG8=",
+            "createdAt": "2026-11-27T00:00:00.000Z",
+        }
+        if flags & 1:
+            fields["client_message_id"] = f"cmid-{key % 16}"
+        if flags & 2:
+            fields.update(subtype="system", event="peer_joined", eventData={"name": "p"})
+        if flags & 8:
+            fields.update(
+                senderName="peer", senderMemberPubkey="cd" * 32, senderMemberId="id", topic="t"
+            )
+        return fields
+
+    def op_push(self, key: int, flags: int) -> None:
+        if self._may_read():
+            self._feed(self._push_fields(key, flags))
+
+    def op_take(self, how_many: int) -> None:
+        """The application takes messages from the inbox (``how_many`` 0: all of them)."""
+        if self.client.options.inbox_limit == 0:
+            return
+        taken = self.client.take_messages(None if how_many % 4 == 0 else how_many % 4)
+        self.oracle.took(taken)
+        self._step()
+
+    def op_hostile(self, draw: Draw) -> None:
+        """A frame from the broker, written as text with hostile mutations (see ``_hostile``)."""
+        if not self._may_read():
+            return
+        kind = draw(6)
+        if kind == 0:
+            template = self._push_fields(draw(256), draw(256))
+        elif kind == 1 and self.unanswered:
+            send_id = self.unanswered[draw(len(self.unanswered))]
+            template = {"type": "ack", "id": send_id, "messageId": f"M{send_id}", "queued": True}
+        elif kind == 2:
+            template = {
+                "type": "hello_ack",
+                "presenceId": "presence",
+                "memberDisplayName": "me",
+                "memberProfile": {"groups": [{"name": "g"}], "roleTag": None},
+                "meshPolicy": {},
+            }
+        elif kind == 3 and self.requests:
+            template = {
+                "type": "peers_list",
+                "_reqId": self.requests[draw(len(self.requests))],
+                "peers": [
+                    {"pubkey": "ab" * 32, "displayName": "p", "groups": [{"name": "g"}]},
+                ],
+            }
+        elif kind == 4:
+            template = {"type": "error", "code": "no_hello", "message": "m", "id": "x"}
+        else:
+            template = self._push_fields(draw(256), draw(256) | 2)
+        self._feed_text(hostile_text(template, draw))
+
+    def op_link_drop(self, which: int) -> None:
+        self._close_with(TRANSIENT_CLOSES[which % len(TRANSIENT_CLOSES)])
+
+    def op_refuse(self, which: int) -> None:
+        self._close_with(PERMANENT_CLOSES[which % len(PERMANENT_CLOSES)])
+
+    def _close_with(self, close: tuple[int | None, str]) -> None:
+        current = self.transport if self.transport is not None else self.opening
+        if current is not None:
+            code, reason = close
+            self.opening = self.transport = None
+            self.client.transport_closed(current, now=self.now, code=code, reason=reason)
+            self._step()
+
+    def op_garbage(self, data: bytes, binary: bool) -> None:
+        if self.transport is None:
+            return
+        if binary:
+            self.client.receive_binary(data, now=self.now)
+        else:
+            self.client.receive_text(data.decode("utf-8", errors="replace"), now=self.now)
+        self._step()
+
+    def op_advance(self, step: int) -> None:
+        self.now += _TIME_STEPS[step % len(_TIME_STEPS)]
+        self.client.handle_timer(self.now)
+        self._step(timer=True)
+
+    def op_fire_next_deadline(self) -> None:
+        deadline = self.client.next_deadline()
+        if deadline is not None:
+            self.now = max(self.now, deadline)
+            self.client.handle_timer(self.now)
+            self._step(timer=True)
+
+    def op_ping(self, pong: bool) -> None:
+        if pong:
+            self.client.receive_pong(now=self.now)
+        else:
+            self.client.receive_ping(now=self.now)
+        self._step()
+
+    def op_set_status(self, which: int) -> None:
+        if not self.closed:
+            self.client.set_status(("idle", "working", "dnd")[which % 3], now=self.now)
+            self._step()
+
+    def op_list_peers(self) -> None:
+        if not self.closed:
+            self.client.list_peers(now=self.now)
+            self._step()
+
+    def op_answer_peers(self, index: int) -> None:
+        if self.transport is not None and self.requests:
+            req_id = self.requests.pop(index % len(self.requests))
+            self._feed({"type": "peers_list", "_reqId": req_id, "peers": [{"pubkey": "ab" * 32}]})
+
+    def op_close(self) -> None:
+        self.client.close(now=self.now)
+        self._step()
+
+    # --- endings --------------------------------------------------------------
+
+    def settle(self, *, max_rounds: int = 500) -> None:
+        """Play a broker that accepts everything until no send is pending."""
+        for _ in range(max_rounds):
+            if self.closed or self.client.pending_sends == 0:
+                return
+            if self.opening is not None:
+                self.op_open()
+            elif self.transport is not None and self.client.state is ConnectionState.HANDSHAKING:
+                self.op_hello_ack()
+            elif self.transport is not None and self.unanswered:
+                while self.transport is not None and self.unanswered:
+                    self.op_answer(0, 0)
+            else:
+                self.op_fire_next_deadline()
+        raise ContractViolation(f"still {self.client.pending_sends} sends pending after settling")
+
+    def finish(self) -> None:
+        """Settle, take what is waiting, close, and check that every send resolved once."""
+        self.settle()
+        self.op_take(0)
+        self.op_close()
+        self.oracle.check_drained()
+
+    # --- fuzzing ------------------------------------------------------------------
+
+    def run_bytes(self, data: bytes) -> None:
+        """Interpret ``data`` as a sequence of operations (the fuzz entry point)."""
+        pos = 0
+
+        def take() -> int:
+            nonlocal pos
+            value = data[pos] if pos < len(data) else 0
+            pos += 1
+            return value
+
+        draw: Draw = lambda n: take() % n if n > 0 else 0  # noqa: E731
+
+        while pos < len(data):
+            op = take() % 20
+            if op == 0:
+                self.op_send(take(), take(), take())
+            elif op == 1:
+                self.op_open()
+            elif op == 2:
+                self.op_open_fails()
+            elif op == 3:
+                self.op_hello_ack()
+            elif op == 4:
+                self.op_answer(take(), take())
+            elif op == 5:
+                self.op_stale_ack(take())
+            elif op == 6:
+                self.op_push(take(), take())
+            elif op == 7:
+                self.op_link_drop(take())
+            elif op == 8:
+                if take() % 8 == 0:  # rare: a refusal ends the run
+                    self.op_refuse(take())
+            elif op == 9:
+                size = take() % 32
+                chunk, pos = data[pos : pos + size], pos + size
+                self.op_garbage(chunk, take() % 2 == 1)
+            elif op == 10:
+                self.op_advance(take())
+            elif op == 11:
+                self.op_fire_next_deadline()
+            elif op == 12:
+                self.op_ping(take() % 2 == 1)
+            elif op == 13:
+                self.op_set_status(take())
+            elif op == 14:
+                self.op_list_peers()
+            elif op == 15:
+                self.op_answer_peers(take())
+            elif op == 16:
+                if take() % 16 == 0:  # rare: closing ends the run
+                    self.op_close()
+            elif op == 17:
+                self.op_take(take())
+            elif op == 18:
+                self.op_hostile(draw)
+            else:
+                self.op_send(take(), take(), take())
+        self.finish()
