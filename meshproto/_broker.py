@@ -99,7 +99,7 @@ decided as follows **[ours]**:
   for the claimant's member that were addressed to that session key (sealed
   to a key the claimant cannot open) become the proven session's: they join
   the end of its member's queue (even beyond ``store_limit_per_member``,
-  which bounds only new sends), lose any lease they had, and are pushed
+  which bounds only new sends), and are pushed
   after its ``hello_ack`` like any stored message. (The :class:`Store` has no
   atomic move, so each is deleted and added again: a crash in between loses
   that message.) What the claimant already acknowledged is gone; what is
@@ -129,12 +129,18 @@ member (records are kept in the store for ``dedupe_ttl``, at most
   :class:`~meshproto.Store` (bounded per recipient member; over the bound the
   send is refused) *before* the ack, and pushed at once to every live socket
   of the recipient whose status lets it through: ``now`` always, ``next`` and
-  ``low`` only to an ``idle`` socket. A pushed message is *claimed* for
-  ``lease`` seconds; without a ``client_ack`` it is pushed again when the
-  lease runs out **[ours]** and, regardless of the lease, on every later
-  hello of the recipient. A ``client_ack`` (by ``brokerMessageId``, else by
-  ``clientMessageId``) deletes it from the store. Messages held by status go
-  out, oldest first, the moment the socket's status becomes ``idle``.
+  ``low`` only to an ``idle`` socket. A pushed message is *claimed* by the
+  socket it went to, for as long as that socket lives: it is never pushed
+  to that socket again, on no timer and for no other reason (TCP delivered
+  it; what the receiver does with it is its own business). When the socket
+  closes, its claims go with it, and the message, still stored, is pushed
+  again after the recipient's next ``hello_ack`` (a new hello, or a reattach
+  within the grace window), and to any other live socket of the recipient
+  that has not had it yet. A new direct message to the recipient does not
+  re-push what it left unacknowledged **[reference broker]**. A
+  ``client_ack`` (by ``brokerMessageId``, else by ``clientMessageId``)
+  deletes it from the store. Messages held by status go out, oldest first,
+  the moment the socket's status becomes ``idle``.
   Messages for a member with no live socket simply wait in the store (its
   time to live is ``store_ttl``); one addressed to a session waits for that
   session only (its body is sealed to the session's key).
@@ -253,7 +259,6 @@ NO_PEER_TEXT = (
 
 # Timer kinds (heap entries are (when, seq, kind, key, token)).
 _T_CONN = 0
-_T_LEASE = 1
 _T_GRACE = 2
 _T_EXPIRY = 3
 
@@ -272,7 +277,6 @@ class BrokerOptions:
     ping_interval: float = 30.0
     liveness_timeout: float = 75.0
     grace: float = 90.0
-    lease: float = 30.0
     store_ttl: float = 7 * 24 * 3600.0
     store_limit_per_member: int = 1000
     rate_burst: int = 10
@@ -290,7 +294,6 @@ class BrokerOptions:
             "liveness_timeout",
             "hello_timeout",
             "grace",
-            "lease",
             "store_ttl",
             "rate_per_minute",
             "skew",
@@ -310,17 +313,6 @@ class BrokerOptions:
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
                 raise LocalProtocolError(f"{name} must be a positive integer, got {value!r}")
-
-
-class _Claim:
-    """A pushed direct message waiting for its client_ack until ``until``."""
-
-    __slots__ = ("member", "mesh_id", "until")
-
-    def __init__(self, mesh_id: str, member: str, until: float) -> None:
-        self.mesh_id = mesh_id
-        self.member = member
-        self.until = until
 
 
 def _raw_object(text: str) -> dict[str, Any] | None:
@@ -358,7 +350,6 @@ class Broker:
         self._outputs: list[BrokerOutput] = []
         self._conns: dict[int, Conn] = {}
         self._presences = PresenceTable()
-        self._claims: dict[str, _Claim] = {}
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._timers: list[_Timer] = []
         self._seq = 0
@@ -379,8 +370,11 @@ class Broker:
 
     @property
     def claimed_count(self) -> int:
-        """Direct messages pushed and waiting for their client_ack (lease running)."""
-        return len(self._claims)
+        """Stored direct messages pushed to a live socket and not acknowledged yet."""
+        claimed: set[str] = set()
+        for conn in self._conns.values():
+            claimed |= conn.claimed
+        return len(claimed)
 
     def is_open(self, conn_id: int) -> bool:
         """Whether the broker still knows socket ``conn_id``."""
@@ -492,18 +486,12 @@ class Broker:
     def handle_timer(self, now: float) -> None:
         """Run everything that is due at or before ``now``."""
         timers = self._timers
-        drains: dict[tuple[str, str], None] = {}
         while timers and timers[0][0] <= now:
             _when, _seq, kind, key, token = heapq.heappop(timers)
             if kind == _T_CONN:
                 conn = self._conns.get(key)
                 if conn is not None and conn.timer_token == token:
                     self._conn_timer(conn, now)
-            elif kind == _T_LEASE:
-                claim = self._claims.get(key)
-                if claim is not None and claim.until <= now:
-                    del self._claims[key]
-                    drains[(claim.mesh_id, claim.member)] = None
             elif kind == _T_GRACE:
                 presence = self._presences.get(key)
                 if presence is not None and presence.conn is None and presence.grace_token == token:
@@ -514,8 +502,6 @@ class Broker:
                 if expired and logger.isEnabledFor(logging.DEBUG):
                     logger.debug("%d stored messages expired", expired)
                 self._schedule_expiry(self.store.next_expiry(), now)
-        for mesh_id, member in drains:
-            self._drain(mesh_id, member, now)
 
     def shutdown(self, *, now: float) -> None:
         """Close every socket with 1001 (the broker is going away)."""
@@ -737,7 +723,7 @@ class Broker:
                 last_seen=last_seen,
             ),
         )
-        self._drain(mesh_id, member.pubkey, now, only=conn, force=True)
+        self._drain(mesh_id, member.pubkey, now, only=conn)
         if is_new:
             event_data: dict[str, Any] = {
                 "name": presence.display_name,
@@ -746,6 +732,8 @@ class Broker:
             }
             if last_seen is not None:
                 event_data["lastSeenAt"] = iso_ms(last_seen)
+            # "name" is what the real broker sends; claudemesh's clients read "displayName".
+            event_data["displayName"] = presence.display_name
             event = "peer_joined" if last_seen is None else "peer_returned"
             self._system_push(mesh_id, event, event_data, now, skip=conn)
 
@@ -767,7 +755,6 @@ class Broker:
             if message.recipient_session != key:
                 continue
             # The Store has no atomic move: delete, then add under the owner.
-            self._claims.pop(message.message_id, None)
             if store.remove_acked(
                 mesh_id, holder, message_id=message.message_id, client_message_id=None
             ):
@@ -968,41 +955,36 @@ class Broker:
             )
         )
         out = self._outputs
+        message_id = message.message_id
         for c in conns:
             out.append(SendText(c.conn_id, text))
-        until = now + self.options.lease
-        claim = self._claims.get(message.message_id)
-        if claim is None:
-            self._claims[message.message_id] = _Claim(message.mesh_id, message.recipient, until)
-        else:
-            claim.until = until
-        self._push_timer(until, _T_LEASE, message.message_id, 0)
+            c.claimed.add(message_id)
 
-    def _drain(
-        self,
-        mesh_id: str,
-        member: str,
-        now: float,
-        *,
-        only: Conn | None = None,
-        force: bool = False,
-    ) -> None:
+    def _drain(self, mesh_id: str, member: str, now: float, *, only: Conn | None = None) -> None:
         """Push the member's stored messages that may go out now, oldest first.
 
-        ``force`` (a new hello): also the claimed ones, to ``only`` that socket.
+        Each goes to the live sockets (or ``only`` that one) whose status lets
+        it through and that have not had it yet: a socket's claims last as
+        long as the socket, so a new socket (a hello) gets every one.
         """
         conns = (
             [only] if only is not None else self._presences.live_conns_of_member(mesh_id, member)
         )
         if not conns:
             return
-        claims = self._claims
-        for message in self.store.messages_for(mesh_id, member):
-            if message.expires_at <= now or (not force and message.message_id in claims):
+        stored = self.store.messages_for(mesh_id, member)
+        for message in stored:
+            if message.expires_at <= now:
                 continue
-            targets = [c for c in conns if self._wants(c, message)]
+            targets = [
+                c for c in conns if message.message_id not in c.claimed and self._wants(c, message)
+            ]
             if targets:
                 self._push_stored(message, targets, now)
+        limit = 2 * self.options.store_limit_per_member
+        for conn in conns:
+            if len(conn.claimed) > limit:  # claims of messages that expired meanwhile
+                conn.claimed &= {m.message_id for m in stored}
 
     def _on_client_ack(self, presence: Presence, ack: ClientAck) -> None:
         if ack.broker_message_id is None and ack.client_message_id is None:
@@ -1013,8 +995,11 @@ class Broker:
             message_id=ack.broker_message_id,
             client_message_id=ack.client_message_id,
         )
-        for message_id in gone:
-            self._claims.pop(message_id, None)
+        if gone:
+            for conn in self._presences.live_conns_of_member(
+                presence.mesh_id, presence.member_pubkey
+            ):
+                conn.claimed.difference_update(gone)
 
     # --- presence ------------------------------------------------------------------
 
@@ -1142,9 +1127,6 @@ class Broker:
         if kind == _T_CONN:
             conn = self._conns.get(key)
             return conn is None or conn.timer_token != token
-        if kind == _T_LEASE:
-            claim = self._claims.get(key)
-            return claim is None or claim.until > when
         if kind == _T_GRACE:
             presence = self._presences.get(key)
             return presence is None or presence.conn is not None or presence.grace_token != token

@@ -33,10 +33,13 @@ class Conn:
     """One socket. ``presence`` is ``None`` until its hello is accepted.
 
     ``hello_deadline`` is when an unhelloed socket is closed (``None`` once
-    its hello is accepted).
+    its hello is accepted). ``claimed`` holds the ids of the stored direct
+    messages pushed to this socket and not acknowledged yet: none of them is
+    pushed to it again, and they go with it when it closes.
     """
 
     __slots__ = (
+        "claimed",
         "conn_id",
         "hello_deadline",
         "last_inbound",
@@ -54,6 +57,7 @@ class Conn:
         self.hello_deadline: float | None = now + hello_timeout
         self.presence: Presence | None = None
         self.timer_token = 0
+        self.claimed: set[str] = set()
 
 
 class Presence:

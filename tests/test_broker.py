@@ -735,17 +735,70 @@ def test_store_is_bounded_per_member_and_refuses_beyond_the_bound() -> None:
     assert net.send(a, PK["b"], "fine")["queued"] is True
 
 
-def test_unacked_push_is_re_pushed_when_the_lease_runs_out() -> None:
+def test_a_client_that_never_acks_gets_each_message_once_per_connection() -> None:
     net = Net()
     a, b = net.joined("a"), net.joined("b")
-    ack = net.send(a, PK["b"], "ack me", priority="now")
-    (first,) = net.pushes(b)
-    net.advance(29)
+    acks = [net.send(a, PK["b"], f"m{i}", priority="now") for i in range(3)]
+    first = net.pushes(b)
+    assert [p["messageId"] for p in first] == [ack["messageId"] for ack in acks]
+
+    for _ in range(20):  # ten minutes of driven time on the same connection
+        net.advance(30)
+        assert net.pushes(b) == []
+    net.send(a, PK["b"], "a new one", priority="now")  # a new message re-pushes nothing
+    assert [p["ciphertext"] for p in net.pushes(b)] == ["a new one"]
+
+    net.close(b)  # the connection goes: its claims go with it
+    b = net.hello("b")
+    again = net.pushes(b)
+    assert [p["messageId"] for p in again][:3] == [ack["messageId"] for ack in acks]
+    assert again[0] == first[0]  # the same messageId, client_message_id and createdAt
+    assert len(again) == 4
+    net.advance(600)
     assert net.pushes(b) == []
-    net.advance(2)
+
+
+def test_a_client_that_dies_unacked_gets_the_message_again_on_its_next_hello_only() -> None:
+    net = Net()
+    a, b = net.joined("a"), net.joined("b")
+    net.send(a, PK["b"], "catch me", priority="now")
+    (push,) = net.pushes(b)
+    net.close(b)
+    assert net.broker.claimed_count == 0  # released with the connection
+
+    b = net.hello("b")
     (again,) = net.pushes(b)
-    assert again == first  # same messageId, client_message_id and createdAt
-    assert again["messageId"] == ack["messageId"]
+    assert again["messageId"] == push["messageId"]
+    net.ack(b, again)
+    net.close(b)
+    b = net.hello("b")
+    assert net.pushes(b) == []
+
+
+def test_a_reattach_within_the_grace_window_brings_back_what_was_not_acked() -> None:
+    net = Net()
+    a, b = net.joined("a"), net.joined("b", sessionPubkey=SK["s1"])
+    net.send(a, PK["b"], "across the reattach", priority="now")
+    (push,) = net.pushes(b)
+    net.close(b)
+    net.advance(30)  # within the 90 s grace window
+    b = net.hello("b", sessionPubkey=SK["s1"])
+    (again,) = net.pushes(b)
+    assert again["messageId"] == push["messageId"]
+
+
+def test_each_session_of_the_recipient_gets_a_member_message_once() -> None:
+    net = Net()
+    a = net.joined("a")
+    b1 = net.joined("b", sessionId="one")
+    b2 = net.joined("b", sessionId="two")
+    net.send(a, PK["b"], "for both", priority="now")
+    assert len(net.pushes(b1)) == 1 and len(net.pushes(b2)) == 1
+    net.frame(b2, {"type": "set_status", "status": "working"})
+    net.frame(b2, {"type": "set_status", "status": "idle"})  # idle again: nothing new
+    assert net.pushes(b2) == [] and net.pushes(b1) == []
+    b3 = net.hello("b", sessionId="three")  # a new session gets what is unacked
+    assert len(net.pushes(b3)) == 1
 
 
 def test_client_ack_stops_re_push_and_deletes_from_the_store() -> None:
@@ -896,6 +949,7 @@ def test_first_connection_announces_peer_joined_and_later_ones_peer_returned() -
     assert joined["event"] == "peer_joined"
     assert joined["eventData"] == {
         "name": "peer-b",
+        "displayName": "peer-b",  # what claudemesh's clients read
         "pubkey": PK["b"],
         "groups": [{"name": "ops", "role": "lead"}],
     }
@@ -1258,7 +1312,7 @@ def test_next_deadline_is_none_for_an_idle_broker_and_the_store_is_memory() -> N
 
 def test_broker_options_are_validated() -> None:
     with pytest.raises(LocalProtocolError):
-        BrokerOptions(lease=0)
+        BrokerOptions(grace=0)
     with pytest.raises(LocalProtocolError):
         BrokerOptions(rate_burst=0)
 
