@@ -405,6 +405,9 @@ class Broker:
                 cwd=p.cwd,
                 peer_role="session",
                 visible=True,
+                hostname=p.hostname,
+                peer_type=p.peer_type,
+                online=p.conn is not None,
             )
             for p in self._presences.in_mesh(mesh_id)
         )
@@ -1018,19 +1021,25 @@ class Broker:
 
     def _on_list_peers(self, conn: Conn, presence: Presence, req_id: str | None) -> None:
         peers = [
-            {
-                "pubkey": p.pubkey,
-                "memberPubkey": p.member_pubkey,
-                "displayName": p.display_name,
-                "status": p.status,
-                "summary": p.summary,
-                "groups": group_dicts(p.groups),
-                "sessionId": p.session_id,
-                "connectedAt": iso_ms(p.connected_at),
-                "cwd": p.cwd,
-                "peerRole": "session",
-                "visible": True,
-            }
+            _without_nones(
+                {
+                    "pubkey": p.pubkey,
+                    "memberPubkey": p.member_pubkey,
+                    "displayName": p.display_name,
+                    "status": p.status,
+                    "summary": p.summary,
+                    "groups": group_dicts(p.groups),
+                    "sessionId": p.session_id,
+                    "connectedAt": iso_ms(p.connected_at),
+                    "cwd": p.cwd,
+                    "peerRole": "session",
+                    "visible": True,
+                    "hostname": p.hostname,
+                    "peerType": p.peer_type,
+                    "online": p.conn is not None,
+                },
+                ("hostname", "peerType"),
+            )
             for p in self._presences.in_mesh(presence.mesh_id)
         ]
         self._send(conn, peers_list_text(peers, req_id))
@@ -1149,6 +1158,14 @@ class Broker:
 
     def _error(self, conn: Conn, code: str, message: str, frame_id: str | None = None) -> None:
         self._send(conn, encode(ErrorFrame(code, message, frame_id)))
+
+
+def _without_nones(entry: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
+    """``entry`` without the ``optional`` keys whose value is ``None`` (sent only when set)."""
+    for key in optional:
+        if entry[key] is None:
+            del entry[key]
+    return entry
 
 
 def _frame_id(frame: Frame) -> str | None:

@@ -218,7 +218,12 @@ class ListPeers:
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """One entry of ``peers_list``."""
+    """One entry of ``peers_list``.
+
+    ``online`` is the reference broker's (docs/protocol.md §4.4): whether the
+    presence has a live socket now, as opposed to waiting out its grace
+    window. The real broker does not send it (``None``).
+    """
 
     pubkey: str = _w("pubkey", "str")
     member_pubkey: str | None = _w("memberPubkey", "str", None)
@@ -231,6 +236,9 @@ class Peer:
     cwd: str | None = _w("cwd", "str", None)
     peer_role: str | None = _w("peerRole", "str", None)
     visible: bool | None = _w("visible", "bool", None)
+    hostname: str | None = _w("hostname", "str", None)
+    peer_type: str | None = _w("peerType", "str", None)
+    online: bool | None = _w("online", "bool", None)
 
 
 @dataclass(frozen=True, slots=True)

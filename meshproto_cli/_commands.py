@@ -25,13 +25,11 @@ from meshproto import (
     BrokerOptions,
     ClientOptions,
     ConnectionState,
-    LocalProtocolError,
     MessageReceived,
     Peer,
     SendError,
     SendOutcomeUnknownError,
     StaticRegistry,
-    check_target,
 )
 from meshproto_anyio import Client, connect, serve_broker
 from meshproto_anyio.sqlite_store import SqliteStore
@@ -47,6 +45,7 @@ from ._files import (
     write_private_json,
 )
 from ._identity import Identity, load_identity
+from ._names import NameProblem, is_target_spec, resolve_target
 from ._registry import FileRegistry
 
 __all__ = [
@@ -132,23 +131,20 @@ async def cmd_broker(args: argparse.Namespace) -> int:
 # --- clients -----------------------------------------------------------------
 
 
-async def _resolve_target(client: Client, target: str) -> str:
-    """A target spec as given, or the pubkey of the one peer with that display name."""
-    try:
-        check_target(target)
+async def _resolve_target(client: Client, identity: Identity, target: str) -> str:
+    """A target spec as given, or the live session key of the peer with that display name."""
+    if is_target_spec(target):
         return target
-    except LocalProtocolError:
-        pass
     peers = await client.list_peers()
-    matches = {p.pubkey for p in peers if p.display_name == target}
-    if len(matches) == 1:
-        return matches.pop()
-    if not matches:
-        raise CommandError(
-            f"{target!r} is neither a target (64-hex pubkey, '*', '@all', '@group', "
-            "'#topic') nor the name of a connected peer"
+    try:
+        resolution = resolve_target(
+            target, peers, own_keys=(identity.session.pubkey, identity.member.pubkey)
         )
-    raise CommandError(f"several connected peers are called {target!r}; use a pubkey")
+    except NameProblem as exc:
+        raise CommandError(str(exc)) from None
+    if resolution.note:
+        logger.info("%s", resolution.note)
+    return resolution.target
 
 
 #: A command that only sends takes no message: pushes stay with the broker,
@@ -166,7 +162,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
                 options=_SEND_ONLY,
             ) as client:
                 await client.wait_state(ConnectionState.OPEN, ConnectionState.CLOSED)
-                target = await _resolve_target(client, args.target)
+                target = await _resolve_target(client, identity, args.target)
                 message_id = await client.send(
                     target, args.message, args.priority, client_message_id=args.client_message_id
                 )

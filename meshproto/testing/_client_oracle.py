@@ -97,7 +97,8 @@ class ClientOracle:
                 self.system.add(key)
             else:
                 self.pending_new = key
-        self.unanswered.add((push.message_id, key))
+        if accepted or key in self.seen_keys:  # a declined push is owed nothing
+            self.unanswered.add((push.message_id, key))
 
     def took(self, messages: list[MessageReceived | UnreadableMessage]) -> None:
         """The application took ``messages`` from the inbox."""
