@@ -67,6 +67,7 @@ import pstats
 import random
 import statistics
 import sysconfig
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -94,15 +95,23 @@ from meshproto import (
     MessageReceived,
     OpenTransport,
     StaticRegistry,
+    Store,
     WriteFrame,
 )
 from meshproto.testing import FakeSigner
 from meshproto_anyio import Client, connect, running_broker
+from meshproto_anyio.sqlite_store import SqliteStore
 from meshproto_sync import Client as SyncClient
 from meshproto_sync import connect as sync_connect
 
 MESH = "mesh-bench"
 WINDOW = 100
+#: The broker's bound on undelivered messages per member, raised for the long runs.
+STORE_LIMIT = 1_000_000
+#: Flatness: the rate of the first and of the last block of this many deliveries.
+FLAT_BLOCK = 10_000
+FLAT_N = 100_000
+LATENCY_N = 2_000
 N_FULL = 8_000
 N_QUICK = 300
 REPEATS = 5
@@ -135,13 +144,32 @@ def signer(name: str) -> FakeSigner:
     return FakeSigner(f"member-{name}")
 
 
-def make_broker() -> Broker:
+def make_broker(store: Store | None = None) -> Broker:
     return Broker(
         StaticRegistry([], open_mesh=MESH),
         verifier=AcceptingVerifier(),
+        store=store,
         rng=random.Random(7),
-        options=BrokerOptions(rate_burst=RATE_BURST, rate_per_minute=RATE_PER_MINUTE),
+        options=BrokerOptions(
+            rate_burst=RATE_BURST,
+            rate_per_minute=RATE_PER_MINUTE,
+            store_limit_per_member=STORE_LIMIT,
+        ),
     )
+
+
+class StallMeter:
+    """The event loop's longest stall: how late a 1 ms sleep wakes up, at worst."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self.running = True
+
+    async def run(self) -> None:
+        while self.running:
+            began = perf_counter()
+            await anyio.sleep(0.001)
+            self.longest = max(self.longest, perf_counter() - began - 0.001)
 
 
 def join(url: str, name: str) -> Any:
@@ -196,12 +224,26 @@ async def check_no_leftover_tasks() -> None:
 # --- ours ----------------------------------------------------------------------------
 
 
-async def run_ours(n: int) -> Run:
+async def run_ours(
+    n: int,
+    *,
+    store: Callable[[], Store] | None = None,
+    window: int = WINDOW,
+    marks: list[float] | None = None,
+    mark_every: int = FLAT_BLOCK,
+    stalls: StallMeter | None = None,
+) -> Run:
+    """One run; ``store`` makes the broker's store (default: in memory).
+
+    ``marks`` (if given) gets the start time and the delivery time of every
+    ``mark_every``-th message; ``stalls`` measures the event loop's longest
+    stall meanwhile.
+    """
     latencies = [0.0] * n
     delivered_at = 0.0
     with anyio.fail_after(run_timeout(n)):
         async with (
-            running_broker(make_broker()) as server,
+            running_broker(make_broker(store() if store is not None else None)) as server,
             join(server.url, "sender") as sender,
             join(server.url, "receiver") as receiver,
         ):
@@ -227,16 +269,25 @@ async def run_ours(n: int) -> Run:
                     if not isinstance(message, MessageReceived):
                         raise RuntimeError(f"unreadable message: {message!r}")
                     count += 1
+                    if marks is not None and count % mark_every == 0:
+                        marks.append(perf_counter())
                     if count == n:
                         delivered_at = perf_counter()
                         return
                 raise RuntimeError(f"receiver closed after {count} of {n} messages")
 
             start = perf_counter()
+            if marks is not None:
+                marks.append(start)
             async with anyio.create_task_group() as tasks:
-                tasks.start_soon(receive_all)
-                for _ in range(WINDOW):
-                    tasks.start_soon(send_loop, sender)
+                if stalls is not None:
+                    tasks.start_soon(stalls.run)
+                async with anyio.create_task_group() as work:
+                    work.start_soon(receive_all)
+                    for _ in range(window):
+                        work.start_soon(send_loop, sender)
+                if stalls is not None:
+                    stalls.running = False
     await check_no_leftover_tasks()
     return Run(n / (delivered_at - start), tuple(x * 1_000 for x in latencies))
 
@@ -477,9 +528,22 @@ def main() -> None:
     repeats = 1 if args.quick else REPEATS
     frame = send_frame_text()
 
+    scratch = tempfile.TemporaryDirectory(prefix="meshproto-bench-")
+    databases = iter(range(1_000_000))
+
+    def sqlite(synchronous: str = "NORMAL") -> Callable[[], Store]:
+        def make() -> Store:
+            path = Path(scratch.name) / f"broker-{next(databases)}.db"
+            return SqliteStore(path, synchronous=synchronous)
+
+        return make
+
     runs: dict[str, Callable[[int], Run]] = {
         "e2e asyncio": lambda k: anyio.run(run_ours, k, backend="asyncio"),
         "websockets echo": lambda k: anyio.run(run_echo, k, frame, backend="asyncio"),
+        "e2e sqlite (asyncio)": lambda k: anyio.run(
+            partial(run_ours, k, store=sqlite()), backend="asyncio"
+        ),
     }
     if importlib.util.find_spec("trio") is not None:
         runs["e2e trio (extra)"] = lambda k: anyio.run(run_ours, k, backend="trio")
@@ -512,8 +576,77 @@ def main() -> None:
     ours = statistics.median(r.rate for r in results["e2e asyncio"])
     baseline = statistics.median(r.rate for r in results["websockets echo"])
     blocking = statistics.median(r.rate for r in results["e2e sync (threads)"])
+    durable = statistics.median(r.rate for r in results["e2e sqlite (asyncio)"])
+    print_sqlite_figures(sqlite, quick=args.quick, ratio=durable / ours)
+    scratch.cleanup()
     print(f"e2e-sync/websockets-echo ratio: {blocking / baseline:.2f}")
     print(f"e2e/websockets-echo ratio: {ours / baseline:.2f}")
+
+
+def print_sqlite_figures(
+    sqlite: Callable[[str], Callable[[], Store]], *, quick: bool, ratio: float
+) -> None:
+    """The SQLite broker's own figures: flatness, one in flight, the longest loop stall.
+
+    Flatness runs ``FLAT_N`` messages per run (rounds interleaved, medians):
+    the rate of the first and of the last ``FLAT_BLOCK`` deliveries, for each
+    ``synchronous`` mode and for the in-memory broker as the baseline; the
+    longest stall of the event loop (shared by the broker and both clients)
+    during each run, as a median of the runs and the worst of them.
+    """
+    flat_n = 3 * FLAT_BLOCK // 10 if quick else FLAT_N
+    block = FLAT_BLOCK // 10 if quick else FLAT_BLOCK
+    rounds = 1 if quick else 3
+    modes: dict[str, Callable[[], Store] | None] = {
+        "sqlite synchronous=normal": sqlite("NORMAL"),
+        "sqlite synchronous=full": sqlite("FULL"),
+        "in memory": None,
+    }
+    figures: dict[str, list[tuple[float, float, float]]] = {label: [] for label in modes}
+    for _ in range(rounds):
+        for label, store in modes.items():
+            marks: list[float] = []
+            stalls = StallMeter()
+            gc.collect()
+            anyio.run(
+                partial(
+                    run_ours,
+                    flat_n,
+                    store=store,
+                    marks=marks,
+                    mark_every=block,
+                    stalls=stalls,
+                ),
+                backend="asyncio",
+            )
+            first = block / (marks[1] - marks[0])
+            last = block / (marks[-1] - marks[-2])
+            figures[label].append((first, last, stalls.longest))
+    for label, runs in figures.items():
+        first = statistics.median(f for f, _, _ in runs)
+        last = statistics.median(la for _, la, _ in runs)
+        stall = statistics.median(st for _, _, st in runs)
+        worst = max(st for _, _, st in runs)
+        print(
+            f"e2e {label}: {flat_n} messages, first {block}: {first:.0f} messages/s, "
+            f"last {block}: {last:.0f} messages/s (last/first {last / first:.2f}), "
+            f"longest loop stall {stall * 1e3:.1f} ms (worst run {worst * 1e3:.1f} ms)"
+        )
+    n = LATENCY_N // 10 if quick else LATENCY_N
+    p50 = {}
+    for label, store in (("in-memory", None), ("sqlite", sqlite("NORMAL"))):
+        results = []
+        for _ in range(1 if quick else 3):
+            gc.collect()
+            results.append(
+                anyio.run(partial(run_ours, n, store=store, window=1), backend="asyncio")
+            )
+        p50[label] = statistics.median(percentile(r.latencies_ms, 50) for r in results)
+    print(
+        f"one in flight: send->ack p50 in memory {p50['in-memory']:.3f} ms, sqlite "
+        f"{p50['sqlite']:.3f} ms (sqlite/in-memory {p50['sqlite'] / p50['in-memory']:.2f})"
+    )
+    print(f"e2e-sqlite/in-memory ratio: {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -96,7 +96,7 @@ from ._seams import (
     hello_signing_payload,
     session_hello_signing_payload,
 )
-from ._store import MemoryStore, Store, StoredMessage
+from ._store import BatchedStore, MemoryStore, Store, StoredMessage
 from ._targets import check_target, is_direct_target, is_pubkey
 
 __version__ = "0.2.0"
@@ -114,6 +114,7 @@ __all__ = [
     "Action",
     "AdmittingRegistry",
     "Backoff",
+    "BatchedStore",
     "Broker",
     "BrokerError",
     "BrokerOptions",

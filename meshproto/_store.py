@@ -7,31 +7,41 @@ writes everything that must survive a restart through a :class:`Store`:
   accepted until the recipient's ``client_ack`` (``remove_acked``) or the
   message's time to live (``expire``). A message the broker has pushed but
   that is not yet acknowledged is still stored: a restart re-pushes it on the
-  recipient's next hello. Which messages are *claimed* (pushed, lease
-  running) is in-memory state of the broker, since no socket survives a
-  restart anyway;
+  recipient's next hello. Which messages are *claimed* (pushed to a socket
+  that is still open) is in-memory state of the broker, since no socket
+  survives a restart anyway;
 * **dedupe records** ``(mesh, sender member, client_message_id) -> messageId``
   so that a re-sent ``client_message_id`` is acknowledged with the original
   ``messageId`` and creates no second copy, even across a restart;
 * **last-seen times** of members, for ``hello_ack.restored`` and the choice
   between ``peer_joined`` and ``peer_returned``.
 
-Every method is a complete, durable change on return (a persistent store
-commits before it returns). Times are the broker's wall clock (Unix seconds).
-Messages come back oldest first (the order in which they were added).
+Every method is a complete change on return: a later read sees it. When it
+becomes *durable* is the store's to say. A store that writes through (it is
+durable on return) is a plain :class:`Store`. A store that commits in batches
+is also a :class:`BatchedStore`: it counts the changes made (``changes``) and
+the changes durable (``committed``), and ``commit()`` makes every change made
+so far durable at once, in one transaction. The broker itself never waits
+for durability (it stays pure); whoever serves it must hold back every frame
+the broker produced after a change until that change is committed, so that
+nothing is acknowledged, or pushed, before it would survive a crash (see
+``meshproto_ws.CommitGate``). Times are the broker's wall clock (Unix
+seconds). Messages come back oldest first (the order in which they were
+added).
 
 :class:`MemoryStore` is the default; a SQLite store lives outside the pure
-core (``meshproto_anyio.sqlite_store.SqliteStore``).
+core (``meshproto_anyio.sqlite_store.SqliteStore``, a :class:`BatchedStore`).
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["MemoryStore", "Store", "StoredMessage"]
+__all__ = ["BatchedStore", "MemoryStore", "Store", "StoredMessage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +147,34 @@ class Store(Protocol):
         ...
 
 
+@runtime_checkable
+class BatchedStore(Store, Protocol):
+    """A :class:`Store` whose changes become durable in batches (group commit).
+
+    ``commit`` may run in another thread than the one making changes: changes
+    made while it runs belong to the next batch.
+    """
+
+    @property
+    def changes(self) -> int:
+        """How many changes have been made since the store was opened."""
+        ...
+
+    @property
+    def committed(self) -> int:
+        """How many of those changes are durable."""
+        ...
+
+    @property
+    def commit_may_block(self) -> bool:
+        """Whether ``commit`` may wait on the disk (an fsync); if not, it may run inline."""
+        ...
+
+    def commit(self) -> int:
+        """Make every change made so far durable, in one transaction; return ``committed``."""
+        ...
+
+
 class MemoryStore:
     """A :class:`Store` in memory: the default, fast, and forgotten on restart."""
 
@@ -156,7 +194,14 @@ class MemoryStore:
         self._messages[message.message_id] = message
         key = (message.mesh_id, message.recipient)
         self._by_recipient.setdefault(key, {})[message.message_id] = None
-        heapq.heappush(self._expiries, (message.expires_at, message.message_id))
+        expiries = self._expiries
+        if len(expiries) > 2 * len(self._messages) + 1024:
+            # Entries of acknowledged messages outnumber the live ones: rebuild,
+            # so that the heap is bounded by what is stored, not by the TTL.
+            expiries[:] = [(m.expires_at, m.message_id) for m in self._messages.values()]
+            heapq.heapify(expiries)
+        else:
+            heapq.heappush(expiries, (message.expires_at, message.message_id))
 
     def messages_for(self, mesh_id: str, recipient: str) -> list[StoredMessage]:
         ids = self._by_recipient.get((mesh_id, recipient))
@@ -255,19 +300,28 @@ class MemoryStore:
         now: float,
         expires_at: float,
         limit: int,
+        dropped: Callable[[str], None] | None = None,
+        slack: int = 0,
     ) -> None:
+        """As :meth:`Store.dedupe_put`; ``dropped`` hears each ``client_message_id`` let go.
+
+        With ``slack``, the records may exceed ``limit`` by that many before
+        the oldest are dropped, all at once, back down to ``limit`` (so that a
+        store on disk trims in batches rather than on every send).
+        """
         records = self._dedupe.setdefault((mesh_id, sender), OrderedDict())
         records.pop(client_message_id, None)
         records[client_message_id] = (message_id, expires_at)
+        keep = limit if len(records) > limit + slack else limit + slack
         # Records are added with non-decreasing expiry in practice, so the
-        # expired ones sit at the front: drop them there, then trim to limit.
+        # expired ones sit at the front: drop them there, then trim.
         while records:
-            first = next(iter(records.values()))
-            if first[1] > now:
+            cmid, first = next(iter(records.items()))
+            if first[1] > now and len(records) <= keep:
                 break
             records.popitem(last=False)
-        while len(records) > limit:
-            records.popitem(last=False)
+            if dropped is not None:
+                dropped(cmid)
 
     def last_seen(self, mesh_id: str, member: str) -> float | None:
         return self._seen.get((mesh_id, member))

@@ -14,7 +14,18 @@ This module listens, accepts, does TLS, and carries the commands out:
 * writes never wait: each socket has its own bounded buffer drained by its
   own writer, so a peer that stops reading delays nobody else. A socket whose
   buffer would exceed ``max_send_buffer`` is dropped, and the broker hears
-  ``connection_closed``.
+  ``connection_closed``;
+* with a store that commits in batches (a :class:`~meshproto.BatchedStore`,
+  such as ``SqliteStore``), the commands pass through a
+  :class:`~meshproto_ws.CommitGate`: whatever the broker produced after a
+  change waits until a commit has made that change durable. One committer
+  task commits whenever changes wait, once per turn of the event loop (it
+  yields first, so every input that is ready joins the batch): inline when
+  the store says a commit does not wait on the disk, else in a worker thread,
+  so the loop goes on serving while the disk syncs, and every change made
+  during one commit joins the next (group commit). A commit that fails is
+  logged and tried again a moment later; the frames that wait for it stay
+  held, so nothing is acknowledged that is not durable.
 
 :func:`serve_broker` runs until cancelled (cancelling drops every socket);
 :meth:`BrokerServer.aclose` closes gracefully (1001 to every client first).
@@ -39,8 +50,16 @@ import anyio
 from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
 from anyio.streams.tls import TLSStream
 
-from meshproto import Broker, LocalProtocolError
-from meshproto_ws import TIMER_RETRY, BrokerDriver, CloseSocket, OpenSocket, WriteBytes
+from meshproto import BatchedStore, Broker, LocalProtocolError
+from meshproto_ws import (
+    TIMER_RETRY,
+    BrokerDriver,
+    CloseSocket,
+    CommitGate,
+    OpenSocket,
+    SocketCommand,
+    WriteBytes,
+)
 
 from ._link import SocketLink
 
@@ -110,8 +129,14 @@ class BrokerServer:
         self._links: dict[int, SocketLink] = {}
         self._rearm = anyio.Event()
         self._idle = anyio.Event()
+        store = broker.store
+        self._gate = CommitGate(store) if isinstance(store, BatchedStore) else None
+        self._commit_wanted = anyio.Event()
         #: Sockets dropped because their send buffer would have overflowed.
         self.overflows = 0
+        #: Commits made by the committer task, and the longest one (seconds).
+        self.commits = 0
+        self.longest_commit = 0.0
 
     @property
     def url(self) -> str:
@@ -144,6 +169,9 @@ class BrokerServer:
         with anyio.CancelScope(shield=True):
             self.broker.shutdown(now=time.time())
             self._apply()
+            if self._gate is not None:
+                with anyio.move_on_after(self.options.close_timeout + 1.0):
+                    await self._commit_pending()
             with anyio.move_on_after(self.options.close_timeout + 1.0):
                 while self._links:
                     self._idle = anyio.Event()
@@ -217,22 +245,63 @@ class BrokerServer:
                 logger.exception("could not drop socket %d cleanly", socket_id)
 
     def _apply(self) -> None:
-        """Carry out the driver's commands until there are none, then re-arm the timer."""
+        """Carry out the driver's commands until there are none, then re-arm the timer.
+
+        With a batched store, the commands pass the commit gate first.
+        """
         driver = self._driver
+        gate = self._gate
         now = time.time()
         while commands := driver.drain_commands(now=now):
-            for command in commands:
-                link = self._links.get(command.socket_id)
-                if link is None:
-                    continue
-                if isinstance(command, WriteBytes):
-                    if not link.write(command.data):
-                        self._overflow(link, now)
-                elif isinstance(command, CloseSocket):
-                    link.close()
-                elif isinstance(command, OpenSocket):  # pragma: no cover - clients only
-                    raise AssertionError("a broker never opens sockets")
+            if gate is not None:
+                commands = gate.admit(commands)
+            self._carry_out(commands, now)
+        if gate is not None and gate.needs_commit:
+            self._commit_wanted.set()
         self._rearm.set()
+
+    def _carry_out(self, commands: list[SocketCommand], now: float) -> None:
+        for command in commands:
+            link = self._links.get(command.socket_id)
+            if link is None:
+                continue
+            if isinstance(command, WriteBytes):
+                if not link.write(command.data):
+                    self._overflow(link, now)
+            elif isinstance(command, CloseSocket):
+                link.close()
+            elif isinstance(command, OpenSocket):  # pragma: no cover - clients only
+                raise AssertionError("a broker never opens sockets")
+
+    async def _run_committer(self) -> None:
+        """Commit whenever changes wait, in a worker thread; release what each commit covers."""
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted = anyio.Event()
+            try:
+                await self._commit_pending()
+            except Exception:  # a failing disk: the held frames wait, nothing is acked
+                logger.exception("committing the store failed; trying again in %g s", TIMER_RETRY)
+                await anyio.sleep(TIMER_RETRY)
+                self._commit_wanted.set()
+
+    async def _commit_pending(self) -> None:
+        gate = self._gate
+        assert gate is not None
+        store = self.broker.store
+        assert isinstance(store, BatchedStore)
+        while gate.needs_commit:
+            await anyio.sleep(0)  # let every input that is ready join this batch
+            began = time.perf_counter()
+            if store.commit_may_block:
+                await anyio.to_thread.run_sync(store.commit)
+            else:
+                store.commit()
+            self.commits += 1
+            self.longest_commit = max(self.longest_commit, time.perf_counter() - began)
+            now = time.time()
+            self._carry_out(gate.release(), now)
+            self._apply()  # what the driver produced meanwhile, through the gate
 
     def _overflow(self, link: SocketLink, now: float) -> None:
         if link.closing:
@@ -293,6 +362,8 @@ async def serve_broker(
     async with listener, anyio.create_task_group() as tasks:
         server = BrokerServer(broker, address, options, ssl_context, tasks)
         tasks.start_soon(server._run_timer)
+        if server._gate is not None:
+            tasks.start_soon(server._run_committer)
         task_status.started(server)
         logger.info("broker listening on %s", address.url)
         await listener.serve(server._handle, task_group=tasks)

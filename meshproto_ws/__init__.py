@@ -14,7 +14,8 @@ module and no threads. Its parts:
   send and request, system messages, why it closed), with the waiting left
   to the adapter.
 * :class:`BrokerDriver`: the reference :class:`~meshproto.Broker` over many
-  WebSocket sockets.
+  WebSocket sockets; :class:`CommitGate` holds its commands back until the
+  store changes they follow are durable (group commit).
 
 An adapter (``meshproto_anyio``, a blocking-socket one) opens, writes and
 closes sockets as the :data:`SocketCommand` values say, feeds back what it
@@ -40,6 +41,7 @@ from ._broker_driver import (
 )
 from ._client_driver import DEFAULT_CLOSE_TIMEOUT, ClientDriver, client_driver
 from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
+from ._commit_gate import CommitGate
 from ._connection import (
     CLIENT_MAX_MESSAGE_BYTES,
     CLOSE_MESSAGE_TOO_BIG,
@@ -72,6 +74,7 @@ __all__ = [
     "BrokerMachine",
     "ClientDriver",
     "CloseSocket",
+    "CommitGate",
     "Closed",
     "OpenSocket",
     "Opened",
