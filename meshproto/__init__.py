@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from ._backoff import BACKOFF_CAPS, Backoff
 from ._broker import NO_PEER_TEXT, Broker, BrokerOptions
-from ._broker_outputs import BrokerOutput, CloseConnection, PingConnection, SendText
+from ._broker_outputs import (
+    BrokerOutput,
+    CloseConnection,
+    PingConnection,
+    SendText,
+    SendTextMany,
+    expand_outputs,
+    without_connection,
+)
 from ._client import (
     MAX_FRAME_BYTES,
     PERMANENT_REFUSALS,
@@ -169,6 +177,7 @@ __all__ = [
     "SendOutcomeUnknownError",
     "SendPing",
     "SendText",
+    "SendTextMany",
     "SessionHello",
     "SetStatus",
     "SetSummary",
@@ -191,10 +200,12 @@ __all__ = [
     "classify_error_frame",
     "decode",
     "encode",
+    "expand_outputs",
     "hello_signing_payload",
     "is_direct_target",
     "is_permanent_close",
     "is_unicode_text",
     "is_pubkey",
     "session_hello_signing_payload",
+    "without_connection",
 ]

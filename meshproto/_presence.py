@@ -39,6 +39,7 @@ class Conn:
     """
 
     __slots__ = (
+        "attached",
         "claimed",
         "conn_id",
         "hello_deadline",
@@ -58,6 +59,8 @@ class Conn:
         self.presence: Presence | None = None
         self.timer_token = 0
         self.claimed: set[str] = set()
+        #: When its hello was accepted, in the broker's order of acceptance (0: not yet).
+        self.attached = 0
 
 
 class Presence:

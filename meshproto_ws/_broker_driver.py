@@ -42,7 +42,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from meshproto import BrokerOutput, CloseConnection, PingConnection, SendText
+from meshproto import BrokerOutput, CloseConnection, PingConnection, SendText, SendTextMany
 
 from ._commands import CloseSocket, SocketCommand, WriteBytes
 from ._connection import (
@@ -55,6 +55,7 @@ from ._connection import (
     WsConnection,
     WsEvent,
     WsState,
+    server_text_frame,
 )
 
 __all__ = [
@@ -125,6 +126,11 @@ class BrokerDriver:
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
         self._sockets: dict[int, _Socket] = {}
+        # The few sockets that have a deadline (handshaking or closing), so that
+        # neither next_deadline() nor handle_timer() looks at every socket.
+        self._timed: dict[int, _Socket] = {}
+        # Sockets written to by the outputs being carried out, flushed at the end.
+        self._dirty: dict[int, WsConnection] = {}
         self._next_id = 0
         self._commands: list[SocketCommand] = []
         self._timers_paused_until: float | None = None
@@ -150,7 +156,9 @@ class BrokerDriver:
         self._next_id += 1
         socket_id = self._next_id
         ws = WsConnection.server(max_message_bytes=self.max_message_bytes)
-        self._sockets[socket_id] = _Socket(ws, deadline=now + self.handshake_timeout)
+        sock = _Socket(ws, deadline=now + self.handshake_timeout)
+        self._sockets[socket_id] = sock
+        self._timed[socket_id] = sock
         return socket_id
 
     def receive_data(self, socket_id: int, data: bytes | None, *, now: float) -> None:
@@ -171,10 +179,9 @@ class BrokerDriver:
         """The socket broke (reset, TLS error, its send buffer overflowed …)."""
         try:
             self._pump(now)
-            sock = self._sockets.pop(socket_id, None)
+            sock = self._forget(socket_id)
             if sock is None:
                 return
-            self._commands.append(CloseSocket(socket_id))
             if sock.registered:
                 sock.registered = False
                 self._broker.connection_closed(socket_id, now=now)
@@ -186,10 +193,9 @@ class BrokerDriver:
     def handle_timer(self, now: float) -> None:
         """Run what is due: handshake and close deadlines, then the broker's timers."""
         self._pump(now)
-        for socket_id, sock in list(self._sockets.items()):
+        for socket_id, sock in list(self._timed.items()):
             if sock.deadline is not None and now >= sock.deadline:
-                del self._sockets[socket_id]
-                self._commands.append(CloseSocket(socket_id))
+                self._forget(socket_id)
                 if sock.registered:  # pragma: no cover - registered sockets have no deadline
                     self._broker.connection_closed(socket_id, now=now)
         paused = self._timers_paused_until
@@ -230,7 +236,7 @@ class BrokerDriver:
         paused = self._timers_paused_until
         if paused is not None and (best is None or best < paused):
             best = paused
-        for sock in self._sockets.values():
+        for sock in self._timed.values():
             due = sock.deadline
             if due is not None and (best is None or due < best):
                 best = due
@@ -243,6 +249,7 @@ class BrokerDriver:
         if isinstance(event, Opened):
             sock.registered = True
             sock.deadline = None
+            self._timed.pop(socket_id, None)
             broker.connection_opened(socket_id, now=now)
         elif not sock.registered:
             return
@@ -260,35 +267,60 @@ class BrokerDriver:
         self._pump(now)
 
     def _pump(self, now: float) -> None:
-        """Carry out the broker's outputs; one that fails costs only its own socket."""
+        """Carry out the broker's outputs; one that fails costs only its own socket.
+
+        A text for many sockets is framed once and the same bytes go to each
+        (a server's frames are not masked). Each socket written to is flushed
+        once, at the end, as one write.
+        """
+        sockets, dirty = self._sockets, self._dirty
         while outputs := self._broker.drain_outputs():
             for output in outputs:
-                sock = self._sockets.get(output.conn_id)
+                if type(output) is SendTextMany:
+                    try:
+                        frame = server_text_frame(output.text)
+                    except Exception:
+                        logger.exception("unexpected error while framing a text for many sockets")
+                        for conn_id in output.conn_ids:
+                            self._close_for_bug(conn_id, now)
+                        continue
+                    for conn_id in output.conn_ids:
+                        sock = sockets.get(conn_id)
+                        if sock is not None and sock.ws.send_framed(frame):
+                            dirty[conn_id] = sock.ws
+                    continue
+                conn_id = output.conn_id  # type: ignore[union-attr]
+                sock = sockets.get(conn_id)
                 if sock is None:
                     continue
                 try:
-                    self._carry_out(output, sock, now)
+                    self._carry_out(output, conn_id, sock, now)
                 except Exception:
                     logger.exception(
                         "unexpected error while writing to socket %d; closing it with %d",
-                        output.conn_id,
+                        conn_id,
                         CLOSE_INTERNAL_ERROR,
                     )
-                    self._close_for_bug(output.conn_id, now)
+                    self._close_for_bug(conn_id, now)
+        if dirty:
+            self._dirty = {}
+            for conn_id, ws in dirty.items():
+                self._flush(conn_id, ws)
 
-    def _carry_out(self, output: BrokerOutput, sock: _Socket, now: float) -> None:
+    def _carry_out(self, output: BrokerOutput, conn_id: int, sock: _Socket, now: float) -> None:
         ws = sock.ws
-        if isinstance(output, SendText):
+        if type(output) is SendText:
             if ws.send_text(output.text):
-                self._flush(output.conn_id, ws)
-        elif isinstance(output, PingConnection):
+                self._dirty[conn_id] = ws
+        elif type(output) is PingConnection:
             if ws.send_ping():
-                self._flush(output.conn_id, ws)
-        elif isinstance(output, CloseConnection):
+                self._dirty[conn_id] = ws
+        elif type(output) is CloseConnection:
             sock.registered = False
             ws.close(output.code, output.reason)
-            self._flush(output.conn_id, ws)
-            self._settle(output.conn_id, sock, now)
+            self._dirty.pop(conn_id, None)
+            self._flush(conn_id, ws)  # what came before the close, then the close frame
+            self._settle(conn_id, sock, now)
 
     def _contain(self, socket_id: int, now: float) -> None:
         logger.exception(
@@ -307,11 +339,11 @@ class BrokerDriver:
             sock.registered = False
             try:
                 sock.ws.close(CLOSE_INTERNAL_ERROR, "internal error")
+                self._dirty.pop(socket_id, None)
                 self._flush(socket_id, sock.ws)
                 self._settle(socket_id, sock, now)
             except Exception:  # the WebSocket itself is broken: drop the socket
-                del self._sockets[socket_id]
-                self._commands.append(CloseSocket(socket_id))
+                self._forget(socket_id)
         if registered:
             try:
                 self._broker.connection_closed(socket_id, now=now)
@@ -322,6 +354,16 @@ class BrokerDriver:
     def _recover(self, now: float) -> None:
         """Carry out what the broker decided before (or despite) a failure."""
         self._pump(now)
+
+    def _forget(self, socket_id: int) -> _Socket | None:
+        """Drop a socket from every table and tell the adapter to close it."""
+        sock = self._sockets.pop(socket_id, None)
+        if sock is None:
+            return None
+        self._timed.pop(socket_id, None)
+        self._dirty.pop(socket_id, None)
+        self._commands.append(CloseSocket(socket_id))
+        return sock
 
     def _flush(self, socket_id: int, ws: WsConnection) -> None:
         data = ws.data_to_send()
@@ -334,10 +376,10 @@ class BrokerDriver:
             return
         state = sock.ws.state
         if state is WsState.CLOSED:
-            del self._sockets[socket_id]
-            self._commands.append(CloseSocket(socket_id))
+            self._forget(socket_id)
             if sock.registered:  # pragma: no cover - Closed was reported first
                 sock.registered = False
                 self._broker.connection_closed(socket_id, now=now)
         elif state is WsState.CLOSING and not sock.registered and sock.deadline is None:
             sock.deadline = now + self.close_timeout
+            self._timed[socket_id] = sock

@@ -63,6 +63,7 @@ __all__ = [
     "WsConnection",
     "WsEvent",
     "WsState",
+    "server_text_frame",
 ]
 
 #: Received-message cap on the client side. The protocol caps a send's
@@ -78,6 +79,21 @@ CLIENT_MAX_MESSAGE_BYTES = 8 * 1_048_576
 SERVER_MAX_MESSAGE_BYTES = 1_048_576
 #: The close code for a message over the cap (RFC 6455 §7.4.1).
 CLOSE_MESSAGE_TOO_BIG = 1009
+
+
+def server_text_frame(text: str) -> bytes:
+    """One complete, unmasked text frame of ``text``, as a server sends it (RFC 6455 §5.2).
+
+    Servers never mask, and meshproto negotiates no extension, so the bytes
+    are the same for every socket.
+    """
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65_536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
 
 
 class Role(enum.Enum):
@@ -206,7 +222,21 @@ class WsConnection:
         """Queue one text message; returns ``False`` (and queues nothing) unless OPEN."""
         if self._state is not WsState.OPEN:
             return False
-        self._out += self._ws.send(wse.TextMessage(data=text))
+        if self.role is Role.SERVER:
+            self._out += server_text_frame(text)  # no mask, no extension: framed here
+        else:
+            self._out += self._ws.send(wse.TextMessage(data=text))
+        return True
+
+    def send_framed(self, frame: bytes) -> bool:
+        """Queue a whole frame made by :func:`server_text_frame` (server side, OPEN only).
+
+        How a server hands the same bytes to many sockets without framing
+        them again for each. Returns ``False`` (and queues nothing) otherwise.
+        """
+        if self._state is not WsState.OPEN or self.role is not Role.SERVER:
+            return False
+        self._out += frame
         return True
 
     def send_binary(self, data: bytes) -> bool:

@@ -72,6 +72,8 @@ from meshproto import (
     RemoteProtocolError,
     SendText,
     decode,
+    expand_outputs,
+    without_connection,
 )
 from meshproto.testing import BrokerHarness, BrokerOracle, ByteSource, ContractViolation
 
@@ -235,7 +237,7 @@ class ObservedBroker:
 
     def connection_closed(self, conn_id: int, *, now: float) -> None:
         # As the broker does: what was not drained yet for a closed socket is dropped.
-        self._outputs = [out for out in self._outputs if out.conn_id != conn_id]
+        self._outputs = without_connection(self._outputs, conn_id)
         self.ended.add(conn_id)
         self._run(lambda: self.oracle.connection_closed(conn_id, now=now))
 
@@ -255,7 +257,7 @@ class ObservedBroker:
 
     def drain_outputs(self) -> list[BrokerOutput]:
         outputs, self._outputs = self._outputs, []
-        for out in outputs:
+        for out in expand_outputs(outputs):
             if isinstance(out, SendText):
                 self.texts.setdefault(out.conn_id, deque()).append(out.text)
             elif isinstance(out, CloseConnection):

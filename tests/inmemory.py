@@ -34,6 +34,7 @@ from meshproto import (
     SendText,
     UnreadableMessage,
     WriteFrame,
+    expand_outputs,
 )
 
 Message = MessageReceived | UnreadableMessage
@@ -102,7 +103,7 @@ class Wire:
                 self.events[name] += client.drain_events()
             if to_broker_only is not None:
                 return
-            for out in self.broker.drain_outputs():
+            for out in expand_outputs(self.broker.drain_outputs()):
                 moved = True
                 self._broker_output(out)
 

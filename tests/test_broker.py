@@ -28,6 +28,7 @@ from meshproto import (
     PingConnection,
     SendText,
     StaticRegistry,
+    expand_outputs,
     hello_signing_payload,
 )
 from meshproto.testing import FakeSigner
@@ -102,7 +103,7 @@ class Net:
 
     def pump(self) -> None:
         pongs = []
-        for out in self.broker.drain_outputs():
+        for out in expand_outputs(self.broker.drain_outputs()):
             assert out.conn_id in self.open_conns, f"output for a closed socket: {out}"
             if isinstance(out, SendText):
                 self.inbox[out.conn_id].append(json.loads(out.text))
@@ -321,7 +322,7 @@ def test_refusal_is_one_error_frame_then_the_close() -> None:
     net = Net()
     conn = net.open()
     net.broker.receive_text(conn, json.dumps(net.hello_frame("a", sig="ab" * 64)), now=net.now)
-    outputs = net.broker.drain_outputs()
+    outputs = list(expand_outputs(net.broker.drain_outputs()))
     assert [type(o) for o in outputs] == [SendText, CloseConnection]
     assert outputs[1] == CloseConnection(conn, 1008, "bad_signature")
     assert not net.broker.is_open(conn)
@@ -1396,3 +1397,61 @@ def test_the_largest_peer_list_a_full_mesh_can_make_fits_every_client() -> None:
     size = len(json.dumps(answer, ensure_ascii=False, separators=(",", ":")).encode())
     full_mesh = size * net.broker.options.max_connections_per_mesh / sample
     assert full_mesh < CLIENT_MAX_MESSAGE_BYTES * 0.6, full_mesh
+
+
+# --- system pushes in batches ----------------------------------------------------------------
+
+
+def test_a_join_in_a_quiet_mesh_is_announced_at_once() -> None:
+    net = Net()
+    a = net.joined("a")
+    net.joined("b")
+    assert [e["eventData"]["name"] for e in net.system(a)] == ["peer-b"]
+
+
+def test_joins_inside_a_batch_window_are_announced_together_in_order_when_it_ends() -> None:
+    net = Net()
+    a = net.joined("a")
+    net.joined("b")  # at once: the mesh was quiet; a window of presence_batch opens
+    net.system(a)
+    net.joined("c")
+    net.joined("b", sessionId="second")
+    assert net.system(a) == []  # waiting in the window
+    net.advance(net.broker.options.presence_batch)
+    events = [(e["event"], e["eventData"]["name"]) for e in net.system(a)]
+    assert events == [("peer_joined", "peer-c"), ("peer_returned", "peer-b")]
+
+
+def test_a_batched_event_goes_only_to_the_sockets_live_when_it_happened() -> None:
+    net = Net()
+    a = net.joined("a")
+    net.joined("b")
+    c = net.joined("c")  # batched: a and b hear of it when the window ends
+    late = net.joined("b", sessionId="late")  # after c: it must not hear of c
+    net.advance(net.broker.options.presence_batch)
+    assert [e["eventData"]["name"] for e in net.system(late)] == []
+    assert "peer-c" in [e["eventData"]["name"] for e in net.system(a)]
+    assert c in net.open_conns
+
+
+def test_a_socket_that_closes_before_its_batch_goes_out_gets_nothing_of_it() -> None:
+    net = Net()
+    net.joined("a")
+    b = net.joined("b")
+    net.joined("c")  # batched
+    net.close(b)
+    net.advance(net.broker.options.presence_batch)  # no output for the closed socket
+    assert b not in net.open_conns
+
+
+def test_with_no_batch_window_every_event_goes_out_at_once() -> None:
+    net = Net(options=BrokerOptions(presence_batch=0))
+    a = net.joined("a")
+    net.joined("b")
+    net.joined("c")
+    assert [e["eventData"]["name"] for e in net.system(a)] == ["peer-b", "peer-c"]
+
+
+def test_a_negative_batch_window_is_refused() -> None:
+    with pytest.raises(LocalProtocolError):
+        BrokerOptions(presence_batch=-1)

@@ -27,6 +27,7 @@ from meshproto import (
     StaticRegistry,
     Store,
     StoredMessage,
+    expand_outputs,
 )
 
 _SPEC = importlib.util.spec_from_file_location(
@@ -155,7 +156,7 @@ class Site:
         self._next = 1
 
     def pump(self) -> None:
-        for out in self.broker.drain_outputs():
+        for out in expand_outputs(self.broker.drain_outputs()):
             if isinstance(out, SendText):
                 self.inbox.setdefault(out.conn_id, []).append(json.loads(out.text))
 

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from .._broker import Broker
-from .._broker_outputs import BrokerOutput, CloseConnection, SendText
+from .._broker_outputs import BrokerOutput, CloseConnection, SendText, expand_outputs
 from .._codec import decode
 from .._errors import RemoteProtocolError
 from .._frames import Hello, ListPeers, Send, SessionHello
@@ -145,7 +145,7 @@ class BrokerOracle:
         """Check and apply the broker's pending outputs; remember the frames written."""
         outputs = self.broker.drain_outputs()
         written: _Written = []
-        for out in outputs:
+        for out in expand_outputs(outputs):
             if out.conn_id not in self.open:
                 self._fail(f"output for a socket that is not open: {out}")
             if isinstance(out, SendText):

@@ -1,0 +1,184 @@
+"""What peers learn of each other: statuses, summaries, the peer list, system pushes.
+
+Statuses gate direct messages (see :mod:`meshproto._broker_messages`); a
+status that becomes ``idle`` releases what was held. ``list_peers`` lists
+every presence of the mesh, live or in its grace window (``online`` says
+which). A presence that appears or goes sends a system push to every other
+live socket of its mesh: ``peer_joined`` (a member's first presence ever),
+``peer_returned`` (a member seen before) and ``peer_left`` (a presence
+dropped after its grace window).
+
+System pushes in batches **[reference broker]**. Every socket of a mesh
+hears of every other's arrival, so a mesh of *n* peers that all join at once
+(as after a broker restart) makes *n*² pushes. They are delivered in
+batches: an event in a quiet mesh goes out at once and opens a window of
+``presence_batch`` seconds; events during the window wait, in order, and go
+out together when it ends (and open the next window). The window is
+``presence_batch`` for up to 500 live sockets and grows in proportion beyond
+that (a batch costs one write to every socket). Each socket then gets
+a whole batch as one write, framed once for every socket, instead of one
+write per event. An event goes only to the sockets that were live when it
+happened (a later joiner learns of earlier peers from ``list_peers``), and a
+socket that closes before the batch goes out gets nothing of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._broker_base import _STATUSES, _T_GRACE, _T_PRESENCE, PresenceBatch, _BrokerBase
+from ._broker_outputs import (
+    SendTextMany,
+)
+from ._brokerwire import (
+    group_dicts,
+    iso_ms,
+    peers_list_text,
+    random_uuid,
+)
+from ._codec import encode
+from ._frames import (
+    Push,
+)
+from ._presence import Conn, Presence
+
+__all__ = ["SOCKETS_PER_WINDOW"]
+
+#: A mesh of this many live sockets (or fewer) has batch windows of ``presence_batch``.
+SOCKETS_PER_WINDOW = 500
+
+
+def _without_nones(entry: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
+    """``entry`` without the ``optional`` keys whose value is ``None`` (sent only when set)."""
+    for key in optional:
+        if entry[key] is None:
+            del entry[key]
+    return entry
+
+
+class _Peers(_BrokerBase):
+    """Statuses, summaries, the peer list and system pushes (the module docstring)."""
+
+    def _on_set_status(self, conn: Conn, presence: Presence, status: str, now: float) -> None:
+        if status not in _STATUSES:
+            self._error(
+                conn,
+                "malformed",
+                f"set_status: status must be one of 'idle', 'working', 'dnd', got {status!r}",
+            )
+            return
+        before = presence.status
+        presence.status = status
+        if status == "idle" and before != "idle":
+            self._drain(presence.mesh_id, presence.member_pubkey, now)
+
+    def _on_list_peers(self, conn: Conn, presence: Presence, req_id: str | None) -> None:
+        peers = [
+            _without_nones(
+                {
+                    "pubkey": p.pubkey,
+                    "memberPubkey": p.member_pubkey,
+                    "displayName": p.display_name,
+                    "status": p.status,
+                    "summary": p.summary,
+                    "groups": group_dicts(p.groups),
+                    "sessionId": p.session_id,
+                    "connectedAt": iso_ms(p.connected_at),
+                    "cwd": p.cwd,
+                    "peerRole": "session",
+                    "visible": True,
+                    "hostname": p.hostname,
+                    "peerType": p.peer_type,
+                    "online": p.conn is not None,
+                },
+                ("hostname", "peerType"),
+            )
+            for p in self._presences.in_mesh(presence.mesh_id)
+        ]
+        self._send(conn, peers_list_text(peers, req_id))
+
+    def _system_push(
+        self, mesh_id: str, event: str, data: dict[str, Any], now: float, *, skip: Conn | None
+    ) -> None:
+        conns = self._presences.live_conns(mesh_id)
+        if not conns or (len(conns) == 1 and conns[0] is skip):
+            return
+        skip_id = skip.conn_id if skip is not None else None
+        batch = self._batches.get(mesh_id)
+        if batch is not None and now < batch.until:  # a window is open: wait in it
+            batch.events.append(
+                (self._event_text(mesh_id, event, data, now), skip_id, self._attached)
+            )
+            return
+        # A quiet mesh: out at once, and a window opens for what follows.
+        text = self._event_text(mesh_id, event, data, now)
+        targets = tuple(c.conn_id for c in conns if c is not skip)
+        if targets:
+            self._outputs.append(SendTextMany(targets, text))
+        window = self._window(len(conns))
+        if window > 0:
+            self._batches[mesh_id] = PresenceBatch(now + window)
+            self._push_timer(now + window, _T_PRESENCE, mesh_id, 0)
+
+    def _flush_batch(self, mesh_id: str, now: float) -> None:
+        """A batch window ended: its events go out, in order, to the sockets live for each."""
+        batch = self._batches.pop(mesh_id)
+        if not batch.events:
+            return  # the mesh was quiet: the next event goes out at once
+        live = [(c.attached, c.conn_id) for c in self._presences.live_conns(mesh_id)]
+        out = self._outputs
+        for text, skip_id, seen in batch.events:
+            targets = tuple(cid for at, cid in live if at <= seen and cid != skip_id)
+            if targets:
+                out.append(SendTextMany(targets, text))
+        window = self._window(len(live))
+        self._batches[mesh_id] = PresenceBatch(now + window)  # and the next window opens
+        self._push_timer(now + window, _T_PRESENCE, mesh_id, 0)
+
+    def _window(self, sockets: int) -> float:
+        """The batch window for a mesh of ``sockets`` live sockets.
+
+        ``presence_batch`` per 500 sockets: a batch costs a write to every
+        socket, so a larger mesh waits longer between batches and pays for
+        the same share of the broker's time.
+        """
+        return self.options.presence_batch * max(1.0, sockets / SOCKETS_PER_WINDOW)
+
+    def _event_text(self, mesh_id: str, event: str, data: dict[str, Any], now: float) -> str:
+        return encode(
+            Push(
+                message_id=random_uuid(self._rng),
+                mesh_id=mesh_id,
+                sender_pubkey="system",
+                priority="low",
+                nonce="",
+                ciphertext="",
+                created_at=iso_ms(now),
+                subtype="system",
+                event=event,
+                event_data=data,
+            )
+        )
+
+    def _detach(self, conn: Conn, now: float) -> None:
+        """``conn`` is gone: its presence (if still its own) starts the grace window."""
+        presence = conn.presence
+        conn.presence = None
+        if presence is None or presence.conn is not conn:
+            return
+        presence.conn = None
+        presence.grace_token += 1
+        self._push_timer(
+            now + self.options.grace, _T_GRACE, presence.presence_id, presence.grace_token
+        )
+        self.store.set_last_seen(presence.mesh_id, presence.member_pubkey, now)
+
+    def _drop_presence(self, presence: Presence, now: float) -> None:
+        """The grace window ran out: forget the presence and tell the mesh."""
+        presences = self._presences
+        presences.remove(presence)
+        mesh_id, member = presence.mesh_id, presence.member_pubkey
+        if not presences.member_has_presences(mesh_id, member):
+            self._buckets.pop((mesh_id, member), None)
+        data = {"name": presence.display_name, "pubkey": presence.pubkey}
+        self._system_push(mesh_id, "peer_left", data, now, skip=None)
