@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -146,3 +149,26 @@ def test_a_message_that_could_not_be_opened_is_returned_with_a_clear_note() -> N
     assert record["unreadable"] == (
         "this message could not be opened (bad box); ask the sender to send it again"
     )
+
+
+# --- the how-to page ----------------------------------------------------------------------
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "howto" / "mcp.md"
+
+
+def test_the_mcp_page_has_a_section_per_tool_and_a_row_per_option(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from meshproto_cli._app import build_parser  # noqa: PLC0415
+
+    page = PAGE.read_text(encoding="utf-8")
+    for tool in TOOLS:
+        assert f"### `{tool.name}`" in page, tool.name
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["mcp", "--help"])
+    options = set(re.findall(r"(--[a-z][a-z-]+)", capsys.readouterr().out)) - {"--help"}
+    assert len(options) == 7, options
+    for option in options:
+        assert re.search(rf"`{option}( [A-Z]+)?`", page), option
+    for block in re.findall(r"```json\n(.*?)```", page, re.S):
+        json.loads(block)
