@@ -133,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--dir", default="mesh", help="output folder (default: %(default)s)")
     init.add_argument("--force", action="store_true", help="replace an existing members file")
     init.set_defaults(run="mesh-init")
+
+    mcp = sub.add_parser(
+        "mcp", help="serve the joined meshes to an AI session: MCP tools and live messages on stdio"
+    )
+    mcp.add_argument("--config-dir", metavar="DIR", help="claudemesh config dir")
+    mcp.add_argument(
+        "--mesh", action="append", metavar="SLUG", help="join only this mesh (repeat for several)"
+    )
+    mcp.add_argument(
+        "--session",
+        metavar="NAME",
+        help="pin the session name (default: the first free of mcp-1, mcp-2, ...)",
+    )
+    mcp.add_argument("--name", metavar="NAME", help="display name to announce")
+    mcp.add_argument("--url", metavar="URL", help="broker URL for every mesh (default: brokerUrl)")
+    mcp.add_argument("--cafile", metavar="PEM", help="CA certificates for a wss:// broker")
+    mcp.add_argument("--log-file", metavar="PATH", help="log here instead of to stderr")
+    mcp.set_defaults(run="mcp")
     return parser
 
 
@@ -146,6 +164,10 @@ def _runner(name: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
             return await run_demo()
 
         return demo
+    if name == "mcp":
+        from ._mcp import cmd_mcp  # noqa: PLC0415 (needs the mcp extra)
+
+        return cmd_mcp
     return {
         "broker": _commands.cmd_broker,
         "send": _commands.cmd_send,
