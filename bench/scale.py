@@ -61,7 +61,9 @@ MARKER64 = base64.b64encode(MARKER)
 # --- the broker process -------------------------------------------------------------------
 
 
-def serve(port: int, peers: int) -> None:
+def serve(port: int, peers: int, profile: str | None) -> None:
+    import signal  # noqa: PLC0415
+
     import anyio  # noqa: PLC0415
 
     from meshproto import Broker, BrokerOptions, StaticRegistry  # noqa: PLC0415
@@ -93,13 +95,28 @@ def serve(port: int, peers: int) -> None:
             )
             print(f"listening {server.port}", flush=True)
 
+    if profile is None:
+        anyio.run(main)
+        return
+    import cProfile  # noqa: PLC0415
+
+    profiler = cProfile.Profile()
+
+    def stop(signum: int, frame: object) -> None:
+        profiler.disable()
+        profiler.dump_stats(profile)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    profiler.enable()
     anyio.run(main)
 
 
 class BrokerProcess:
-    def __init__(self, peers: int) -> None:
+    def __init__(self, peers: int, profile: str | None) -> None:
+        extra = ["--profile", profile] if profile else []
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--serve", "--peers", str(peers)],
+            [sys.executable, __file__, "--serve", "--peers", str(peers), *extra],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -401,9 +418,10 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of the idle phase")
     parser.add_argument("--flood", type=int, default=200_000, help="messages in the flood")
     parser.add_argument("--quick", action="store_true", help="a smoke run")
+    parser.add_argument("--profile", metavar="FILE", help="cProfile the broker into FILE")
     args = parser.parse_args()
     if args.serve:
-        serve(args.port, args.peers)
+        serve(args.port, args.peers, args.profile)
         return
     if args.quick:
         args.peers, args.idle, args.flood = 200, 2.0, 2_000
@@ -414,7 +432,7 @@ def main() -> None:
         f"peers in one mesh over loopback (minimal WebSocket peers, ed25519 hellos), "
         f"{os.cpu_count()} CPUs"
     )
-    broker = BrokerProcess(args.peers)
+    broker = BrokerProcess(args.peers, args.profile)
     try:
         peers = asyncio.run(storm(broker, args.peers, args.idle))
         del peers

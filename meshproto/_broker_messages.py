@@ -230,7 +230,7 @@ class _Messages(_BrokerBase):
         )
         targets = tuple(c.conn_id for c in conns if c is not conn)
         if targets:
-            self._outputs.append(SendTextMany(targets, text))
+            self._outputs.append(SendTextMany(targets, (text,)))
 
     @staticmethod
     def _wants(conn: Conn, message: StoredMessage) -> bool:
@@ -265,7 +265,7 @@ class _Messages(_BrokerBase):
         if len(conns) == 1:
             self._outputs.append(SendText(conns[0].conn_id, text))
         else:
-            self._outputs.append(SendTextMany(tuple(c.conn_id for c in conns), text))
+            self._outputs.append(SendTextMany(tuple(c.conn_id for c in conns), (text,)))
 
     def _drain(self, mesh_id: str, member: str, now: float, *, only: Conn | None = None) -> None:
         """Push the member's stored messages that may go out now, oldest first.

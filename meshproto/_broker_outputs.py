@@ -5,10 +5,10 @@ outputs out in order: write a text frame, send a WebSocket ping, or close a
 socket. After a :class:`CloseConnection` the broker has already forgotten the
 socket; anything the adapter still reports for it is ignored.
 
-One text for many sockets (a broadcast, a system push, a stored message for
-several sessions) is one :class:`SendTextMany`, so that an adapter can frame
-it once and hand the same bytes to every socket, and a consumer that wants
-one output per socket can :func:`expand_outputs`.
+The same texts for many sockets (a broadcast, a batch of system pushes, a
+stored message for several sessions) are one :class:`SendTextMany`, so that
+an adapter can frame them once and hand the same bytes to every socket; a
+consumer that wants one output per socket and text can :func:`expand_outputs`.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ class SendText:
 
 @dataclass(frozen=True, slots=True)
 class SendTextMany:
-    """Write the same ``text`` as one WebSocket text message on each of ``conn_ids``.
+    """Write each of ``texts``, in order, as WebSocket text messages on each of ``conn_ids``.
 
-    The same as a :class:`SendText` for each socket, in that order, at this
-    point of the outputs.
+    The same as a :class:`SendText` for each socket and text (socket by
+    socket, each socket's texts in order) at this point of the outputs.
     """
 
     conn_ids: tuple[int, ...]
-    text: str
+    texts: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +74,7 @@ def without_connection(outputs: list[BrokerOutput], conn_id: int) -> list[Broker
             if conn_id in output.conn_ids:
                 rest = tuple(c for c in output.conn_ids if c != conn_id)
                 if rest:
-                    kept.append(SendTextMany(rest, output.text))
+                    kept.append(SendTextMany(rest, output.texts))
                 continue
         elif output.conn_id == conn_id:  # type: ignore[union-attr]
             continue
@@ -85,11 +85,12 @@ def without_connection(outputs: list[BrokerOutput], conn_id: int) -> list[Broker
 def expand_outputs(
     outputs: Iterable[BrokerOutput],
 ) -> Iterator[SendText | PingConnection | CloseConnection]:
-    """The outputs with every :class:`SendTextMany` as one :class:`SendText` per socket."""
+    """The outputs with every :class:`SendTextMany` as one :class:`SendText` per socket and text."""
     for output in outputs:
         if type(output) is SendTextMany:
-            text = output.text
+            texts = output.texts
             for conn_id in output.conn_ids:
-                yield SendText(conn_id, text)
+                for text in texts:
+                    yield SendText(conn_id, text)
         else:
             yield output  # type: ignore[misc]

@@ -24,12 +24,11 @@ socket that closes before the batch goes out gets nothing of it.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 from ._broker_base import _STATUSES, _T_GRACE, _T_PRESENCE, PresenceBatch, _BrokerBase
-from ._broker_outputs import (
-    SendTextMany,
-)
+from ._broker_outputs import SendTextMany
 from ._brokerwire import (
     group_dicts,
     iso_ms,
@@ -37,9 +36,7 @@ from ._brokerwire import (
     random_uuid,
 )
 from ._codec import encode
-from ._frames import (
-    Push,
-)
+from ._frames import Push
 from ._presence import Conn, Presence
 
 __all__ = ["SOCKETS_PER_WINDOW"]
@@ -114,26 +111,51 @@ class _Peers(_BrokerBase):
         text = self._event_text(mesh_id, event, data, now)
         targets = tuple(c.conn_id for c in conns if c is not skip)
         if targets:
-            self._outputs.append(SendTextMany(targets, text))
+            self._outputs.append(SendTextMany(targets, (text,)))
         window = self._window(len(conns))
         if window > 0:
             self._batches[mesh_id] = PresenceBatch(now + window)
             self._push_timer(now + window, _T_PRESENCE, mesh_id, 0)
 
     def _flush_batch(self, mesh_id: str, now: float) -> None:
-        """A batch window ended: its events go out, in order, to the sockets live for each."""
+        """A batch window ended: its events go out, in order, to the sockets live for each.
+
+        A socket hears every event from the first one after it arrived (its
+        own arrival is never sent to it), so what each socket hears is a tail
+        of the batch. Sockets that hear the same tail share one output.
+        """
         batch = self._batches.pop(mesh_id)
         if not batch.events:
             return  # the mesh was quiet: the next event goes out at once
-        live = [(c.attached, c.conn_id) for c in self._presences.live_conns(mesh_id)]
-        out = self._outputs
-        for text, skip_id, seen in batch.events:
-            targets = tuple(cid for at, cid in live if at <= seen and cid != skip_id)
-            if targets:
-                out.append(SendTextMany(targets, text))
+        live = self._presences.live_conns(mesh_id)
+        self._send_batch(batch.events, live)
         window = self._window(len(live))
         self._batches[mesh_id] = PresenceBatch(now + window)  # and the next window opens
         self._push_timer(now + window, _T_PRESENCE, mesh_id, 0)
+
+    def _send_batch(self, events: list[tuple[str, int | None, int]], live: list[Conn]) -> None:
+        texts = tuple(text for text, _, _ in events)
+        seens = [seen for _, _, seen in events]
+        skipped: dict[int, list[int]] = {}
+        for index, (_, skip_id, _) in enumerate(events):
+            if skip_id is not None:
+                skipped.setdefault(skip_id, []).append(index)
+        tails: dict[int, list[int]] = {}  # first event heard -> the sockets that hear from it
+        out = self._outputs
+        for conn in live:
+            start = bisect_left(seens, conn.attached)  # the first event after it arrived
+            skips = [i for i in skipped.get(conn.conn_id, ()) if i >= start]
+            if skips == [start]:  # its own arrival, first of its tail (the usual case)
+                start += 1
+            elif skips:  # skipped further into its tail: an output of its own
+                own = tuple(t for i, t in enumerate(texts) if i >= start and i not in skips)
+                if own:
+                    out.append(SendTextMany((conn.conn_id,), own))
+                continue
+            if start < len(texts):
+                tails.setdefault(start, []).append(conn.conn_id)
+        for start, conn_ids in tails.items():
+            out.append(SendTextMany(tuple(conn_ids), texts[start:]))
 
     def _window(self, sockets: int) -> float:
         """The batch window for a mesh of ``sockets`` live sockets.

@@ -269,24 +269,26 @@ class BrokerDriver:
     def _pump(self, now: float) -> None:
         """Carry out the broker's outputs; one that fails costs only its own socket.
 
-        A text for many sockets is framed once and the same bytes go to each
-        (a server's frames are not masked). Each socket written to is flushed
-        once, at the end, as one write.
+        The texts for many sockets are framed once and the same bytes go to
+        each (a server's frames are not masked); a text in several such
+        outputs (a batch of system pushes) is framed once for all of them.
+        Each socket written to is flushed once, at the end, as one write.
         """
         sockets, dirty = self._sockets, self._dirty
+        framed: dict[int, bytes] = {}  # id(text) -> its frame, while the outputs hold the texts
         while outputs := self._broker.drain_outputs():
             for output in outputs:
                 if type(output) is SendTextMany:
                     try:
-                        frame = server_text_frame(output.text)
+                        blob = self._frames_of(output.texts, framed)
                     except Exception:
-                        logger.exception("unexpected error while framing a text for many sockets")
+                        logger.exception("unexpected error while framing texts for many sockets")
                         for conn_id in output.conn_ids:
                             self._close_for_bug(conn_id, now)
                         continue
                     for conn_id in output.conn_ids:
                         sock = sockets.get(conn_id)
-                        if sock is not None and sock.ws.send_framed(frame):
+                        if sock is not None and sock.ws.send_framed(blob):
                             dirty[conn_id] = sock.ws
                     continue
                 conn_id = output.conn_id  # type: ignore[union-attr]
@@ -302,10 +304,23 @@ class BrokerDriver:
                         CLOSE_INTERNAL_ERROR,
                     )
                     self._close_for_bug(conn_id, now)
+            framed.clear()
         if dirty:
             self._dirty = {}
             for conn_id, ws in dirty.items():
                 self._flush(conn_id, ws)
+
+    @staticmethod
+    def _frames_of(texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes:
+        if len(texts) == 1:
+            return server_text_frame(texts[0])
+        parts = []
+        for text in texts:
+            frame = framed.get(id(text))
+            if frame is None:
+                frame = framed[id(text)] = server_text_frame(text)
+            parts.append(frame)
+        return b"".join(parts)
 
     def _carry_out(self, output: BrokerOutput, conn_id: int, sock: _Socket, now: float) -> None:
         ws = sock.ws

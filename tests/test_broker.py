@@ -1434,6 +1434,21 @@ def test_a_batched_event_goes_only_to_the_sockets_live_when_it_happened() -> Non
     assert c in net.open_conns
 
 
+def test_each_socket_hears_the_same_arrivals_in_the_same_order_batched_or_not() -> None:
+    def heard(batch: float) -> list[list[str]]:
+        net = Net(options=BrokerOptions(presence_batch=batch))
+        conns = [net.joined("a")]
+        for i in range(12):  # a storm: most of these land inside one window or the next
+            conns.append(net.joined("b" if i % 2 else "c", sessionId=f"s{i}"))
+            net.advance(0.01)
+        net.advance(10 * max(batch, 0.01))
+        return [[e["eventData"]["pubkey"] + e["event"] for e in net.system(c)] for c in conns]
+
+    batched, at_once = heard(0.05), heard(0)
+    assert batched == at_once
+    assert [len(h) for h in at_once] == list(range(12, -1, -1))  # never its own arrival
+
+
 def test_a_socket_that_closes_before_its_batch_goes_out_gets_nothing_of_it() -> None:
     net = Net()
     net.joined("a")
