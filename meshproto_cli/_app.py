@@ -11,6 +11,7 @@ not even a Ctrl-C in the first moment, before the event loop runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
@@ -19,6 +20,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ._errors import (
+    BROKER_STATUS_HELP,
     EXIT_ERROR,
     EXIT_INTERRUPTED,
     EXIT_STATUS_HELP,
@@ -32,10 +34,11 @@ __all__ = ["build_parser", "main"]
 
 _EXTRA_HINT = "pip install 'meshproto[all]'"
 #: Commands that stop by themselves on the first Ctrl-C or SIGTERM.
-_GRACEFUL = frozenset({"listen"})
+_GRACEFUL = frozenset({"broker", "listen"})
 #: How long they may take before they are cancelled.
 STOP_GRACE = 5.0
 _TEXT_LOG = "%(levelname)s %(name)s: %(message)s"
+_BROKER_TEXT_LOG = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _installed_version() -> str:
@@ -88,6 +91,26 @@ def _count(text: str) -> int:
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the epilog's table as written."""
+
+
+#: BrokerOptions fields the command sets: (field, what it is). The flag is the
+#: field's name with dashes; the default is the field's, shown in --help.
+BROKER_LIMITS: tuple[tuple[str, str], ...] = (
+    ("max_connections_per_mesh", "presences per mesh, live or in their grace window"),
+    ("rate_burst", "sends a member may make at once"),
+    ("rate_per_minute", "how fast a member's allowance of sends refills"),
+    ("grace", "seconds a presence outlives its socket, still listed and reattached silently"),
+    ("store_ttl", "seconds an undelivered direct message is kept"),
+    ("store_limit_per_member", "undelivered direct messages held per recipient member"),
+    ("dedupe_ttl", "seconds a sender's client_message_id is remembered"),
+    ("dedupe_limit_per_member", "client_message_ids remembered per sending member"),
+    ("max_payload", "bytes of ciphertext, nonce and target one send may carry"),
+    ("hard_frame_cap", "bytes of a text frame above which the socket is closed (1009)"),
+    ("ping_interval", "seconds between pings to each socket"),
+    ("liveness_timeout", "seconds of silence after which a socket is closed (1001)"),
+    ("hello_timeout", "seconds a socket may stay open without an accepted hello"),
+    ("skew", "seconds a hello's timestamp may be from the broker's clock"),
+)
 
 
 def _add_output_options(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
@@ -163,26 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run="demo")
 
-    broker = command("broker", "run the reference broker", None, server=True)
-    broker.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
-    )
-    broker.add_argument("--port", type=int, default=7900, help="port (default: %(default)s)")
-    source = broker.add_mutually_exclusive_group()
-    source.add_argument(
-        "--mesh", dest="mesh_file", metavar="FILE", help="members file from 'meshproto mesh init'"
-    )
-    source.add_argument(
-        "--open-mesh",
-        default="local",
-        metavar="ID",
-        help="without --mesh: admit any key that signs its hello into this mesh "
-        "(default: %(default)s)",
-    )
-    broker.add_argument("--db", metavar="PATH", help="SQLite store, kept across restarts")
-    broker.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate")
-    broker.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
-    broker.set_defaults(run="broker")
+    _add_broker(command("broker", "run the reference broker", BROKER_STATUS_HELP, server=True))
 
     send = command("send", "send one message and wait for the broker's ack")
     send.add_argument(
@@ -273,6 +277,55 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_broker(broker: argparse.ArgumentParser) -> None:
+    from meshproto import BrokerOptions  # noqa: PLC0415 (the core imports nothing heavy)
+
+    broker.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    broker.add_argument(
+        "--port", type=_port, default=7900, help="port, 0 for a free one (default: %(default)s)"
+    )
+    source = broker.add_mutually_exclusive_group()
+    source.add_argument(
+        "--mesh", dest="mesh_file", metavar="FILE", help="members file from 'meshproto mesh init'"
+    )
+    source.add_argument(
+        "--open-mesh",
+        default="local",
+        metavar="ID",
+        help="without --mesh: admit any key that signs its hello into this mesh "
+        "(default: %(default)s)",
+    )
+    broker.add_argument("--db", metavar="PATH", help="SQLite store, kept across restarts")
+    broker.add_argument(
+        "--tls-cert", metavar="PEM", help="serve wss:// with this certificate chain"
+    )
+    broker.add_argument(
+        "--tls-key", metavar="PEM", help="its private key (if not in the --tls-cert file)"
+    )
+    broker.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines on stderr as text or one JSON object each (default: %(default)s)",
+    )
+    limits = broker.add_argument_group("limits (BrokerOptions)")
+    defaults = BrokerOptions()
+    kinds = {f.name: f.type for f in dataclasses.fields(BrokerOptions)}
+    for name, what in BROKER_LIMITS:
+        kind = int if kinds[name] in (int, "int") else float
+        limits.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"limit_{name}",
+            type=_positive(kind),
+            default=getattr(defaults, name),
+            metavar="S" if "seconds" in what else "N",
+            help=f"{what} (default: %(default){'s' if kind is int else 'g'})",
+        )
+    broker.set_defaults(run="broker")
+
+
 # --- running -----------------------------------------------------------------------------
 
 
@@ -330,11 +383,12 @@ async def _until_interrupted(
 
     Handling the signals here, inside the event loop, makes Ctrl-C behave the
     same on asyncio and trio and on every Python (3.10's asyncio would
-    otherwise surface it as a bare ``CancelledError``). ``listen`` stops
-    gracefully: the first signal sets ``args.stop_requested`` (a
-    :class:`StopRequest`), and it finishes within :data:`STOP_GRACE` seconds
-    (it says goodbye to the broker); a second signal, or the end of the
-    grace, cancels it. Any other command is cancelled at once.
+    otherwise surface it as a bare ``CancelledError``). ``broker`` and
+    ``listen`` stop gracefully: the first signal sets ``args.stop_requested``
+    (a :class:`StopRequest`), and they finish within :data:`STOP_GRACE` seconds
+    (a broker closes every socket with 1001, a listener says goodbye); a
+    second signal, or the end of the grace, cancels them. Any other command
+    is cancelled at once.
     """
     import anyio  # noqa: PLC0415 (needs the optional extras)
 
@@ -425,8 +479,21 @@ def _interrupts_deferred() -> Iterator[None]:
 
 def _configure_logging(args: argparse.Namespace) -> None:
     verbose = 0 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
-    logging.basicConfig(level=level, format=_TEXT_LOG)
+    if args.run == "broker":
+        # A server logs its connections by default: INFO, -q WARNING, -v DEBUG.
+        level = logging.WARNING if args.quiet else (logging.DEBUG if verbose else logging.INFO)
+        text_format = _BROKER_TEXT_LOG
+    else:
+        level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+        text_format = _TEXT_LOG
+    from ._brokerlog import JsonFormatter, TextFormatter  # noqa: PLC0415
+
+    handler = logging.StreamHandler(sys.stderr)
+    if getattr(args, "log_format", "text") == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter(text_format))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _read_body(args: argparse.Namespace) -> None:
@@ -444,6 +511,11 @@ def _read_body(args: argparse.Namespace) -> None:
     if not text:
         raise CommandError("nothing to send: stdin was empty")
     args.body = text
+
+
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.run == "broker" and args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert (without a certificate the broker serves ws://)")
 
 
 def _say(text: str) -> None:
@@ -476,6 +548,7 @@ def _main(argv: Sequence[str] | None) -> int:
     with _interrupts_deferred():
         parser = build_parser()
     args = parser.parse_args(argv)
+    _check_usage(parser, args)
     with _interrupts_deferred():
         _configure_logging(args)
         try:

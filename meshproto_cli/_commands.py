@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import random
 import secrets
 import ssl
 import string
@@ -32,8 +31,6 @@ import anyio
 from meshproto import (
     BACKOFF_CAPS,
     Backoff,
-    Broker,
-    BrokerOptions,
     ClientOptions,
     ConnectionState,
     Event,
@@ -44,13 +41,12 @@ from meshproto import (
     SendError,
     SendOutcomeUnknown,
     SendOutcomeUnknownError,
-    StaticRegistry,
     UnreadableMessage,
 )
-from meshproto_anyio import Client, connect, serve_broker
-from meshproto_anyio.sqlite_store import SqliteStore
-from meshproto_crypto import Ed25519Verifier, KeyPair
+from meshproto_anyio import Client, connect
+from meshproto_crypto import KeyPair
 
+from ._broker_command import cmd_broker
 from ._errors import CommandError, OutcomeUnknown, Refused, TimedOut
 from ._files import (
     FileProblem,
@@ -68,7 +64,6 @@ from ._formats import MessageFormat, peer_record, peer_table
 from ._identity import Identity, command_identity
 from ._names import NameProblem, is_target_spec, resolve_target
 from ._output import Style, json_line, visible
-from ._registry import FileRegistry
 from ._roster import Roster
 from ._status import SLOW_CONNECT, ConnectionReporter, describe_refusal, refusal_code
 
@@ -118,50 +113,6 @@ def _stderr_line(text: str) -> None:
 
 def _print(text: str) -> None:
     print(text, flush=True)
-
-
-# --- broker ------------------------------------------------------------------
-
-
-async def cmd_broker(args: argparse.Namespace) -> int:
-    registry: FileRegistry | StaticRegistry
-    if args.mesh_file:
-        file_registry = FileRegistry(Path(args.mesh_file))
-        registry = file_registry
-        mesh_note = f"mesh {file_registry.mesh_id} from {args.mesh_file}"
-    else:
-        registry = StaticRegistry(open_mesh=args.open_mesh)
-        mesh_note = f"open mesh {args.open_mesh!r}: any key that signs its hello may join"
-    store = SqliteStore(args.db) if args.db else None
-    broker = Broker(
-        registry,
-        verifier=Ed25519Verifier(),
-        store=store,
-        rng=random.SystemRandom(),
-        options=BrokerOptions(),
-    )
-    ssl_context = None
-    if args.tls_cert:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
-    try:
-        async with anyio.create_task_group() as tasks:
-            server = await tasks.start(
-                lambda task_status: serve_broker(
-                    broker,
-                    host=args.host,
-                    port=args.port,
-                    ssl_context=ssl_context,
-                    task_status=task_status,
-                )
-            )
-            print(f"meshproto broker listening on {server.url}", flush=True)
-            print(f"  {mesh_note}", flush=True)
-            print(f"  store: {args.db or 'in memory (lost on exit)'}", flush=True)
-    finally:
-        if store is not None:
-            store.close()
-    return 0
 
 
 # --- connecting ------------------------------------------------------------------------

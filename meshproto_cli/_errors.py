@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "BROKER_STATUS_HELP",
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
@@ -61,6 +62,14 @@ exit status:
        for listen, no message (or fewer than --count) within --timeout
   130  interrupted (Ctrl-C)
   143  terminated (SIGTERM)"""
+
+
+#: ``meshproto broker``'s, as its ``--help`` shows them.
+BROKER_STATUS_HELP = """\
+exit status:
+  1    it could not start (a port in use, a bad --db or certificate), one line on stderr
+  2    bad usage
+  130  stopped by Ctrl-C, 143 by SIGTERM: each client's socket is closed with 1001 first"""
 
 
 class CommandError(Exception):
