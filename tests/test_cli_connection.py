@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import trustme
+from anyio.from_thread import start_blocking_portal
+from anyio_helpers import WsPeer, fake_broker
 from cli_helpers import (
     BrokerProcess,
     Running,
@@ -320,3 +322,55 @@ def test_ctrl_c_in_the_first_moment_is_not_a_traceback(mesh: Path, delay: float)
     assert "Traceback" not in early.err.text(), early.err.text()
     assert status == 130, early.err.text()
     assert early.err.text().splitlines()[-1] == "interrupted"
+
+
+@pytest.fixture
+def silent_broker() -> Iterator[str]:
+    """A "broker" that accepts every TCP connection and never says a word."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield f"ws://127.0.0.1:{server.getsockname()[1]}/ws"
+
+
+def test_a_broker_that_never_answers_is_reported_within_a_second(
+    mesh: Path, silent_broker: str
+) -> None:
+    started = time.monotonic()
+    with Running("peers", "--timeout", "2", *member(mesh, "alice", silent_broker)) as peers:
+        first = peers.err.wait_for("still connecting", timeout=10)
+        noticed = time.monotonic() - started
+        status = peers.wait()
+    assert first == f"still connecting to {silent_broker} …"
+    assert noticed < 2.0, noticed
+    assert status == 124
+    assert _error_line(peers.err.text()) == (
+        f"meshproto: error: timed out after 2 s without reaching the broker: no answer from "
+        f"{silent_broker}"
+    )
+
+
+def test_a_send_written_and_never_acknowledged_exits_3_with_the_key_to_retry_under(
+    mesh: Path,
+) -> None:
+    async def hello_then_silence(peer: WsPeer) -> None:
+        hello = await peer.next_frame()
+        assert hello["type"] == "session_hello"
+        await peer.send_json({"type": "hello_ack", "presenceId": "p" * 32})
+        while True:  # read every frame, acknowledge none
+            await peer.next_frame(timeout=30)
+
+    with (
+        start_blocking_portal() as portal,
+        portal.wrap_async_context_manager(fake_broker(hello_then_silence)) as (url, _),
+    ):
+        bob = KeyPair.generate().pubkey  # a direct message: sealed, written, never acknowledged
+        result = run_cli("send", bob, "hi", "--timeout", "2", "--json", *member(mesh, "alice", url))
+    assert result.returncode == 3, result
+    line = _error_line(result.stderr)
+    (record,) = json_lines(result.stdout)
+    assert record["error"] == "outcome_unknown" and record["status"] == 3
+    cmid = record["clientMessageId"]
+    assert line.startswith("meshproto: error: outcome unknown after 2 s (timeout: ")
+    assert "the message may have been delivered" in line
+    assert line.endswith(f"send it again with --client-message-id {cmid}")
