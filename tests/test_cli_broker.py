@@ -16,7 +16,16 @@ from pathlib import Path
 
 import pytest
 import trustme
-from cli_helpers import BrokerProcess, Running, json_lines, make_mesh, member, revoke, run_cli
+from cli_helpers import (
+    FAST,
+    BrokerProcess,
+    Running,
+    json_lines,
+    make_mesh,
+    member,
+    revoke,
+    run_cli,
+)
 
 from meshproto_cli._brokerlog import JsonFormatter, TextFormatter
 
@@ -137,7 +146,7 @@ def test_broker_logs_each_connect_refusal_and_disconnect(tmp_path: Path) -> None
     broker = BrokerProcess(tmp_path, "--mesh", str(mesh / "members.json"), "--log-format", "json")
     broker.start()
     try:
-        with Running("listen", *member(mesh, "alice", broker.url)) as listener:
+        with Running("listen", *member(mesh, "alice", broker.url, *FAST)) as listener:
             listener.err.wait_for("^connected as ")
             assert run_cli("peers", *member(mesh, "bob", broker.url)).returncode == 0
             revoke(mesh, "bob")
@@ -170,7 +179,7 @@ def test_ctrl_c_on_the_broker_closes_every_client_with_1001(tmp_path: Path) -> N
     broker = BrokerProcess(tmp_path, "--mesh", str(mesh / "members.json"))
     broker.start()
     try:
-        with Running("listen", *member(mesh, "alice", broker.url)) as listener:
+        with Running("listen", *member(mesh, "alice", broker.url, *FAST)) as listener:
             listener.err.wait_for("^connected as ")
             assert broker.stop(signal.SIGINT) == 130
             line = listener.err.wait_for("^connection lost: ")

@@ -18,7 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import BrokerProcess, command, environment, make_mesh, member, revoke, run_cli
+from cli_helpers import (
+    FAST,
+    BrokerProcess,
+    command,
+    environment,
+    make_mesh,
+    member,
+    revoke,
+    run_cli,
+)
 
 _SGR = re.compile(rb"\x1b\[[0-9;]*m")  # the colour codes the command itself writes
 
@@ -78,7 +87,7 @@ def test_listen_in_a_terminal_through_a_broker_restart_and_a_revocation(tmp_path
     alice = member(mesh, "alice", url)
     master, slave = pty.openpty()
     listener = subprocess.Popen(
-        command("listen", *member(mesh, "bob", url)),
+        command("listen", *member(mesh, "bob", url, *FAST)),
         stdin=slave,
         stdout=slave,
         stderr=slave,
