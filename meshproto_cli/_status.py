@@ -168,7 +168,6 @@ class ConnectionReporter:
         self.suffix = suffix
         self._style = style or Style(False)
         self._printed_cause: str | None = None  # the problem last reported, until a success
-        self._said_anything = False
         self._open = False
         self._lost_open = False
         self.connections = 0
@@ -184,8 +183,11 @@ class ConnectionReporter:
         return self._open
 
     def still_connecting(self) -> None:
-        """The command has waited :data:`SLOW_CONNECT` without a connection: say so, once."""
-        if self.verbosity and not self._said_anything and not self._open:
+        """The command has waited :data:`SLOW_CONNECT` without a connection: say so.
+
+        Unless a problem was reported already (it says more).
+        """
+        if self.verbosity and self._printed_cause is None and not self._open:
             self._say(f"still connecting to {visible(self.url)} …")
 
     def timeout_message(self, seconds: float, waiting_for: str) -> str:
@@ -278,5 +280,4 @@ class ConnectionReporter:
     def _say(self, text: str, *, problem: bool = False) -> None:
         if not self.verbosity:
             return
-        self._said_anything = True
         self._write(self._style.yellow(text) if problem else text)

@@ -313,7 +313,7 @@ def test_sigterm_stops_listen_with_143_and_ctrl_c_with_130(
         assert "Traceback" not in listener.err.text()
 
 
-@pytest.mark.parametrize("delay", [0.1, 0.2, 0.3])
+@pytest.mark.parametrize("delay", [0.15, 0.3])
 def test_ctrl_c_in_the_first_moment_is_not_a_traceback(mesh: Path, delay: float) -> None:
     url = f"ws://127.0.0.1:{_free_port()}/ws"
     with Running("send", "*", "hi", *member(mesh, "alice", url)) as early:

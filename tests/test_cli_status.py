@@ -94,6 +94,13 @@ def test_a_one_shot_command_speaks_only_of_problems_and_their_end() -> None:
     ]
 
 
+def test_a_second_without_a_connection_or_a_reason_is_said() -> None:
+    reporter, lines = _reporter()
+    reporter.on_event(StateChanged(IDLE, CONNECTING))
+    reporter.still_connecting()  # a broker that accepted the socket and says nothing
+    assert lines == [f"connecting to {URL}", f"still connecting to {URL} …"]
+
+
 def test_quiet_says_nothing_and_verbose_says_every_attempt() -> None:
     quiet, quiet_lines = _reporter(verbosity=0)
     verbose, verbose_lines = _reporter(verbosity=2, announce=False)
