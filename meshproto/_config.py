@@ -19,6 +19,7 @@ from ._frames import Group
 from ._seams import PlaintextSealer, Sealer, Signer
 
 __all__ = [
+    "ATTESTATION_DEFAULT_TTL_MS",
     "ATTESTATION_MAX_TTL_MS",
     "MAX_FRAME_BYTES",
     "PRIORITIES",
@@ -31,6 +32,11 @@ __all__ = [
 
 #: A parent attestation lives at most 24 hours (docs/protocol.md §3.2).
 ATTESTATION_MAX_TTL_MS = 24 * 3600 * 1000
+#: What the client mints by default: 12 hours, as the claudemesh command line
+#: does. The 24 h bound is measured on the broker's clock, so an attestation
+#: minted for the full 24 h is refused (``ttl_too_long``, for good) as soon as
+#: the client's clock runs ahead of the broker's by a millisecond.
+ATTESTATION_DEFAULT_TTL_MS = 12 * 3600 * 1000
 
 #: The largest frame a client writes and the largest body it accepts (§1, §7).
 MAX_FRAME_BYTES = 65_536
@@ -68,8 +74,9 @@ class ClientConfig:
 
     ``signer`` holds the member key. With ``session_signer`` (a session key,
     docs/protocol.md §3.2) every transport opens with ``session_hello``: a parent
-    attestation minted afresh, valid ``attestation_ttl_ms`` (at most 24 h),
-    signed by the member key, and the hello signed by the session key.
+    attestation minted afresh, valid ``attestation_ttl_ms`` (12 h by default,
+    at most 24 h), signed by the member key, and the hello signed by the
+    session key.
     Without it, the transport opens with a member ``hello``, which may still
     name a ``session_pubkey`` so that the broker can reattach the session.
 
@@ -95,7 +102,7 @@ class ClientConfig:
     session_pubkey: str | None = None
     sealer: Sealer = field(default_factory=PlaintextSealer)
     session_signer: Signer | None = None
-    attestation_ttl_ms: int = ATTESTATION_MAX_TTL_MS
+    attestation_ttl_ms: int = ATTESTATION_DEFAULT_TTL_MS
     role: str | None = None
 
     def __post_init__(self) -> None:

@@ -25,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import random
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -78,6 +80,36 @@ SYSTEM_MESSAGE_LIMIT = 256
 MAX_SEND_BUFFER = 8 * 1_048_576
 
 Message = MessageReceived | UnreadableMessage
+
+
+def connect_error_text(exc: OSError) -> str:
+    """Why a connection could not be made, for a person: ``Connection refused``.
+
+    anyio reports a failed connect as ``All connection attempts failed``, with
+    the error of each attempt as its cause; asyncio words a refusal as
+    ``Connect call failed ('127.0.0.1', 9)``. This names the cause instead:
+    the system's text for its errno, a resolver's message as it is, and a TLS
+    error (``CERTIFICATE_VERIFY_FAILED`` …) in full.
+    """
+    cause = exc.__cause__
+    found: list[OSError] = []
+    if isinstance(cause, OSError):
+        found.append(cause)
+    elif cause is not None and hasattr(cause, "exceptions"):  # an exception group
+        found.extend(e for e in cause.exceptions if isinstance(e, OSError))
+    texts: list[str] = []
+    for error in found or [exc]:
+        if isinstance(error, socket.gaierror):
+            text = error.strerror or str(error)
+        elif isinstance(error, ssl.SSLError):
+            text = str(error)
+        elif error.errno:
+            text = os.strerror(error.errno)
+        else:
+            text = str(error)
+        if text not in texts:
+            texts.append(text)
+    return "; ".join(texts)
 
 
 class _Pulse:
@@ -384,7 +416,8 @@ class Client:
             with scope:
                 stream = await self._open_stream(address)
         except OSError as exc:  # ssl.SSLError and connection refusals are OSErrors
-            self._socket_failed(socket_id, f"could not connect to {address.url}: {exc}")
+            why = connect_error_text(exc)
+            self._socket_failed(socket_id, f"could not connect to {address.url}: {why}")
             return
         except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
             # The TLS handshake broke, or the server hung up during it.

@@ -2,6 +2,36 @@
 
 from __future__ import annotations
 
-from ._app import main
+import signal
+import sys
+from collections.abc import Sequence
 
 __all__ = ["main"]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``meshproto`` command; returns its exit status.
+
+    A Ctrl-C while the command's modules load is held back until they have
+    loaded, and then ends the command with status 130 like any other Ctrl-C
+    (raised inside an import it would be a traceback, or worse: see
+    ``_app._interrupts_deferred``).
+    """
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
+    try:
+        previous = signal.signal(signal.SIGINT, hold)
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        from ._app import main as run  # noqa: PLC0415 (the imports to protect)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if held:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return run(argv)

@@ -1,22 +1,44 @@
-"""The ``meshproto`` command line: argument parsing and error handling.
+"""The ``meshproto`` command line: argument parsing, error handling, exit statuses.
 
 Every error the user can act on is printed as one line, ``meshproto: error:
-...``, with exit status 1 (2 for bad usage, as argparse does); Ctrl-C stops
-cleanly with status 130. Nothing the user typed or the network sent ends in a
-traceback.
+...`` (with ``--json``, also as one object on stdout), and the exit status
+says what kind it was (:mod:`meshproto_cli._errors`: 0 done, 1 error, 2
+usage, 3 outcome unknown, 124 timed out with nothing, 130 Ctrl-C, 143
+SIGTERM). Nothing the user typed or the network sent ends in a traceback,
+not even a Ctrl-C in the first moment, before the event loop runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ._errors import (
+    BROKER_STATUS_HELP,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_STATUS_HELP,
+    EXIT_TERMINATED,
+    EXIT_TIMEOUT,
+    CommandError,
+    Terminated,
+)
 
 __all__ = ["build_parser", "main"]
 
 _EXTRA_HINT = "pip install 'meshproto[all]'"
+#: Commands that stop by themselves on the first Ctrl-C or SIGTERM.
+_GRACEFUL = frozenset({"broker", "listen"})
+#: How long they may take before they are cancelled.
+STOP_GRACE = 5.0
+_TEXT_LOG = "%(levelname)s %(name)s: %(message)s"
+_BROKER_TEXT_LOG = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _installed_version() -> str:
@@ -25,7 +47,93 @@ def _installed_version() -> str:
     return __version__
 
 
-def _add_identity_options(parser: argparse.ArgumentParser) -> None:
+# --- argument types ----------------------------------------------------------------------
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535 (0: any free one), got {value}")
+    return value
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not {'an integer' if kind is int else 'a number'}: {text!r}"
+            ) from None
+        if not 0 < value < float("inf"):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+# --- the parser --------------------------------------------------------------------------
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the epilog's table as written."""
+
+
+#: BrokerOptions fields the command sets: (field, what it is). The flag is the
+#: field's name with dashes; the default is the field's, shown in --help.
+BROKER_LIMITS: tuple[tuple[str, str], ...] = (
+    ("max_connections_per_mesh", "presences per mesh, live or in their grace window"),
+    ("rate_burst", "sends a member may make at once"),
+    ("rate_per_minute", "how fast a member's allowance of sends refills"),
+    ("grace", "seconds a presence outlives its socket, still listed and reattached silently"),
+    ("store_ttl", "seconds an undelivered direct message is kept"),
+    ("store_limit_per_member", "undelivered direct messages held per recipient member"),
+    ("dedupe_ttl", "seconds a sender's client_message_id is remembered"),
+    ("dedupe_limit_per_member", "client_message_ids remembered per sending member"),
+    ("max_payload", "bytes of ciphertext, nonce and target one send may carry"),
+    ("hard_frame_cap", "bytes of a text frame above which the socket is closed (1009)"),
+    ("ping_interval", "seconds between pings to each socket"),
+    ("liveness_timeout", "seconds of silence after which a socket is closed (1001)"),
+    ("hello_timeout", "seconds a socket may stay open without an accepted hello"),
+    ("skew", "seconds a hello's timestamp may be from the broker's clock"),
+)
+
+
+def _add_output_options(parser: argparse.ArgumentParser, *, server: bool = False) -> None:
+    """``-v``/``-q`` after the subcommand too (they do not override the ones before it)."""
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=argparse.SUPPRESS,
+        help="log debug lines too"
+        if server
+        else "say more: every connection attempt, details (-vv: debug log)",
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="log warnings and errors only" if server else "no connection-state lines; errors only",
+    )
+
+
+def _add_identity_options(parser: argparse.ArgumentParser, *, default_session: str) -> None:
     group = parser.add_argument_group("identity")
     group.add_argument(
         "--config-dir",
@@ -35,94 +143,122 @@ def _add_identity_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mesh", metavar="SLUG", help="which joined mesh (slug or id)")
     group.add_argument(
         "--session",
-        default="meshproto",
         metavar="NAME",
-        help="session name; its key pair is kept so reconnects are one peer (%(default)s)",
+        help=f"session name; its key pair is kept, so every run is one peer ({default_session})",
     )
     group.add_argument("--name", metavar="NAME", help="display name to announce")
     group.add_argument("--url", metavar="URL", help="broker URL (default: the mesh's brokerUrl)")
     group.add_argument("--cafile", metavar="PEM", help="CA certificates for a wss:// broker")
+    group.add_argument(
+        "--retry-max",
+        type=_positive(float),
+        default=30.0,
+        metavar="S",
+        help="longest wait between reconnect attempts (default: %(default)g s)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshproto",
         description="Join a mesh through a broker: send, listen, list peers, or run a broker.",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=_Formatter,
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="say more (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="errors only")
     parser.add_argument(
         "-V", "--version", action="version", version=f"meshproto {_installed_version()}"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser(
-        "demo", help="run a broker and three peers on this machine and show it all working"
+    def command(
+        name: str, help_text: str, epilog: str | None = EXIT_STATUS_HELP, *, server: bool = False
+    ) -> Any:
+        made = sub.add_parser(
+            name, help=help_text, description=help_text, epilog=epilog, formatter_class=_Formatter
+        )
+        _add_output_options(made, server=server)
+        return made
+
+    demo = command(
+        "demo", "run a broker and three peers on this machine and show it all working", None
     )
     demo.set_defaults(run="demo")
 
-    broker = sub.add_parser("broker", help="run the reference broker")
-    broker.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
-    )
-    broker.add_argument("--port", type=int, default=7900, help="port (default: %(default)s)")
-    source = broker.add_mutually_exclusive_group()
-    source.add_argument(
-        "--mesh", dest="mesh_file", metavar="FILE", help="members file from 'meshproto mesh init'"
-    )
-    source.add_argument(
-        "--open-mesh",
-        default="local",
-        metavar="ID",
-        help="without --mesh: admit any key that signs its hello into this mesh "
-        "(default: %(default)s)",
-    )
-    broker.add_argument("--db", metavar="PATH", help="SQLite store, kept across restarts")
-    broker.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate")
-    broker.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
-    broker.set_defaults(run="broker")
+    _add_broker(command("broker", "run the reference broker", BROKER_STATUS_HELP, server=True))
 
-    send = sub.add_parser("send", help="send one message and wait for the broker's ack")
+    send = command("send", "send one message and wait for the broker's ack")
     send.add_argument(
         "target", help="a peer's display name or pubkey, '*', '@all', '@group' or '#topic'"
     )
-    send.add_argument("message", help="the text to send")
-    send.add_argument("-p", "--priority", choices=("now", "next", "low"), default="next")
-    send.add_argument("--timeout", type=float, default=20.0, help="give up after this many s")
+    send.add_argument("message", help="the text to send; '-' reads it from stdin")
+    send.add_argument(
+        "-p", "--priority", choices=("now", "next", "low"), default="next", help="(default: next)"
+    )
+    send.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=20.0,
+        metavar="S",
+        help="give up after this many seconds, connecting included (default: %(default)g)",
+    )
     send.add_argument(
         "--client-message-id",
         metavar="ID",
         help="retry an earlier send whose outcome was unknown, under its key (the receiver "
         "deduplicates on it, so the retry cannot deliver a second copy)",
     )
-    _add_identity_options(send)
+    send.add_argument("--json", action="store_true", help="print the outcome as one JSON object")
+    _add_identity_options(send, default_session="default: a one-shot session of its own")
     send.set_defaults(run="send")
 
-    listen = sub.add_parser("listen", help="print messages as they arrive")
-    listen.add_argument("--count", type=int, default=0, help="stop after this many messages")
-    listen.add_argument("--timeout", type=float, default=None, help="stop after this many s")
+    listen = command("listen", "print messages as they arrive")
+    listen.add_argument(
+        "--count", type=_count, default=0, metavar="N", help="stop after N messages"
+    )
+    listen.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=None,
+        metavar="S",
+        help="stop after this many seconds (status 124 if nothing, or fewer than --count, came)",
+    )
     listen.add_argument("--status", choices=("idle", "working", "dnd"), help="presence to set")
     listen.add_argument("--json", action="store_true", help="one JSON object per line")
-    _add_identity_options(listen)
+    _add_identity_options(listen, default_session="default: listen")
     listen.set_defaults(run="listen")
 
-    peers = sub.add_parser("peers", help="list the peers of the mesh")
-    peers.add_argument("--json", action="store_true", help="print JSON")
-    peers.add_argument("--timeout", type=float, default=20.0, help="give up after this many s")
-    _add_identity_options(peers)
+    peers = command("peers", "list the peers of the mesh")
+    peers.add_argument("--json", action="store_true", help="one JSON object per peer and line")
+    peers.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=20.0,
+        metavar="S",
+        help="give up after this many seconds (default: %(default)g)",
+    )
+    _add_identity_options(peers, default_session="default: a one-shot session of its own")
     peers.set_defaults(run="peers")
 
-    keygen = sub.add_parser("keygen", help="create an ed25519 identity")
+    keygen = command("keygen", "create an ed25519 key pair (to register in a members file)")
     keygen.add_argument("--out", metavar="FILE", help="where (default: <config dir>/identity.json)")
     keygen.add_argument("--config-dir", metavar="DIR", help="claudemesh config dir")
     keygen.add_argument("--force", action="store_true", help="replace an existing file")
+    keygen.add_argument("--json", action="store_true", help="print the result as one JSON object")
     keygen.set_defaults(run="keygen")
 
-    mesh = sub.add_parser("mesh", help="manage local meshes for the reference broker")
+    mesh = command("mesh", "manage local meshes for the reference broker", None)
     mesh_sub = mesh.add_subparsers(dest="mesh_command", metavar="ACTION", required=True)
     init = mesh_sub.add_parser(
-        "init", help="create a mesh: a members file and a joined-mesh record per member"
+        "init",
+        help="create a mesh: a members file and a joined-mesh record per member",
+        description="create a mesh: a members file and a joined-mesh record per member",
+        epilog=EXIT_STATUS_HELP,
+        formatter_class=_Formatter,
     )
-    init.add_argument("--name", default="local mesh", help="the mesh's name")
+    _add_output_options(init)
+    init.add_argument("--name", default="local mesh", help="the mesh's name (default: %(default)s)")
     init.add_argument(
         "--members", required=True, metavar="A,B,...", help="member names, comma separated"
     )
@@ -131,11 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--broker-url", default="ws://127.0.0.1:7900/ws", help="(default: %(default)s)"
     )
     init.add_argument("--dir", default="mesh", help="output folder (default: %(default)s)")
-    init.add_argument("--force", action="store_true", help="replace an existing members file")
+    init.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing members file (each member's other meshes are kept)",
+    )
+    init.add_argument("--json", action="store_true", help="print the result as one JSON object")
     init.set_defaults(run="mesh-init")
 
-    mcp = sub.add_parser(
-        "mcp", help="serve the joined meshes to an AI session: MCP tools and live messages on stdio"
+    mcp = command(
+        "mcp", "serve the joined meshes to an AI session: MCP tools and live messages on stdio"
     )
     mcp.add_argument("--config-dir", metavar="DIR", help="claudemesh config dir")
     mcp.add_argument(
@@ -152,6 +293,58 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--log-file", metavar="PATH", help="log here instead of to stderr")
     mcp.set_defaults(run="mcp")
     return parser
+
+
+def _add_broker(broker: argparse.ArgumentParser) -> None:
+    from meshproto import BrokerOptions  # noqa: PLC0415 (the core imports nothing heavy)
+
+    broker.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+    )
+    broker.add_argument(
+        "--port", type=_port, default=7900, help="port, 0 for a free one (default: %(default)s)"
+    )
+    source = broker.add_mutually_exclusive_group()
+    source.add_argument(
+        "--mesh", dest="mesh_file", metavar="FILE", help="members file from 'meshproto mesh init'"
+    )
+    source.add_argument(
+        "--open-mesh",
+        default="local",
+        metavar="ID",
+        help="without --mesh: admit any key that signs its hello into this mesh "
+        "(default: %(default)s)",
+    )
+    broker.add_argument("--db", metavar="PATH", help="SQLite store, kept across restarts")
+    broker.add_argument(
+        "--tls-cert", metavar="PEM", help="serve wss:// with this certificate chain"
+    )
+    broker.add_argument(
+        "--tls-key", metavar="PEM", help="its private key (if not in the --tls-cert file)"
+    )
+    broker.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines on stderr as text or one JSON object each (default: %(default)s)",
+    )
+    limits = broker.add_argument_group("limits (BrokerOptions)")
+    defaults = BrokerOptions()
+    kinds = {f.name: f.type for f in dataclasses.fields(BrokerOptions)}
+    for name, what in BROKER_LIMITS:
+        kind = int if kinds[name] in (int, "int") else float
+        limits.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"limit_{name}",
+            type=_positive(kind),
+            default=getattr(defaults, name),
+            metavar="S" if "seconds" in what else "N",
+            help=f"{what} (default: %(default){'s' if kind is int else 'g'})",
+        )
+    broker.set_defaults(run="broker")
+
+
+# --- running -----------------------------------------------------------------------------
 
 
 def _runner(name: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
@@ -178,29 +371,69 @@ def _runner(name: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
     }[name]
 
 
+class StopRequest:
+    """The first Ctrl-C or SIGTERM, for a command that stops by itself (``args.stop_requested``).
+
+    ``await wait()`` returns once it came; ``watch(scope)`` cancels ``scope``
+    when it comes (at once if it already has).
+    """
+
+    def __init__(self) -> None:
+        import anyio  # noqa: PLC0415 (needs the optional extras)
+
+        self._event = anyio.Event()
+        self._scopes: list[Any] = []
+
+    def set(self) -> None:
+        self._event.set()
+        for scope in self._scopes:
+            scope.cancel()
+
+    def watch(self, scope: Any) -> None:
+        self._scopes.append(scope)
+        if self._event.is_set():
+            scope.cancel()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
 async def _until_interrupted(
     runner: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
 ) -> int:
-    """Run the command; SIGINT or SIGTERM cancels it and raises ``KeyboardInterrupt``.
+    """Run the command until SIGINT or SIGTERM, which raise ``KeyboardInterrupt``, ``Terminated``.
 
     Handling the signals here, inside the event loop, makes Ctrl-C behave the
     same on asyncio and trio and on every Python (3.10's asyncio would
-    otherwise surface it as a bare ``CancelledError``).
+    otherwise surface it as a bare ``CancelledError``). ``broker`` and
+    ``listen`` stop gracefully: the first signal sets ``args.stop_requested``
+    (a :class:`StopRequest`), and they finish within :data:`STOP_GRACE` seconds
+    (a broker closes every socket with 1001, a listener says goodbye); a
+    second signal, or the end of the grace, cancels them. Any other command
+    is cancelled at once.
     """
     import anyio  # noqa: PLC0415 (needs the optional extras)
 
     outcome: list[int] = []
     failure: list[BaseException] = []
-    interrupted = False
+    received: list[int] = []
+    args.stop_requested = stop = StopRequest()
+    graceful = args.run in _GRACEFUL
     async with anyio.create_task_group() as tasks:
 
+        async def cancel_later() -> None:
+            await anyio.sleep(STOP_GRACE)
+            tasks.cancel_scope.cancel()
+
         async def watch_signals() -> None:
-            nonlocal interrupted
             with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    interrupted = True
-                    tasks.cancel_scope.cancel()
-                    return
+                async for signum in signals:
+                    received.append(signum)
+                    stop.set()
+                    if not graceful or len(received) > 1:
+                        tasks.cancel_scope.cancel()
+                        return
+                    tasks.start_soon(cancel_later)
 
         async def work() -> None:
             try:
@@ -211,43 +444,166 @@ async def _until_interrupted(
 
         tasks.start_soon(watch_signals)
         tasks.start_soon(work)
-    if interrupted:
+    if received:
+        if received[0] == signal.SIGTERM:
+            raise Terminated
         raise KeyboardInterrupt
     if failure:
         raise failure[0]
     return outcome[0]
 
 
-def _fail(message: str, status: int = 1) -> int:
-    print(f"meshproto: error: {message}", file=sys.stderr)
-    return status
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+@contextmanager
+def _terminate_cleanly() -> Iterator[None]:
+    """Until the event loop takes over, SIGTERM raises :class:`Terminated` (status 143)."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave the signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends, then raise ``KeyboardInterrupt``.
+
+    For the imports: CPython marks a ``KeyboardInterrupt`` that escapes
+    ``exec`` of a string (as ``dataclasses`` does for every class it makes)
+    as unhandled, and then ends the process with SIGINT even after the
+    command caught it; raised here, outside any import, it is an ordinary
+    exception.
+    """
+    pending: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        pending.append(signum)
+
+    try:
+        previous = signal.signal(signal.SIGINT, hold)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    verbose = 0 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)
+    if args.run == "broker":
+        # A server logs its connections by default: INFO, -q WARNING, -v DEBUG.
+        level = logging.WARNING if args.quiet else (logging.DEBUG if verbose else logging.INFO)
+        text_format = _BROKER_TEXT_LOG
+    else:
+        level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
+        text_format = _TEXT_LOG
+    from ._brokerlog import JsonFormatter, TextFormatter  # noqa: PLC0415
+
+    handler = logging.StreamHandler(sys.stderr)
+    if getattr(args, "log_format", "text") == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(TextFormatter(text_format))
+    logging.basicConfig(level=level, handlers=[handler])
+
+
+def _read_body(args: argparse.Namespace) -> None:
+    """``send TARGET -``: the body is stdin (read before the event loop, so Ctrl-C works)."""
+    if args.message != "-":
+        args.body = args.message
+        return
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"stdin is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if text.endswith("\n"):  # what `echo` and here-documents add
+        text = text[:-2] if text.endswith("\r\n") else text[:-1]
+    if not text:
+        raise CommandError("nothing to send: stdin was empty")
+    args.body = text
+
+
+def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.run == "broker" and args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert (without a certificate the broker serves ws://)")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _fail(args: argparse.Namespace | None, error: CommandError) -> int:
+    _say(f"meshproto: error: {error.message}")
+    if args is not None and getattr(args, "json", False):
+        from ._output import json_line  # noqa: PLC0415
+
+        print(json_line(error.record()), flush=True)
+    return error.status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    """Run the command; returns the exit status (see :mod:`meshproto_cli._errors`)."""
     try:
-        import anyio  # noqa: PLC0415
-
-        runner = _runner(args.run)
-    except ImportError as exc:
-        return _fail(f"{exc.msg if hasattr(exc, 'msg') else exc}; install with: {_EXTRA_HINT}")
-    from meshproto import MeshProtoError  # noqa: PLC0415
-
-    from ._commands import CommandError  # noqa: PLC0415
-    from ._files import FileProblem  # noqa: PLC0415
-
-    try:
-        return anyio.run(_until_interrupted, runner, args)
+        with _terminate_cleanly():
+            return _main(argv)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except (CommandError, FileProblem, MeshProtoError) as exc:
-        return _fail(str(exc))
+        _say("interrupted")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        _say("terminated")
+        return EXIT_TERMINATED
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    with _interrupts_deferred():
+        parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_usage(parser, args)
+    with _interrupts_deferred():
+        _configure_logging(args)
+        try:
+            import anyio  # noqa: PLC0415
+
+            runner = _runner(args.run)
+        except ImportError as exc:
+            message = exc.msg if hasattr(exc, "msg") else str(exc)
+            return _fail(args, CommandError(f"{message}; install with: {_EXTRA_HINT}"))
+        from meshproto import MeshProtoError, RequestError  # noqa: PLC0415
+
+        from ._files import FileProblem  # noqa: PLC0415
+        from ._names import NameProblem  # noqa: PLC0415
+
+    try:
+        if args.run == "send":
+            _read_body(args)
+        return anyio.run(_until_interrupted, runner, args)
+    except CommandError as exc:
+        return _fail(args, exc)
+    except FileProblem as exc:
+        return _fail(args, CommandError(str(exc), code="file"))
+    except NameProblem as exc:
+        return _fail(args, CommandError(str(exc), code="no_such_peer"))
+    except RequestError as exc:
+        status = EXIT_TIMEOUT if exc.reason.code == "timeout" else EXIT_ERROR
+        return _fail(args, CommandError(str(exc), code=exc.reason.code, status=status))
+    except MeshProtoError as exc:
+        return _fail(args, CommandError(str(exc)))
     except TimeoutError:
-        return _fail(f"timed out after {getattr(args, 'timeout', '?')} s")
+        timeout = getattr(args, "timeout", "?")
+        return _fail(args, CommandError(f"timed out after {timeout} s", status=EXIT_TIMEOUT))
     except OSError as exc:
-        return _fail(exc.strerror or str(exc))
+        return _fail(args, CommandError(exc.strerror or str(exc)))
     except ValueError as exc:
-        return _fail(str(exc))
+        return _fail(args, CommandError(str(exc)))

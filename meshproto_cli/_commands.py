@@ -1,52 +1,71 @@
 """The subcommands other than ``demo``: broker, send, listen, peers, keygen, mesh init.
 
 Each is an ``async`` function of parsed arguments that returns an exit
-status. Problems the user can fix raise :class:`CommandError` with a one-line
-message; the entry point prints it and exits non-zero.
+status. Problems the user can fix raise :class:`CommandError` (or one of
+its kinds in :mod:`meshproto_cli._errors`, which carry their exit status);
+the entry point prints it as one line and exits with that status.
+
+``send``, ``listen`` and ``peers`` share how they connect: the identity and
+session of :func:`~meshproto_cli._identity.command_identity`, a
+:class:`~meshproto_cli._status.ConnectionReporter` on stderr, a reconnect
+backoff capped at ``--retry-max``, and a refusal reported as
+:class:`~meshproto_cli._errors.Refused` (status 1).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import random
 import secrets
 import ssl
 import string
 import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from meshproto import (
-    Broker,
-    BrokerOptions,
+    BACKOFF_CAPS,
+    Backoff,
     ClientOptions,
     ConnectionState,
+    Event,
+    HandshakeComplete,
     MessageReceived,
-    Peer,
+    RequestError,
+    SendAcked,
     SendError,
+    SendOutcomeUnknown,
     SendOutcomeUnknownError,
-    StaticRegistry,
+    UnreadableMessage,
 )
-from meshproto_anyio import Client, connect, serve_broker
-from meshproto_anyio.sqlite_store import SqliteStore
-from meshproto_crypto import Ed25519Verifier, KeyPair
+from meshproto_anyio import Client, connect
+from meshproto_crypto import KeyPair
 
+from ._broker_command import cmd_broker
+from ._errors import CommandError, OutcomeUnknown, Refused, TimedOut
 from ._files import (
+    FileProblem,
     JoinedMesh,
     MemberRow,
     MembersFile,
     config_dir,
-    save_joined_meshes,
+    load_joined_meshes,
+    load_members_file,
+    merge_joined_mesh,
     save_members_file,
     write_private_json,
 )
-from ._identity import Identity, load_identity
+from ._formats import MessageFormat, peer_record, peer_table
+from ._identity import Identity, command_identity
 from ._names import NameProblem, is_target_spec, resolve_target
-from ._registry import FileRegistry
+from ._output import Style, json_line, visible
+from ._roster import Roster
+from ._status import SLOW_CONNECT, ConnectionReporter, describe_refusal, refusal_code
 
 __all__ = [
     "CommandError",
@@ -60,10 +79,8 @@ __all__ = [
 
 logger = logging.getLogger("meshproto.cli")
 _BASE62 = string.ascii_letters + string.digits
-
-
-class CommandError(Exception):
-    """A problem the user can fix; its message is shown as one line."""
+#: How often, at most, ``listen`` asks for the peer list to name an unknown sender.
+_ROSTER_RETRY = 5.0
 
 
 def _new_id() -> str:
@@ -74,61 +91,93 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _identity(args: argparse.Namespace) -> Identity:
-    return load_identity(config_dir(args.config_dir), args.mesh, args.session)
-
-
 def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
     if getattr(args, "cafile", None):
-        return ssl.create_default_context(cafile=args.cafile)
+        try:
+            return ssl.create_default_context(cafile=args.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise CommandError(f"cannot read --cafile {args.cafile}: {exc}") from None
     return None
 
 
-# --- broker ------------------------------------------------------------------
+def _verbosity(args: argparse.Namespace) -> int:
+    """0 with ``--quiet``, 1 by default, 2 and more with ``-v``."""
+    if getattr(args, "quiet", False):
+        return 0
+    return 1 + getattr(args, "verbose", 0)
 
 
-async def cmd_broker(args: argparse.Namespace) -> int:
-    registry: FileRegistry | StaticRegistry
-    if args.mesh_file:
-        file_registry = FileRegistry(Path(args.mesh_file))
-        registry = file_registry
-        mesh_note = f"mesh {file_registry.mesh_id} from {args.mesh_file}"
-    else:
-        registry = StaticRegistry(open_mesh=args.open_mesh)
-        mesh_note = f"open mesh {args.open_mesh!r}: any key that signs its hello may join"
-    store = SqliteStore(args.db) if args.db else None
-    broker = Broker(
-        registry,
-        verifier=Ed25519Verifier(),
-        store=store,
-        rng=random.SystemRandom(),
-        options=BrokerOptions(),
+def _stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+# --- connecting ------------------------------------------------------------------------
+
+
+def _client_options(args: argparse.Namespace, *, accept_messages: bool) -> ClientOptions:
+    caps = tuple(min(cap, args.retry_max) for cap in BACKOFF_CAPS)
+    return ClientOptions(accept_messages=accept_messages, backoff=Backoff(caps=caps))
+
+
+@asynccontextmanager
+async def _connected(
+    args: argparse.Namespace,
+    identity: Identity,
+    *,
+    announce: bool,
+    accept_messages: bool,
+    suffix: str = "",
+    also: Callable[[Event], None] | None = None,
+) -> AsyncIterator[tuple[Client, ConnectionReporter]]:
+    """A client of ``identity``, its connection state reported on stderr."""
+    kwargs = identity.connect_kwargs(args.url, args.name)
+    reporter = ConnectionReporter(
+        kwargs["url"],
+        write=_stderr_line,
+        verbosity=_verbosity(args),
+        announce=announce,
+        name=args.name,
+        key=identity.session.pubkey,
+        suffix=suffix,
+        style=Style.for_stream(sys.stderr),
     )
-    ssl_context = None
-    if args.tls_cert:
-        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
-    try:
-        async with anyio.create_task_group() as tasks:
-            server = await tasks.start(
-                lambda task_status: serve_broker(
-                    broker,
-                    host=args.host,
-                    port=args.port,
-                    ssl_context=ssl_context,
-                    task_status=task_status,
-                )
-            )
-            print(f"meshproto broker listening on {server.url}", flush=True)
-            print(f"  {mesh_note}", flush=True)
-            print(f"  store: {args.db or 'in memory (lost on exit)'}", flush=True)
-    finally:
-        if store is not None:
-            store.close()
-    return 0
+
+    def on_event(event: Event) -> None:
+        reporter.on_event(event)
+        if also is not None:
+            also(event)
+
+    async with connect(
+        **kwargs,
+        ssl_context=_client_ssl(args),
+        options=_client_options(args, accept_messages=accept_messages),
+        on_event=on_event,
+    ) as client:
+        yield client, reporter
 
 
-# --- clients -----------------------------------------------------------------
+def _refused(reporter: ConnectionReporter) -> Refused:
+    closed = reporter.closed
+    assert closed is not None
+    return Refused(describe_refusal(closed), reason=refusal_code(closed), closeCode=closed.code)
+
+
+async def _wait_open(client: Client, reporter: ConnectionReporter) -> None:
+    """Wait for the broker's ``hello_ack``; say so after a second; a refusal raises."""
+    with anyio.move_on_after(SLOW_CONNECT) as scope:
+        state = await client.wait_state(ConnectionState.OPEN, ConnectionState.CLOSED)
+    if scope.cancelled_caught:
+        reporter.still_connecting()
+        state = await client.wait_state(ConnectionState.OPEN, ConnectionState.CLOSED)
+    if state is ConnectionState.CLOSED:
+        raise _refused(reporter)
+
+
+# --- send ------------------------------------------------------------------------------
 
 
 async def _resolve_target(client: Client, identity: Identity, target: str) -> str:
@@ -141,122 +190,225 @@ async def _resolve_target(client: Client, identity: Identity, target: str) -> st
             target, peers, own_keys=(identity.session.pubkey, identity.member.pubkey)
         )
     except NameProblem as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(visible(str(exc)), code="no_such_peer") from None
     if resolution.note:
-        logger.info("%s", resolution.note)
+        logger.info("%s", visible(resolution.note))
     return resolution.target
 
 
-#: A command that only sends takes no message: pushes stay with the broker,
-#: unacknowledged, for the member's sessions that do listen.
-_SEND_ONLY = ClientOptions(accept_messages=False)
+def _unknown_outcome(
+    client_message_id: str, code: str, detail: str, *, after: str = ""
+) -> OutcomeUnknown:
+    why = f"{code}: {visible(detail)}" if detail else code
+    return OutcomeUnknown(
+        f"outcome unknown{after} ({why}): the message may have been delivered; to retry "
+        f"without risking a second copy, send it again with --client-message-id "
+        f"{client_message_id}",
+        reason=code,
+        detail=detail,
+        clientMessageId=client_message_id,
+    )
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
-    identity = _identity(args)
-    try:
-        with anyio.fail_after(args.timeout):
-            async with connect(
-                **identity.connect_kwargs(args.url, args.name),
-                ssl_context=_client_ssl(args),
-                options=_SEND_ONLY,
-            ) as client:
-                await client.wait_state(ConnectionState.OPEN, ConnectionState.CLOSED)
+    body: str = getattr(args, "body", args.message)
+    directory = config_dir(args.config_dir)
+    with command_identity(directory, args.mesh, command="send", session=args.session) as identity:
+        target: str | None = None
+        message_id: str | None = None
+        failure: SendError | None = None
+        async with _connected(args, identity, announce=False, accept_messages=False) as (
+            client,
+            reporter,
+        ):
+            with anyio.move_on_after(args.timeout):
+                await _wait_open(client, reporter)
                 target = await _resolve_target(client, identity, args.target)
-                message_id = await client.send(
-                    target, args.message, args.priority, client_message_id=args.client_message_id
-                )
-    except SendOutcomeUnknownError as exc:
+                try:
+                    message_id = await client.send(
+                        target, body, args.priority, client_message_id=args.client_message_id
+                    )
+                except SendError as exc:
+                    failure = exc
+        # The client has closed: every event about the send has arrived.
+        outcome = reporter.send_outcomes[-1] if reporter.send_outcomes else None
+    if isinstance(failure, SendOutcomeUnknownError):
+        reason = failure.reason
+        raise _unknown_outcome(failure.client_message_id, reason.code, reason.detail)
+    if failure is not None:
+        reason = failure.reason
         raise CommandError(
-            f"outcome unknown ({exc.reason.code}: {exc.reason.detail}); the message may have "
-            "been delivered. "
-            f"To retry without risking a second copy: --client-message-id {exc.client_message_id}"
-        ) from None
-    except SendError as exc:
-        raise CommandError(f"not delivered: {exc.reason}") from None
-    print(f"sent {message_id}")
+            f"not delivered: {visible(str(reason))}",
+            code="not_delivered",
+            reason=reason.code,
+            retryable=reason.retryable,
+            detail=reason.detail,
+        )
+    if message_id is None:  # --timeout ran out
+        if isinstance(outcome, SendAcked):  # acknowledged as the client closed
+            message_id = outcome.message_id
+        elif isinstance(outcome, SendOutcomeUnknown):
+            raise _unknown_outcome(
+                outcome.client_message_id,
+                "timeout",
+                f"no ack within --timeout {args.timeout:g} s",
+                after=f" after {args.timeout:g} s",
+            )
+        else:
+            waiting_for = "the broker's ack" if target is not None else "the peer list"
+            raise TimedOut(
+                reporter.timeout_message(args.timeout, waiting_for) + "; nothing was sent"
+            )
+    acked = [o for o in reporter.send_outcomes if isinstance(o, SendAcked)]
+    client_message_id = args.client_message_id or (acked[-1].send_id if acked else None)
+    if args.json:
+        _print(
+            json_line(
+                {
+                    "type": "sent",
+                    "messageId": message_id,
+                    "clientMessageId": client_message_id,
+                    "target": args.target,
+                    "targetSpec": target,
+                    "priority": args.priority,
+                    "mesh": identity.mesh.slug,
+                    "meshId": identity.mesh.mesh_id,
+                }
+            )
+        )
+    else:
+        _print(f"sent {message_id}")
     return 0
 
 
-def _format_message(message: object, as_json: bool) -> str:
-    if isinstance(message, MessageReceived):
-        push = message.push
-        sender = push.sender_name or message.sender_pubkey[:12]
-        if as_json:
-            return json.dumps(
-                {
-                    "messageId": message.message_id,
-                    "sender": message.sender_pubkey,
-                    "senderName": push.sender_name,
-                    "priority": message.priority,
-                    "createdAt": message.created_at,
-                    "text": message.text,
-                }
+# --- listen ----------------------------------------------------------------------------
+
+
+def _stop_on_signal(args: argparse.Namespace, scope: anyio.CancelScope) -> None:
+    """End ``scope`` at the first Ctrl-C or SIGTERM (``_app.StopRequest``)."""
+    stop = getattr(args, "stop_requested", None)
+    if stop is not None:
+        stop.watch(scope)
+
+
+async def _refresh_roster(client: Client, roster: Roster) -> None:
+    """Ask for the peer list (bounded); a failure only leaves names unknown."""
+    roster.refreshed_at = anyio.current_time()
+    if client.state is not ConnectionState.OPEN:
+        return
+    with anyio.move_on_after(_ROSTER_RETRY):
+        try:
+            roster.update(await client.list_peers())
+        except RequestError as exc:
+            logger.info("could not list the peers to name senders: %s", exc)
+
+
+async def _know_sender(
+    client: Client, roster: Roster, message: MessageReceived | UnreadableMessage
+) -> None:
+    if message.push.sender_name:
+        return
+    last = roster.refreshed_at
+    unknown = not roster.knows(message.sender_pubkey) and (
+        last is None or anyio.current_time() - last >= _ROSTER_RETRY
+    )
+    if roster.stale or unknown:
+        await _refresh_roster(client, roster)
+
+
+async def _follow_system_messages(
+    client: Client, roster: Roster, formats: MessageFormat, *, show: bool, as_json: bool
+) -> None:
+    async for system in client.system_messages():
+        roster.note(system)
+        if show:
+            _print(
+                json_line(formats.system_record(system)) if as_json else formats.system_line(system)
             )
-        return f"[{message.created_at}] {sender} ({message.priority}): {message.text}"
-    reason = getattr(message, "reason", "unreadable")
-    sender = getattr(message, "sender_pubkey", "?")
-    if as_json:
-        return json.dumps({"unreadable": True, "sender": sender, "reason": reason})
-    return f"[unreadable message from {sender[:12]}: {reason}]"
 
 
 async def cmd_listen(args: argparse.Namespace) -> int:
-    identity = _identity(args)
-    received = 0
-    async with connect(
-        **identity.connect_kwargs(args.url, args.name), ssl_context=_client_ssl(args)
-    ) as client:
-        if args.status:
-            await client.set_status(args.status)
-        print(f"listening as {client.public_key[:12]}... (Ctrl-C to stop)", file=sys.stderr)
-        with anyio.move_on_after(args.timeout):
-            async for message in client.messages():
-                print(_format_message(message, args.json), flush=True)
-                received += 1
-                if args.count and received >= args.count:
-                    break
+    directory = config_dir(args.config_dir)
+    with command_identity(directory, args.mesh, command="listen", session=args.session) as identity:
+        roster = Roster()
+        style = Style(False) if args.json else Style.for_stream(sys.stdout)
+        formats = MessageFormat(identity.mesh.slug, identity.mesh.mesh_id, roster, style)
+        received = 0
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, HandshakeComplete):
+                roster.stale = True  # pushes may have been missed while away
+
+        async with _connected(
+            args,
+            identity,
+            announce=True,
+            accept_messages=True,
+            suffix="listening (Ctrl-C to stop)",
+            also=on_event,
+        ) as (client, reporter):
+            if args.status:
+                await client.set_status(args.status)
+            with anyio.move_on_after(args.timeout) as timer, anyio.CancelScope() as listening:
+                _stop_on_signal(args, listening)
+                await _wait_open(client, reporter)
+                await _refresh_roster(client, roster)
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(
+                        lambda: _follow_system_messages(
+                            client, roster, formats, show=_verbosity(args) >= 2, as_json=args.json
+                        )
+                    )
+                    async for message in client.messages():
+                        await _know_sender(client, roster, message)
+                        _print(
+                            json_line(formats.record(message))
+                            if args.json
+                            else formats.line(message)
+                        )
+                        received += 1
+                        if args.count and received >= args.count:
+                            break
+                    tasks.cancel_scope.cancel()
+            if reporter.closed is not None:
+                raise _refused(reporter)
+        if timer.cancelled_caught and (received == 0 or received < args.count):
+            if not reporter.connections:
+                raise TimedOut(reporter.timeout_message(args.timeout, "a message"))
+            wanted = f"{received} of {args.count} messages" if args.count else "no message"
+            raise TimedOut(f"{wanted} within --timeout {args.timeout:g} s", received=received)
     return 0
+
+
+# --- peers -----------------------------------------------------------------------------
 
 
 async def cmd_peers(args: argparse.Namespace) -> int:
-    identity = _identity(args)
-    with anyio.fail_after(args.timeout):
-        async with connect(
-            **identity.connect_kwargs(args.url, args.name),
-            ssl_context=_client_ssl(args),
-            options=_SEND_ONLY,
-        ) as client:
-            await client.wait_state(ConnectionState.OPEN, ConnectionState.CLOSED)
-            peers = await client.list_peers()
+    directory = config_dir(args.config_dir)
+    with command_identity(directory, args.mesh, command="peers", session=args.session) as identity:
+        peers = None
+        async with _connected(args, identity, announce=False, accept_messages=False) as (
+            client,
+            reporter,
+        ):
+            with anyio.move_on_after(args.timeout):
+                await _wait_open(client, reporter)
+                peers = await client.list_peers()
+        if peers is None:
+            raise TimedOut(reporter.timeout_message(args.timeout, "the peer list"))
+        own = identity.session.pubkey
     if args.json:
-        print(json.dumps([_peer_record(p) for p in peers], indent=2))
-        return 0
-    if not peers:
-        print("no peers")
-    for peer in peers:
-        groups = ",".join(g.name for g in peer.groups or ())
-        print(
-            f"{peer.pubkey[:16]}  {peer.display_name or '-':<16} {peer.status or '-':<8} "
-            f"{groups or '-':<12} {peer.summary or ''}"
-        )
+        for peer in peers:
+            _print(json_line(peer_record(peer, (own,))))
+    elif not peers:
+        _print("no peers")
+    else:
+        for line in peer_table(peers, own, Style.for_stream(sys.stdout)):
+            _print(line)
     return 0
 
 
-def _peer_record(peer: Peer) -> dict[str, object]:
-    return {
-        "pubkey": peer.pubkey,
-        "memberPubkey": peer.member_pubkey,
-        "displayName": peer.display_name,
-        "status": peer.status,
-        "summary": peer.summary,
-        "groups": [g.name for g in peer.groups or ()],
-        "sessionId": peer.session_id,
-        "connectedAt": peer.connected_at,
-    }
-
-
-# --- identities --------------------------------------------------------------
+# --- identities --------------------------------------------------------------------------
 
 
 async def cmd_keygen(args: argparse.Namespace) -> int:
@@ -265,8 +417,15 @@ async def cmd_keygen(args: argparse.Namespace) -> int:
         raise CommandError(f"{path} exists; pass --force to replace it")
     keys = KeyPair.generate()
     write_private_json(path, {"pubkey": keys.pubkey, "secretKey": keys.secret_key})
-    print(keys.pubkey)
-    print(f"secret key written to {path} (mode 0600)", file=sys.stderr)
+    if args.json:
+        _print(json_line({"type": "key", "pubkey": keys.pubkey, "path": str(path)}))
+    else:
+        _print(keys.pubkey)
+    _stderr_line(
+        f"secret key written to {path} (mode 0600). No other subcommand reads it: put the "
+        "pubkey in a row of a members file, or both keys in a joined-mesh record "
+        "(docs/howto/command.md, 'keygen')"
+    )
     return 0
 
 
@@ -274,32 +433,77 @@ async def cmd_mesh_init(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.members.split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
         raise CommandError("--members needs distinct names, separated by commas")
+    for name in names:
+        if name in (".", "..") or "/" in name or "\\" in name or not name.isprintable():
+            raise CommandError(f"{name!r} cannot be a member name (it names a folder)")
     directory = Path(args.dir)
     members_path = directory / "members.json"
-    if members_path.exists() and not args.force:
-        raise CommandError(f"{members_path} exists; pass --force to replace it")
+    replaces: frozenset[str] = frozenset()
+    if members_path.exists():
+        if not args.force:
+            raise CommandError(f"{members_path} exists; pass --force to replace it")
+        try:
+            replaces = frozenset({load_members_file(members_path).mesh_id})
+        except FileProblem:
+            replaces = frozenset()  # a broken members file: its mesh is not known
     mesh_id = _new_id()
     slug = args.name.lower().replace(" ", "-")
-    rows = []
+    records = []
     for name in names:
         keys = KeyPair.generate()
-        member_id = _new_id()
-        rows.append(MemberRow(member_id, keys.pubkey, name, tuple(args.group or ())))
         record = JoinedMesh(
-            mesh_id,
-            member_id,
-            slug,
-            args.name,
-            keys.pubkey,
-            keys.secret_key,
-            args.broker_url,
-            _now_iso(),
-        )
-        save_joined_meshes(directory / name, [record])
-    save_members_file(members_path, MembersFile(mesh_id, args.name, tuple(rows)))
-    print(f"mesh {args.name!r} ({mesh_id}) with {len(rows)} members")
-    print(f"  members file: {members_path}")
+            mesh_id, _new_id(), slug, args.name, keys.pubkey, keys.secret_key,
+            args.broker_url, _now_iso(),
+        )  # fmt: skip
+        records.append((name, record))
+    # Check every member's config first, so that a problem writes nothing.
+    for name, _ in records:
+        for mesh in load_joined_meshes(directory / name):
+            if mesh.slug == slug and mesh.mesh_id not in replaces:
+                raise CommandError(
+                    f"{directory / name / 'config.json'} already has a mesh called {slug!r} "
+                    f"({mesh.mesh_id}); choose another --name, or remove that record"
+                )
+    for name, record in records:
+        merge_joined_mesh(directory / name, record, replaces=replaces)
+    rows = tuple(
+        MemberRow(record.member_id, record.pubkey, name, tuple(args.group or ()))
+        for name, record in records
+    )
+    save_members_file(members_path, MembersFile(mesh_id, args.name, rows))
+    if args.json:
+        _print(_mesh_record(args, slug, members_path, directory, records))
+        return 0
+    _print(f"mesh {args.name!r} ({mesh_id}) with {len(rows)} members")
+    _print(f"  members file: {members_path}")
     for name in names:
-        print(f"  {name}: CLAUDEMESH_CONFIG_DIR={directory / name}")
-    print(f"serve it with: meshproto broker --mesh {members_path}")
+        _print(f"  {name}: CLAUDEMESH_CONFIG_DIR={directory / name}")
+    _print(f"serve it with: meshproto broker --mesh {members_path}")
     return 0
+
+
+def _mesh_record(
+    args: argparse.Namespace,
+    slug: str,
+    members_path: Path,
+    directory: Path,
+    records: list[tuple[str, JoinedMesh]],
+) -> str:
+    record: dict[str, Any] = {
+        "type": "mesh",
+        "meshId": records[0][1].mesh_id,
+        "name": args.name,
+        "slug": slug,
+        "brokerUrl": args.broker_url,
+        "membersFile": str(members_path),
+        "members": [
+            {
+                "name": name,
+                "memberId": joined.member_id,
+                "pubkey": joined.pubkey,
+                "configDir": str(directory / name),
+            }
+            for name, joined in records
+        ],
+    }
+    return json_line(record)

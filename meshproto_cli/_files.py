@@ -12,9 +12,15 @@
   displayName, groups, revoked}]}``. No secrets in it.
 
 Files holding secret keys are written with mode 0600 (atomically, through a
-temporary file). Reading one that others can read logs a warning that says
-how to fix it. Every problem with a file is a :class:`FileProblem` with a
-message fit to show the user as is.
+temporary file), and every folder made to hold one is made with mode 0700.
+Reading one that others can read logs a warning that says how to fix it.
+Every problem with a file is a :class:`FileProblem` with a message fit to
+show the user as is.
+
+A session in use by a running command is locked (:func:`lock_session`, an
+advisory ``flock`` on ``<name>.lock`` beside its key file), so that two
+commands on one machine never present the same session key by accident: the
+broker would close the older one for good (``session_replaced``).
 """
 
 from __future__ import annotations
@@ -35,10 +41,14 @@ __all__ = [
     "JoinedMesh",
     "MemberRow",
     "MembersFile",
+    "SessionLock",
     "config_dir",
     "load_joined_meshes",
     "load_members_file",
     "load_or_create_session_keys",
+    "lock_session",
+    "make_private_dirs",
+    "merge_joined_mesh",
     "save_joined_meshes",
     "save_members_file",
     "select_mesh",
@@ -66,9 +76,31 @@ def config_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".claudemesh"
 
 
+def make_private_dirs(directory: Path) -> None:
+    """Make ``directory`` and any missing parent, each with mode 0700.
+
+    (``Path.mkdir(parents=True, mode=...)`` gives the mode to the last folder
+    only, and the parents the default, usually 0755.) Folders that exist
+    already are left as they are.
+    """
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        if current.parent == current:
+            break
+        current = current.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        os.chmod(folder, 0o700)  # in case the umask took more than it should
+
+
 def write_private_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON readable by the owner only (0600), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o600)
@@ -179,6 +211,29 @@ def save_joined_meshes(directory: Path, meshes: list[JoinedMesh]) -> Path:
     return path
 
 
+def merge_joined_mesh(
+    directory: Path, record: JoinedMesh, *, replaces: frozenset[str] = frozenset()
+) -> Path:
+    """Add ``record`` to ``directory/config.json``, keeping every other mesh in it.
+
+    A record with the same mesh id, or whose mesh id is in ``replaces``, is
+    replaced. Raises :class:`FileProblem` if another mesh there has the same
+    slug (``--mesh SLUG`` could no longer tell them apart), or if the file is
+    malformed (it is left as it is).
+    """
+    kept = []
+    for mesh in load_joined_meshes(directory):
+        if mesh.mesh_id == record.mesh_id or mesh.mesh_id in replaces:
+            continue
+        if mesh.slug == record.slug:
+            raise FileProblem(
+                f"{directory / 'config.json'} already has a mesh called {record.slug!r} "
+                f"({mesh.mesh_id}); choose another --name, or remove that record"
+            )
+        kept.append(mesh)
+    return save_joined_meshes(directory, [*kept, record])
+
+
 def select_mesh(meshes: list[JoinedMesh], wanted: str | None, directory: Path) -> JoinedMesh:
     """The mesh named by slug or id, or the only one there is."""
     if not meshes:
@@ -204,11 +259,7 @@ def load_or_create_session_keys(
 
     ``generate`` returns a fresh ``(pubkey, secretKey)`` pair when none is stored.
     """
-    if not _SAFE_NAME.fullmatch(session_name) or not _SAFE_NAME.fullmatch(mesh_id):
-        raise FileProblem(
-            "session names and mesh ids may use letters, digits, '.', '_' and '-' (1-64)"
-        )
-    path = directory / "meshproto-sessions" / mesh_id / f"{session_name}.json"
+    path = _session_dir(directory, mesh_id, session_name) / f"{session_name}.json"
     if path.exists():
         data = _read_json(path, secret=True)
         if isinstance(data, dict):
@@ -225,6 +276,62 @@ def load_or_create_session_keys(
     pubkey, secret = generate()
     write_private_json(path, {"pubkey": pubkey, "secretKey": secret})
     return pubkey, secret
+
+
+def _session_dir(directory: Path, mesh_id: str, session_name: str) -> Path:
+    if not _SAFE_NAME.fullmatch(session_name) or not _SAFE_NAME.fullmatch(mesh_id):
+        raise FileProblem(
+            "session names and mesh ids may use letters, digits, '.', '_' and '-' (1-64)"
+        )
+    return directory / "meshproto-sessions" / mesh_id
+
+
+class SessionLock:
+    """A running command's hold on one session; released by :meth:`release` or at exit."""
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self.path = path
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the file drops the flock
+            self._handle = None
+
+    def __enter__(self) -> SessionLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_session(directory: Path, mesh_id: str, session_name: str) -> SessionLock | str:
+    """Lock session ``session_name`` of ``mesh_id`` for this process.
+
+    Returns the :class:`SessionLock`, or, if another process holds it, a
+    description of that process for a message (``"pid 1234"``). Where the
+    system has no ``flock`` (Windows) every lock succeeds.
+    """
+    folder = _session_dir(directory, mesh_id, session_name)
+    make_private_dirs(folder)
+    path = folder / f"{session_name}.lock"
+    try:
+        import fcntl  # noqa: PLC0415 (POSIX only)
+    except ImportError:  # pragma: no cover - not POSIX
+        return SessionLock(path, None)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    handle = os.fdopen(fd, "r+", encoding="utf-8")
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = handle.read().strip()
+        handle.close()
+        return f"pid {holder}" if holder.isdigit() else "another process"
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return SessionLock(path, handle)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,9 @@ A target is either a target spec (a 64-hex key, ``*``, ``@all``, ``@group``,
 resolved against a ``peers_list``:
 
 * the caller's own session is never a candidate (a name never means "me");
+* nor is a one-shot session of ``meshproto send`` or ``peers`` (session id
+  ``<memberId>:oneshot…``, see :func:`is_one_shot_session`): it takes no
+  messages, so a message sent to its key would wait for it forever;
 * a presence known to be waiting out its grace window (``online: false``,
   which the reference broker says) is never a candidate: at the real broker
   a message to a session in its grace window waits, and one to a *member*
@@ -20,12 +23,27 @@ Used by ``meshproto send`` and by the MCP server's ``send_message`` alike.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from meshproto import LocalProtocolError, Peer, check_target
 
-__all__ = ["AmbiguousName", "NameProblem", "NoSuchPeer", "Resolution", "resolve_target"]
+__all__ = [
+    "ONE_SHOT_SESSION",
+    "AmbiguousName",
+    "NameProblem",
+    "NoSuchPeer",
+    "Resolution",
+    "is_one_shot_session",
+    "is_target_spec",
+    "resolve_target",
+]
+
+#: The session name (and prefix) of the sessions that ``meshproto send`` and
+#: ``peers`` open for one command: ``oneshot``, ``oneshot-2`` …
+ONE_SHOT_SESSION = "oneshot"
+_ONE_SHOT_ID = re.compile(rf"(?:\A|:){ONE_SHOT_SESSION}(?:-[0-9a-f]+)?\Z")
 
 
 class NameProblem(Exception):
@@ -60,6 +78,15 @@ def is_target_spec(text: str) -> bool:
     return True
 
 
+def is_one_shot_session(session_id: str | None) -> bool:
+    """Whether ``session_id`` is one of ``meshproto send``'s or ``peers``' own sessions.
+
+    Those take no messages (``ClientOptions(accept_messages=False)``): a name
+    never resolves to one.
+    """
+    return session_id is not None and _ONE_SHOT_ID.search(session_id) is not None
+
+
 def _member(peer: Peer) -> str:
     return peer.member_pubkey or peer.pubkey
 
@@ -78,15 +105,39 @@ def resolve_target(target: str, peers: Sequence[Peer], *, own_keys: Iterable[str
     if is_target_spec(target):
         return Resolution(target)
     own = frozenset(own_keys)
-    named = [p for p in peers if p.display_name == target and p.pubkey not in own]
+    named = [
+        p
+        for p in peers
+        if p.display_name == target
+        and p.pubkey not in own
+        and not is_one_shot_session(p.session_id)
+    ]
     live = [p for p in named if p.online is not False]
     if not live:
-        others = sorted({p.display_name for p in peers if p.display_name and p.online is not False})
+        others = sorted(
+            {
+                p.display_name
+                for p in peers
+                if p.display_name
+                and p.online is not False
+                and p.pubkey not in own
+                and not is_one_shot_session(p.session_id)
+            }
+        )
         if named:
             raise NoSuchPeer(
                 f"{target!r} is not online now (its session left less than a grace window "
                 "ago); try again when it is back, or send to its member key to have the "
                 "broker keep the message"
+            )
+        if any(
+            p.display_name == target and p.online is not False and p.pubkey not in own
+            for p in peers
+        ):
+            raise NoSuchPeer(
+                f"{target!r} has no session that takes messages online now (only "
+                "'meshproto send' or 'peers'); send to its member key to have the broker "
+                "keep the message"
             )
         known = ", ".join(repr(name) for name in others[:10]) or "nobody else"
         raise NoSuchPeer(

@@ -320,6 +320,18 @@ async def test_unreachable_broker_is_retried_without_hanging() -> None:
         assert a.state is not OPEN
     assert time.monotonic() - started < 5
     assert any("could not connect" in e.cause for e in events if isinstance(e, ReconnectScheduled))
+    causes = {e.cause for e in events if isinstance(e, ReconnectScheduled)}
+    assert all(cause.endswith("Connection refused)") for cause in causes), causes
+
+
+async def test_an_unresolvable_broker_host_names_the_resolver_error() -> None:
+    events: list[Event] = []
+    async with join("ws://nonexistent.invalid:7900/ws", "a", events=events) as a:
+        with anyio.fail_after(5):
+            await eventually(lambda: a.counters.reconnects >= 1)
+    causes = [e.cause for e in events if isinstance(e, ReconnectScheduled)]
+    assert causes and "All connection attempts failed" not in causes[0], causes
+    assert "could not connect to ws://nonexistent.invalid:7900/ws: " in causes[0]
 
 
 async def test_exceptions_in_the_body_propagate_unwrapped() -> None:

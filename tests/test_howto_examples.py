@@ -246,11 +246,19 @@ def test_command_walkthrough(tmp_path: Path) -> None:
             finally:
                 _stop(listener)
         assert listener.returncode == 0, err
-        assert re.fullmatch(r"\[[-0-9T:.]+Z\] [0-9a-f]{12} \(now\): hello\n", heard)
-        assert "listening as " in err
+        assert re.fullmatch(r"\d\d:\d\d:\d\d \[local-mesh\] alice \(now!\): hello\n", heard)
+        connecting, connected = err.splitlines()[:2]
+        assert connecting == f"connecting to {url}"
+        announced = re.fullmatch(
+            r"connected as bob \(([0-9a-f]{16})\); listening \(Ctrl-C to stop\)", connected
+        )
+        assert announced, err
 
-        peers = _meshproto("peers", "--url", url, env=alice).stdout.splitlines()
+        header, *peers = _meshproto("peers", "--url", url, env=alice).stdout.splitlines()
+        assert header.split() == ["KEY", "NAME", "STATUS", "ONLINE", "GROUPS", "SUMMARY"]
         assert sorted(line.split()[1] for line in peers) == ["alice", "bob"]
+        assert any(line.split()[2] == "(you)" for line in peers)
+        assert announced.group(1) in {line.split()[0] for line in peers}  # the key peers see
 
         refused = _meshproto("send", "carol", "hi", "--url", url, env=alice, status=1)
         assert refused.stderr.startswith("meshproto: error: ")
@@ -309,8 +317,8 @@ class _broker:
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> str:
-        self._proc = subprocess.Popen(
-            self._argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        self._proc = subprocess.Popen(  # its log (stderr) is not read: never let it block
+            self._argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
         )
         line = _read_line(self._proc, TIMEOUT)
         match = re.fullmatch(r"meshproto broker listening on (ws://127\.0\.0\.1:\d+/ws)", line)
@@ -332,8 +340,8 @@ class _broker:
 
 def _wait_until_listed(name: str, url: str, env: dict[str, str]) -> None:
     for _ in _attempts(40, 20.0):
-        listed = _meshproto("peers", "--json", "--url", url, env=env).stdout
-        if any(peer["displayName"] == name for peer in json.loads(listed)):
+        listed = _meshproto("peers", "--json", "--url", url, env=env).stdout.splitlines()
+        if any(json.loads(peer)["displayName"] == name for peer in listed):
             return
         time.sleep(0.1)
     raise AssertionError(f"{name} never appeared in the peer list")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshproto import Peer
-from meshproto_cli._names import AmbiguousName, NoSuchPeer, resolve_target
+from meshproto_cli._names import AmbiguousName, NoSuchPeer, is_one_shot_session, resolve_target
 
 ALICE, BOB, CAROL = "a" * 64, "b" * 64, "c" * 64
 
@@ -80,3 +80,40 @@ def test_an_unknown_name_lists_who_is_online() -> None:
     peers = [peer("1" * 64, BOB, "bob", "2026-12-01T10:00:00.000Z")]
     with pytest.raises(NoSuchPeer, match="'bob'"):
         resolve_target("dave", peers, own_keys=())
+
+
+def test_a_one_shot_send_or_peers_session_is_never_chosen() -> None:
+    # bob's `meshproto send` is running (online) and newer than bob's listen:
+    # it takes no messages, so a message to its key would wait forever.
+    peers = [
+        Peer("1" * 64, BOB, "bob", connected_at="2026-12-01T10:00:00.000Z", session_id="m:listen"),
+        Peer("2" * 64, BOB, "bob", connected_at="2026-12-01T10:05:00.000Z", session_id="m:oneshot"),
+        Peer(
+            "3" * 64, BOB, "bob", connected_at="2026-12-01T10:06:00.000Z", session_id="m:oneshot-3"
+        ),
+    ]
+    resolution = resolve_target("bob", peers, own_keys=())
+    assert resolution.target == "1" * 64
+    assert resolution.note is None
+
+
+def test_a_name_with_only_one_shot_sessions_says_so() -> None:
+    peers = [Peer("2" * 64, BOB, "bob", session_id="m:oneshot", online=True)]
+    with pytest.raises(NoSuchPeer, match="no session that takes messages"):
+        resolve_target("bob", peers, own_keys=())
+
+
+@pytest.mark.parametrize(
+    ("session_id", "one_shot"),
+    [
+        ("member:oneshot", True),
+        ("member:oneshot-2", True),
+        ("member:oneshot-5f3a9c01", True),
+        ("member:listen", False),
+        ("member:oneshotter", False),
+        ("member:my-oneshot", False),
+        (None, False),
+    ],
+)
+def test_one_shot_session_ids(session_id: str | None, one_shot: bool) -> None:
+    assert is_one_shot_session(session_id) is one_shot
