@@ -317,6 +317,12 @@ def _add_broker(broker: argparse.ArgumentParser) -> None:
     )
     broker.add_argument("--db", metavar="PATH", help="SQLite store, kept across restarts")
     broker.add_argument(
+        "--sqlite-synchronous",
+        choices=("normal", "full"),
+        help="with --db: 'normal' survives a crash of the process, 'full' also a power cut "
+        "(an fsync per commit, in a worker thread) (default: normal)",
+    )
+    broker.add_argument(
         "--tls-cert", metavar="PEM", help="serve wss:// with this certificate chain"
     )
     broker.add_argument(
@@ -538,6 +544,8 @@ def _read_body(args: argparse.Namespace) -> None:
 def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.run == "broker" and args.tls_key and not args.tls_cert:
         parser.error("--tls-key needs --tls-cert (without a certificate the broker serves ws://)")
+    if args.run == "broker" and args.sqlite_synchronous and not args.db:
+        parser.error("--sqlite-synchronous needs --db (without it the broker keeps nothing)")
 
 
 def _say(text: str) -> None:

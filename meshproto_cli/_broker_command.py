@@ -33,7 +33,7 @@ from ._brokerlog import LoggingBroker
 from ._errors import CommandError
 from ._registry import FileRegistry
 
-__all__ = ["broker_options", "cmd_broker"]
+__all__ = ["broker_options", "cmd_broker", "open_store"]
 
 logger = logging.getLogger("meshproto.cli.broker")
 
@@ -55,14 +55,16 @@ def broker_options(args: argparse.Namespace) -> BrokerOptions:
         raise CommandError(str(exc)) from None
 
 
-def _open_store(text: str) -> SqliteStore:
-    path = Path(text)
+def open_store(args: argparse.Namespace) -> SqliteStore:
+    """The SQLite store of ``--db`` and ``--sqlite-synchronous``; a problem is one line."""
+    path = Path(args.db)
+    synchronous = args.sqlite_synchronous or "normal"
     if path.is_dir():
         raise CommandError(f"--db {path} is a folder; name a file, such as {path / 'broker.db'}")
     if not path.parent.is_dir():
         raise CommandError(f"--db {path}: the folder {path.parent} does not exist")
     try:
-        return SqliteStore(path)
+        return SqliteStore(path, synchronous=synchronous)
     except sqlite3.OperationalError as exc:
         raise CommandError(f"cannot open --db {path}: {exc}") from None
     except sqlite3.DatabaseError as exc:
@@ -128,7 +130,7 @@ async def cmd_broker(args: argparse.Namespace) -> int:
         mesh_note = f"open mesh {args.open_mesh!r}: any key that signs its hello may join"
     options = broker_options(args)
     ssl_context = _server_ssl(args)
-    store = _open_store(args.db) if args.db else None
+    store = open_store(args) if args.db else None
     try:
         broker = LoggingBroker(
             registry,

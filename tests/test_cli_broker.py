@@ -96,6 +96,16 @@ STARTUP_PROBLEMS: dict[str, tuple[Case, int, str]] = {
         "cannot read {tmp}/none.pem: no such file",
     ),
     "limit not positive": (lambda tmp, port: ["--rate-burst", "0"], 2, "must be more than 0"),
+    "sqlite synchronous without a db": (
+        lambda tmp, port: ["--sqlite-synchronous", "full"],
+        2,
+        "--sqlite-synchronous needs --db",
+    ),
+    "sqlite synchronous unknown": (
+        lambda tmp, port: ["--db", str(tmp / "b.db"), "--sqlite-synchronous", "off"],
+        2,
+        "invalid choice: 'off'",
+    ),
 }
 
 
@@ -113,6 +123,23 @@ def test_broker_startup_problems_are_one_line(
         assert result.stderr.startswith("meshproto: error: "), result.stderr
     assert expected in result.stderr.splitlines()[-1], result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(("given", "mode"), [((), "NORMAL"), (("full",), "FULL")])
+def test_the_sqlite_store_syncs_as_sqlite_synchronous_says(
+    tmp_path: Path, given: tuple[str, ...], mode: str
+) -> None:
+    from meshproto_cli._app import build_parser  # noqa: PLC0415
+    from meshproto_cli._broker_command import open_store  # noqa: PLC0415
+
+    flags = ["--sqlite-synchronous", *given] if given else []
+    args = build_parser().parse_args(["broker", "--db", str(tmp_path / "b.db"), *flags])
+    store = open_store(args)
+    try:
+        assert store.synchronous == mode
+        assert store.commit_may_block is (mode == "FULL")  # FULL commits in a worker thread
+    finally:
+        store.close()
 
 
 def test_broker_limits_are_options_with_their_defaults_in_the_help(tmp_path: Path) -> None:
