@@ -505,6 +505,19 @@ def _interrupts_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
+def _interrupt_handled() -> None:
+    """Tell CPython that the ``KeyboardInterrupt`` it saw was handled.
+
+    A ``KeyboardInterrupt`` that escapes code run by ``exec`` of a string
+    (``dataclasses`` and ``typing`` make methods that way, so any import can
+    be such a place) leaves the interpreter marked as interrupted, and at
+    exit it then kills itself with SIGINT whatever status the command chose.
+    Running one more string clears that mark (each run starts by resetting
+    it), so the command's own status, 130, is what the shell sees.
+    """
+    exec("None")  # a constant: the point is the run, not the code
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     verbose = 0 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)
     if args.run == "broker":
@@ -567,6 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _terminate_cleanly():
             return _main(argv)
     except KeyboardInterrupt:
+        _interrupt_handled()
         _say("interrupted")
         return EXIT_INTERRUPTED
     except Terminated:
@@ -583,6 +597,7 @@ def _main(argv: Sequence[str] | None) -> int:
         _configure_logging(args)
         try:
             import anyio  # noqa: PLC0415
+            import anyio._backends._asyncio  # noqa: PLC0415 (anyio.run would load it)
 
             runner = _runner(args.run)
         except ImportError as exc:

@@ -9,10 +9,13 @@ and every wait is bounded.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +26,10 @@ from anyio.from_thread import start_blocking_portal
 from anyio_helpers import WsPeer, fake_broker
 from cli_helpers import (
     FAST,
+    TIMEOUT,
     BrokerProcess,
     Running,
+    environment,
     json_lines,
     make_mesh,
     member,
@@ -375,3 +380,28 @@ def test_a_send_written_and_never_acknowledged_exits_3_with_the_key_to_retry_und
     assert line.startswith("meshproto: error: outcome unknown after 2 s (timeout: ")
     assert "the message may have been delivered" in line
     assert line.endswith(f"send it again with --client-message-id {cmid}")
+
+
+def test_an_interrupt_raised_inside_generated_code_still_exits_130(tmp_path: Path) -> None:
+    # A Ctrl-C can land while dataclasses or typing run generated code (any
+    # lazy import): CPython then marks the process as interrupted and, unless
+    # the command clears the mark, kills itself with SIGINT at exit.
+    (tmp_path / "interrupted_command.py").write_text(
+        "import sys\n"
+        "from meshproto_cli import _app\n"
+        "def interrupted(argv):\n"
+        "    exec('raise KeyboardInterrupt')\n"
+        "_app._main = interrupted\n"
+        "sys.exit(_app.main(['peers']))\n"
+    )
+    env = environment({"PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
+    result = subprocess.run(
+        [sys.executable, "-m", "interrupted_command"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 130, result.stderr
+    assert result.stderr.splitlines()[-1] == "interrupted"
