@@ -102,7 +102,12 @@ class _Peers(_BrokerBase):
             return
         skip_id = skip.conn_id if skip is not None else None
         batch = self._batches.get(mesh_id)
-        if batch is not None and now < batch.until:  # a window is open: wait in it
+        if batch is not None and now >= batch.until:
+            # The window is over and its timer has not run yet: what waited in
+            # it goes out first (and the next window opens if it was not empty).
+            self._flush_batch(mesh_id, now)
+            batch = self._batches.get(mesh_id)
+        if batch is not None:  # a window is open: wait in it
             batch.events.append(
                 (self._event_text(mesh_id, event, data, now), skip_id, self._attached)
             )

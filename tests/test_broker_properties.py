@@ -210,6 +210,10 @@ class BrokerOverSockets(RuleBasedStateMachine):
     def run_next_timer(self) -> None:
         self.harness.op_fire_next_deadline()
 
+    @rule(step=index(H.TIME_STEPS))
+    def late_timer(self, step: int) -> None:
+        self.harness.op_drift(step)
+
     @invariant()
     def invariants_hold(self) -> None:
         # Each op already checks around its input; this also covers the start.
@@ -242,3 +246,34 @@ def test_byte_driven_broker_runs_keep_the_invariants(small_limits: bool, data: b
 @given(small_limits=st.booleans(), data=st.binary(min_size=64, max_size=800))
 def test_sans_io_byte_runs_keep_the_invariants(small_limits: bool, data: bytes) -> None:
     BrokerHarness(small=small_limits).run_bytes(data)
+
+
+@settings(max_examples=100, deadline=None)
+@given(small_limits=st.booleans(), data=st.binary(min_size=64, max_size=800))
+def test_batching_changes_when_system_pushes_arrive_never_which(
+    small_limits: bool, data: bytes
+) -> None:
+    """The same inputs, system pushes batched or not: each socket hears the same events.
+
+    A socket still open at the end hears the same ``(event, peer)`` pushes in
+    the same order either way; one that closed hears a prefix of them (what
+    waited in a batch when it closed never reaches it). Timers run late too
+    (``op_drift``), as an adapter's may. Both runs keep one clock: a jump to
+    the next deadline would differ, as their timers do.
+    """
+    heard, still_open = [], []
+    for batch in (0.0, 0.05):
+        harness = BrokerHarness(small=small_limits, presence_batch=batch, follow_deadlines=False)
+        harness.run_ops(data)
+        harness.settle(1.0)
+        heard.append(harness.oracle.heard)
+        still_open.append(set(harness.oracle.open))
+        harness.finish()
+    at_once, batched = heard
+    assert still_open[0] == still_open[1]
+    for conn in at_once.keys() | batched.keys():
+        expected, got = at_once.get(conn, []), batched.get(conn, [])
+        if conn in still_open[0]:
+            assert got == expected, conn
+        else:
+            assert got == expected[: len(got)], conn

@@ -34,6 +34,7 @@ and ``finish`` runs at most ``max_rounds`` timers.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from random import Random
@@ -188,9 +189,16 @@ class BrokerHarness:
     GARBAGE: ClassVar[tuple[str, ...]] = _BROKER_GARBAGE
     TIME_STEPS: ClassVar[tuple[float, ...]] = _BROKER_STEPS
     #: How many ops ``run_bytes`` chooses from (see ``_byte_op``).
-    BYTE_OPS: ClassVar[int] = 19
+    BYTE_OPS: ClassVar[int] = 20
 
-    def __init__(self, *, small: bool = False, seed: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        small: bool = False,
+        seed: int = 0,
+        presence_batch: float | None = None,
+        follow_deadlines: bool = True,
+    ) -> None:
         registry = StaticRegistry(
             [
                 Member(_MESH, "id-a", _PK["a"], "a"),
@@ -210,6 +218,8 @@ class BrokerHarness:
             if small
             else BrokerOptions()
         )
+        if presence_batch is not None:
+            options = dataclasses.replace(options, presence_batch=presence_batch)
         self.broker = Broker(
             registry, verifier=AcceptingVerifier(), rng=Random(seed), options=options
         )
@@ -219,6 +229,9 @@ class BrokerHarness:
         self.next_conn = 0
         self.sends = 0
         self.message_ids: list[str] = ["unknown-id"]  # for client_ack to name
+        # Whether op_fire_next_deadline jumps to the next deadline (else it runs
+        # what is due now): two brokers whose timers differ keep one clock.
+        self.follow_deadlines = follow_deadlines
 
     # --- the transport: straight into the oracle (a subclass may override) -----
 
@@ -518,7 +531,17 @@ class BrokerHarness:
         self.now += _pick(_BROKER_STEPS, step)
         self._run_timers(self.now)
 
+    def op_drift(self, step: int) -> None:
+        """The clock moves on and no timer runs: an adapter whose timer is late."""
+        self.now += _pick(_BROKER_STEPS, step)
+
     def op_fire_next_deadline(self) -> None:
+        if not self.follow_deadlines:
+            self._run_timers(self.now)
+            return
+        self._jump_to_next_deadline()
+
+    def _jump_to_next_deadline(self) -> None:
         deadline = self.next_deadline()
         if deadline is not None:
             self.now = max(self.now, deadline)
@@ -532,17 +555,33 @@ class BrokerHarness:
         for _ in range(max_rounds):
             if self.next_deadline() is None:
                 break
-            self.op_fire_next_deadline()
+            self._jump_to_next_deadline()
         self._check_finished()
 
     # --- fuzzing ---------------------------------------------------------------------------
 
     def run_bytes(self, data: bytes) -> None:
         """Interpret ``data`` as a sequence of operations, then ``finish`` (the fuzz entry)."""
+        self.run_ops(data)
+        self.finish()
+
+    def run_ops(self, data: bytes) -> None:
+        """Interpret ``data`` as a sequence of operations (no ``finish``)."""
         source = ByteSource(data)
         while not source.exhausted:  # every op takes at least one byte
             self._byte_op(source.take() % self.BYTE_OPS, source)
-        self.finish()
+
+    def settle(self, seconds: float, *, max_rounds: int = 10_000) -> None:
+        """Run every timer due within ``seconds`` from now, in order, then move there."""
+        end = self.now + seconds
+        for _ in range(max_rounds):
+            deadline = self.next_deadline()
+            if deadline is None or deadline > end:
+                break
+            self.now = max(self.now, deadline)
+            self._run_timers(self.now)
+        self.now = end
+        self._run_timers(end)
 
     def _byte_op(self, op: int, source: ByteSource) -> None:
         """Op number ``op`` (below ``BYTE_OPS``), its arguments read from ``source``."""
@@ -591,6 +630,8 @@ class BrokerHarness:
             self.op_advance(take())
         elif op == 15:
             self.op_fire_next_deadline()
+        elif op == 19:
+            self.op_drift(take())
         else:
             slot = take()
             self.op_hostile(slot, source.draw)

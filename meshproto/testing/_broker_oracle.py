@@ -29,7 +29,9 @@ class BrokerOracle:
     names and arguments (``connection_opened``, ``receive_text``, ...,
     ``handle_timer``, ``shutdown``); each passes the input on, drains the
     outputs, checks them and the broker's state, and returns them. The
-    frames the last input wrote are in ``written`` as ``(conn_id, object)``.
+    frames the last input wrote are in ``written`` as ``(conn_id, object)``,
+    and ``heard`` keeps, per socket, the system pushes it was sent, as
+    ``(event, pubkey of the peer)``, in order.
     It checks, after every input (see ``meshproto/_broker.py``):
 
     * no input raises (whatever raises goes through);
@@ -66,6 +68,7 @@ class BrokerOracle:
         self.proven: dict[tuple[str, str], str] = {}  # (mesh, session key) -> member
         self.timer_now: float | None = None  # the last handle_timer's now
         self.written: _Written = []
+        self.heard: dict[int, list[tuple[str, str]]] = {}
 
     @staticmethod
     def _fail(message: str) -> None:
@@ -153,7 +156,13 @@ class BrokerOracle:
                     decode(out.text)
                 except RemoteProtocolError as exc:
                     self._fail(f"the broker wrote a frame that does not decode ({exc}): {out}")
-                written.append((out.conn_id, json.loads(out.text)))
+                frame = json.loads(out.text)
+                written.append((out.conn_id, frame))
+                if frame.get("subtype") == "system":
+                    data = frame.get("eventData") or {}
+                    self.heard.setdefault(out.conn_id, []).append(
+                        (str(frame.get("event")), str(data.get("pubkey")))
+                    )
             elif isinstance(out, CloseConnection):
                 if out.reason == "hello timeout" and out.conn_id in self.helloed:
                     self._fail(f"a socket whose hello was accepted timed out its hello: {out}")
