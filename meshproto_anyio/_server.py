@@ -4,17 +4,19 @@ The :class:`~meshproto.Broker` decides; :class:`~meshproto_ws.BrokerDriver`
 turns its outputs into socket commands and socket bytes into its inputs.
 This module listens, accepts, does TLS, and carries the commands out:
 
-* every accepted socket gets a :class:`~meshproto_anyio._link.SocketLink`
-  (a reader task and a writer task) and a driver socket id, which is also
-  the broker's ``conn_id``;
+* every accepted socket gets a link and a driver socket id, which is also
+  the broker's ``conn_id``. On asyncio the link is a
+  :class:`~meshproto_anyio._protocol_link.ProtocolLink`: sockets are
+  accepted with asyncio's protocol API, and a socket has no task of its
+  own. On trio it is a :class:`~meshproto_anyio._link.SocketLink` (a reader
+  task and a writer task over an anyio stream). Both keep one contract;
 * after every input (bytes read, EOF, an I/O error, a timer) the driver's
-  commands are carried out synchronously, then one timer task is re-armed
-  for ``next_deadline()``. The broker's clock is Unix wall-clock seconds
-  (``time.time()``);
-* writes never wait: each socket has its own bounded buffer drained by its
-  own writer, so a peer that stops reading delays nobody else. A socket whose
-  buffer would exceed ``max_send_buffer`` is dropped, and the broker hears
-  ``connection_closed``;
+  commands are carried out synchronously. One timer task sleeps until
+  ``next_deadline()``, and is woken only when an input brings that deadline
+  forward. The broker's clock is Unix wall-clock seconds (``time.time()``);
+* writes never wait: each socket has its own bounded buffer, so a peer that
+  stops reading delays nobody else. A socket whose buffer would exceed
+  ``max_send_buffer`` is dropped, and the broker hears ``connection_closed``;
 * with a store that commits in batches (a :class:`~meshproto.BatchedStore`,
   such as ``SqliteStore``), the commands pass through a
   :class:`~meshproto_ws.CommitGate`: whatever the broker produced after a
@@ -39,7 +41,9 @@ socket go on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
@@ -47,7 +51,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
-from anyio.abc import ByteStream, SocketAttribute, TaskGroup, TaskStatus
+from anyio.abc import ByteStream, SocketAttribute, SocketStream, TaskGroup, TaskStatus
+from anyio.streams.stapled import MultiListener
 from anyio.streams.tls import TLSStream
 
 from meshproto import BatchedStore, Broker, LocalProtocolError
@@ -62,10 +67,16 @@ from meshproto_ws import (
 )
 
 from ._link import SocketLink
+from ._protocol_link import ProtocolLink
+
+_Link = SocketLink | ProtocolLink
 
 __all__ = ["BrokerAddress", "BrokerServer", "ServerOptions", "running_broker", "serve_broker"]
 
 logger = logging.getLogger("meshproto.anyio.server")
+
+#: The listen backlog on asyncio (the kernel caps it at net.core.somaxconn).
+_BACKLOG = 65_535
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +137,9 @@ class BrokerServer:
             handshake_timeout=options.handshake_timeout,
             close_timeout=options.close_timeout,
         )
-        self._links: dict[int, SocketLink] = {}
+        self._links: dict[int, _Link] = {}
         self._rearm = anyio.Event()
+        self._armed = -math.inf  # the deadline the timer task sleeps until (inf: none)
         self._idle = anyio.Event()
         store = broker.store
         self._gate = CommitGate(store) if isinstance(store, BatchedStore) else None
@@ -222,6 +234,60 @@ class BrokerServer:
     def _on_data(self, socket_id: int, data: bytes | None) -> None:
         self._guarded(socket_id, lambda now: self._driver.receive_data(socket_id, data, now=now))
 
+    # --- the asyncio protocol path -------------------------------------------------
+
+    def _make_protocol(self) -> ProtocolLink:
+        return ProtocolLink(
+            on_open=self._protocol_opened,
+            on_data=self._on_data,
+            on_error=self._on_error,
+            on_gone=self._protocol_gone,
+            close_timeout=self.options.close_timeout,
+            max_buffered=self.options.max_send_buffer,
+            tls=self._ssl_context is not None,
+        )
+
+    def _protocol_opened(self, link: ProtocolLink) -> int:
+        socket_id = self._driver.socket_opened(now=time.time())
+        link.socket_id = socket_id
+        self._links[socket_id] = link
+        self._guarded(socket_id, lambda now: None)
+        return socket_id
+
+    def _protocol_gone(self, socket_id: int) -> None:
+        if self._links.pop(socket_id, None) is not None:
+            self._idle.set()
+        self._guarded(
+            socket_id,
+            lambda now: self._driver.socket_failed(socket_id, now=now, reason="socket ended"),
+        )
+
+    async def _serve_protocols(self, listener: MultiListener[SocketStream]) -> None:
+        """Accept on ``listener``'s sockets with asyncio's protocol API until cancelled."""
+        loop = asyncio.get_running_loop()
+        sockets = [inner.extra(SocketAttribute.raw_socket) for inner in listener.listeners]
+        tls = self._ssl_context
+        servers = [
+            await loop.create_server(
+                self._make_protocol,
+                sock=sock,
+                ssl=tls,
+                ssl_handshake_timeout=self.options.handshake_timeout if tls else None,
+                backlog=_BACKLOG,
+            )
+            for sock in sockets
+        ]
+        try:
+            await anyio.sleep_forever()
+        finally:
+            for served in servers:
+                served.close()
+            now = time.time()
+            for link in list(self._links.values()):  # cancelled: drop every socket
+                link.abort()
+                self._driver.socket_failed(link.socket_id, now=now, reason="server stopped")
+            self._links.clear()
+
     def _on_error(self, socket_id: int, reason: str) -> None:
         self._guarded(
             socket_id, lambda now: self._driver.socket_failed(socket_id, now=now, reason=reason)
@@ -258,7 +324,9 @@ class BrokerServer:
             self._carry_out(commands, now)
         if gate is not None and gate.needs_commit:
             self._commit_wanted.set()
-        self._rearm.set()
+        deadline = driver.next_deadline()
+        if deadline is not None and deadline < self._armed:
+            self._rearm.set()  # sooner than the timer task sleeps
 
     def _carry_out(self, commands: list[SocketCommand], now: float) -> None:
         for command in commands:
@@ -303,7 +371,7 @@ class BrokerServer:
             self._carry_out(gate.release(), now)
             self._apply()  # what the driver produced meanwhile, through the gate
 
-    def _overflow(self, link: SocketLink, now: float) -> None:
+    def _overflow(self, link: _Link, now: float) -> None:
         if link.closing:
             return  # a write after the close began: nothing to overflow
         self.overflows += 1
@@ -320,6 +388,7 @@ class BrokerServer:
         while True:
             self._rearm = anyio.Event()
             deadline = driver.next_deadline()
+            self._armed = math.inf if deadline is None else deadline
             if deadline is None:
                 await self._rearm.wait()
                 continue
@@ -329,12 +398,22 @@ class BrokerServer:
                     await self._rearm.wait()
                 if time.time() < deadline:
                     continue
+            self._armed = -math.inf  # running: every input may wake it again
             try:
                 driver.handle_timer(time.time())
                 self._apply()
             except Exception:  # the driver contains the broker's; this is ours
                 logger.exception("unexpected error in the server's timer; going on")
                 await anyio.sleep(TIMER_RETRY)
+
+
+def _on_asyncio() -> bool:
+    """Whether this runs on an asyncio loop (anyio's asyncio backend), not trio."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def serve_broker(
@@ -366,7 +445,10 @@ async def serve_broker(
             tasks.start_soon(server._run_committer)
         task_status.started(server)
         logger.info("broker listening on %s", address.url)
-        await listener.serve(server._handle, task_group=tasks)
+        if _on_asyncio():
+            await server._serve_protocols(listener)
+        else:
+            await listener.serve(server._handle, task_group=tasks)
 
 
 @asynccontextmanager

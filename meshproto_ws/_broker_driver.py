@@ -38,6 +38,7 @@ broker's timers is logged the same way and the timers are not run again for
 
 from __future__ import annotations
 
+import heapq
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -126,9 +127,10 @@ class BrokerDriver:
         self.handshake_timeout = handshake_timeout
         self.close_timeout = close_timeout
         self._sockets: dict[int, _Socket] = {}
-        # The few sockets that have a deadline (handshaking or closing), so that
-        # neither next_deadline() nor handle_timer() looks at every socket.
-        self._timed: dict[int, _Socket] = {}
+        # (deadline, socket id) of the sockets handshaking or closing, a heap, so
+        # that neither next_deadline() nor handle_timer() looks at every socket.
+        # An entry whose socket is gone or has another deadline is stale.
+        self._deadlines: list[tuple[float, int]] = []
         # Sockets written to by the outputs being carried out, flushed at the end.
         self._dirty: dict[int, WsConnection] = {}
         self._next_id = 0
@@ -156,9 +158,9 @@ class BrokerDriver:
         self._next_id += 1
         socket_id = self._next_id
         ws = WsConnection.server(max_message_bytes=self.max_message_bytes)
-        sock = _Socket(ws, deadline=now + self.handshake_timeout)
+        sock = _Socket(ws)
         self._sockets[socket_id] = sock
-        self._timed[socket_id] = sock
+        self._set_deadline(socket_id, sock, now + self.handshake_timeout)
         return socket_id
 
     def receive_data(self, socket_id: int, data: bytes | None, *, now: float) -> None:
@@ -193,8 +195,11 @@ class BrokerDriver:
     def handle_timer(self, now: float) -> None:
         """Run what is due: handshake and close deadlines, then the broker's timers."""
         self._pump(now)
-        for socket_id, sock in list(self._timed.items()):
-            if sock.deadline is not None and now >= sock.deadline:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            due, socket_id = heapq.heappop(deadlines)
+            sock = self._sockets.get(socket_id)
+            if sock is not None and sock.deadline == due:
                 self._forget(socket_id)
                 if sock.registered:  # pragma: no cover - registered sockets have no deadline
                     self._broker.connection_closed(socket_id, now=now)
@@ -236,10 +241,15 @@ class BrokerDriver:
         paused = self._timers_paused_until
         if paused is not None and (best is None or best < paused):
             best = paused
-        for sock in self._timed.values():
-            due = sock.deadline
-            if due is not None and (best is None or due < best):
-                best = due
+        deadlines, sockets = self._deadlines, self._sockets
+        while deadlines:
+            due, socket_id = deadlines[0]
+            sock = sockets.get(socket_id)
+            if sock is not None and sock.deadline == due:
+                if best is None or due < best:
+                    best = due
+                break
+            heapq.heappop(deadlines)  # stale
         return best
 
     # --- internals -----------------------------------------------------------------
@@ -249,7 +259,6 @@ class BrokerDriver:
         if isinstance(event, Opened):
             sock.registered = True
             sock.deadline = None
-            self._timed.pop(socket_id, None)
             broker.connection_opened(socket_id, now=now)
         elif not sock.registered:
             return
@@ -375,7 +384,6 @@ class BrokerDriver:
         sock = self._sockets.pop(socket_id, None)
         if sock is None:
             return None
-        self._timed.pop(socket_id, None)
         self._dirty.pop(socket_id, None)
         self._commands.append(CloseSocket(socket_id))
         return sock
@@ -396,5 +404,8 @@ class BrokerDriver:
                 sock.registered = False
                 self._broker.connection_closed(socket_id, now=now)
         elif state is WsState.CLOSING and not sock.registered and sock.deadline is None:
-            sock.deadline = now + self.close_timeout
-            self._timed[socket_id] = sock
+            self._set_deadline(socket_id, sock, now + self.close_timeout)
+
+    def _set_deadline(self, socket_id: int, sock: _Socket, when: float) -> None:
+        sock.deadline = when
+        heapq.heappush(self._deadlines, (when, socket_id))

@@ -1,0 +1,167 @@
+"""One socket served through asyncio's protocol API: no task of its own.
+
+On the asyncio backend the broker server accepts with ``loop.create_server``,
+and each accepted socket is a :class:`ProtocolLink`: asyncio calls it when
+bytes arrive, at EOF and when the connection is lost, and it writes straight
+into the transport. It keeps the contract of
+:class:`~meshproto_anyio._link.SocketLink` (the link of a task-based stream,
+which the trio backend uses), so the server drives either the same way:
+
+* every chunk read goes to ``on_data`` (``None`` at EOF), any I/O error to
+  ``on_error``, each at most until :meth:`close` or :meth:`abort`;
+* :meth:`write` never waits. The transport sends what the kernel takes at
+  once and buffers the rest; a write that would take that buffer over
+  ``max_buffered`` is refused, and the owner drops the link;
+* :meth:`pause_reading` and :meth:`resume_reading` stop and restart reading
+  (TCP then pushes back on the peer);
+* :meth:`close` flushes what is buffered, then closes, within
+  ``close_timeout``; :meth:`abort` closes at once;
+* ``on_gone`` is called exactly once, when the socket is closed for good.
+
+Why: a socket served by two tasks costs each write a task wake-up and each
+idle socket two parked tasks, which is most of what a broker with thousands
+of sockets spends. Here a write is one call into the transport, and an idle
+socket is a transport and this object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+__all__ = ["ProtocolLink"]
+
+
+class ProtocolLink(asyncio.Protocol):
+    """An accepted socket as an asyncio protocol, with the owner's callbacks."""
+
+    __slots__ = (
+        "_close_timeout",
+        "_closer",
+        "_closing",
+        "_done",
+        "_max_buffered",
+        "_on_data",
+        "_on_error",
+        "_on_gone",
+        "_on_open",
+        "_paused",
+        "_tls",
+        "_transport",
+        "socket_id",
+    )
+
+    def __init__(
+        self,
+        *,
+        on_open: Callable[[ProtocolLink], int],
+        on_data: Callable[[int, bytes | None], None],
+        on_error: Callable[[int, str], None],
+        on_gone: Callable[[int], None],
+        close_timeout: float,
+        max_buffered: int | None = None,
+        tls: bool = False,
+    ) -> None:
+        self.socket_id = 0  # the owner's id for it, from on_open
+        self._on_open = on_open
+        self._on_data = on_data
+        self._on_error = on_error
+        self._on_gone = on_gone
+        self._close_timeout = close_timeout
+        self._max_buffered = max_buffered
+        self._tls = tls
+        self._transport: asyncio.Transport | None = None
+        self._closing = False
+        self._done = True  # no callbacks until the connection is made
+        self._paused = False
+        self._closer: asyncio.TimerHandle | None = None
+
+    # --- what the owner calls --------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """Whether ``close`` or ``abort`` was called, or the socket broke."""
+        return self._closing
+
+    @property
+    def buffered(self) -> int:
+        """Bytes written but not yet handed to the kernel."""
+        transport = self._transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def write(self, data: bytes) -> bool:
+        """Send ``data``; ``False`` if the link is closing or the buffer would overflow."""
+        transport = self._transport
+        if self._closing or transport is None:
+            return False
+        limit = self._max_buffered
+        if limit is not None and transport.get_write_buffer_size() + len(data) > limit:
+            return False
+        transport.write(data)
+        return True
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._paused
+
+    def pause_reading(self) -> None:
+        """Read nothing more until :meth:`resume_reading`."""
+        if not self._paused:
+            self._paused = True
+            if self._transport is not None and not self._closing:
+                self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._transport is not None and not self._closing:
+                self._transport.resume_reading()
+
+    def close(self) -> None:
+        """Flush what is buffered (within ``close_timeout``), then close the socket."""
+        self._done = True
+        transport = self._transport
+        if self._closing or transport is None:
+            return
+        self._closing = True
+        transport.close()  # asyncio flushes the buffer first
+        if self._closer is None:
+            self._closer = asyncio.get_running_loop().call_later(
+                self._close_timeout, transport.abort
+            )
+
+    def abort(self) -> None:
+        """Close the socket now; whatever is buffered is dropped."""
+        self._done = True
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    # --- what asyncio calls ----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._done = False
+        self.socket_id = self._on_open(self)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._done:
+            self._on_data(self.socket_id, data)
+
+    def eof_received(self) -> bool:
+        if not self._done:
+            self._on_data(self.socket_id, None)
+        # Keep the socket open for writing until the owner closes it (a TLS
+        # transport closes by itself: it cannot stay half open).
+        return not self._tls
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        if self._closer is not None:
+            self._closer.cancel()
+            self._closer = None
+        if not self._done:
+            self._done = True
+            self._on_error(self.socket_id, f"connection lost: {exc!r}")
+        self._on_gone(self.socket_id)
