@@ -27,7 +27,11 @@ theory of operation. This module takes the inputs and dispatches them.
 Liveness
 --------
 
-Every socket is pinged every ``ping_interval`` from the moment it opens and
+Every socket is pinged every ``ping_interval`` from the moment it opens,
+on whole seconds **[reference broker]**: each ping is due ``ping_interval``
+after the last, rounded down to a whole second, so that the sockets due in
+the same second are pinged by one timer (a broker of thousands of idle
+sockets wakes once a second, not once per socket). A socket is
 closed with 1001 ``liveness timeout`` after ``liveness_timeout`` seconds in
 which nothing (text, binary, ping or pong) arrived. A socket that has no
 accepted hello ``hello_timeout`` seconds after it opened is closed with 1008
@@ -231,10 +235,12 @@ class Broker(_Hellos, _Messages, _Peers, _BrokerBase):
             self._alive(conn, now)
 
     def receive_pong(self, conn_id: int, *, now: float) -> None:
-        """A WebSocket pong arrived; it counts as life."""
+        """A WebSocket pong arrived; it counts as life, and answers a push window's probe."""
         conn = self._conns.get(conn_id)
         if conn is not None:
             self._alive(conn, now)
+            if conn.probe_mark is not None:
+                self._on_probe_answered(conn, now)
 
     def connection_closed(self, conn_id: int, *, now: float) -> None:
         """Socket ``conn_id`` is gone (closed by either side, or dropped)."""

@@ -32,7 +32,7 @@ from ._frames import (
     Ack,
     ErrorFrame,
 )
-from ._presence import Conn, Presence, PresenceTable
+from ._presence import Conn, Presence, PresenceTable, ping_due
 from ._ratelimit import TokenBucket
 from ._registry import MemberRegistry, Verifier
 from ._store import MemoryStore, Store
@@ -118,7 +118,7 @@ class _BrokerBase:
             return
         if now >= conn.next_ping:
             self._outputs.append(PingConnection(conn.conn_id))
-            conn.next_ping = now + options.ping_interval
+            conn.next_ping = ping_due(now, options.ping_interval)
         self._schedule_conn(conn)
 
     def _schedule_conn(self, conn: Conn) -> None:

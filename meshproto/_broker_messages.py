@@ -31,6 +31,21 @@ member (records are kept in the store for ``dedupe_ttl``, at most
   ``client_ack`` (by ``brokerMessageId``, else by ``clientMessageId``)
   deletes it from the store. Messages held by status go out, oldest first,
   the moment the socket's status becomes ``idle``.
+* **a push window per socket [reference broker]**: at most about
+  ``push_window`` bytes (1 MiB) of stored messages are pushed to one socket
+  and not known to be read. When a push would go past the window the socket
+  is *starved*: the broker pings it (a probe) and the rest of its messages
+  wait in the store, in order. The pong proves that the peer has read
+  everything written before the ping (one TCP stream, in order), so it
+  frees what was in flight then, and the next part of the backlog goes out.
+  So a recipient with a backlog far larger than its socket's send buffer
+  (after a hello, or when its status turns ``idle``) gets all of it, a
+  window per round trip, instead of being dropped for a send buffer that
+  overflowed; a peer that stops reading stops only its own pushes; and a
+  client that never sends ``client_ack`` is served like any other, since
+  the window is the transport's, not the acknowledgements'. (A pong that
+  answers an older liveness ping may free a little early: the bound is
+  about a window, at most two.) One message always goes out, however large.
   Messages for a member with no live socket simply wait in the store (its
   time to live is ``store_ttl``); one addressed to a session waits for that
   session only (its body is sealed to the session's key).
@@ -47,6 +62,7 @@ from __future__ import annotations
 
 from ._broker_base import _PRIORITIES, NO_PEER_TEXT, _BrokerBase
 from ._broker_outputs import (
+    PingConnection,
     SendText,
     SendTextMany,
 )
@@ -194,7 +210,7 @@ class _Messages(_BrokerBase):
         targets = [
             c
             for c in self._presences.live_conns_of_member(mesh_id, recipient)
-            if self._wants(c, message)
+            if self._wants(c, message) and self._has_room(c)
         ]
         if targets:
             self._push_stored(message, targets, now)
@@ -259,20 +275,50 @@ class _Messages(_BrokerBase):
                 client_message_id=message.client_message_id,
             )
         )
-        message_id = message.message_id
+        message_id, size = message.message_id, len(text)
         for c in conns:
             c.claimed.add(message_id)
+            c.in_flight += size
         if len(conns) == 1:
             self._outputs.append(SendText(conns[0].conn_id, text))
         else:
             self._outputs.append(SendTextMany(tuple(c.conn_id for c in conns), (text,)))
 
+    def _has_room(self, conn: Conn) -> bool:
+        """Whether ``conn``'s push window takes another stored message now.
+
+        A starved socket takes its messages from ``_drain`` only, oldest
+        first. A socket whose window just filled starves, and is probed
+        with a ping unless a probe is already out.
+        """
+        if conn.starved:
+            return False
+        if conn.in_flight < self.options.push_window:
+            return True
+        conn.starved = True
+        if conn.probe_mark is None:
+            conn.probe_mark = conn.in_flight
+            self._outputs.append(PingConnection(conn.conn_id))
+        return False
+
+    def _on_probe_answered(self, conn: Conn, now: float) -> None:
+        """A pong: what was in flight when the probe went out has been read."""
+        mark = conn.probe_mark
+        if mark is None:
+            return
+        conn.probe_mark = None
+        conn.in_flight = max(0, conn.in_flight - mark)
+        presence = conn.presence
+        if conn.starved and presence is not None:
+            self._drain(presence.mesh_id, presence.member_pubkey, now, only=conn)
+
     def _drain(self, mesh_id: str, member: str, now: float, *, only: Conn | None = None) -> None:
         """Push the member's stored messages that may go out now, oldest first.
 
         Each goes to the live sockets (or ``only`` that one) whose status lets
-        it through and that have not had it yet: a socket's claims last as
-        long as the socket, so a new socket (a hello) gets every one.
+        it through, that have not had it yet, and whose push window has room:
+        a socket's claims last as long as the socket, so a new socket (a
+        hello) gets every one, a window at a time.
         """
         conns = (
             [only] if only is not None else self._presences.live_conns_of_member(mesh_id, member)
@@ -280,14 +326,21 @@ class _Messages(_BrokerBase):
         if not conns:
             return
         stored = self.store.messages_for(mesh_id, member)
+        for conn in conns:
+            conn.starved = False
         for message in stored:
             if message.expires_at <= now:
                 continue
+            message_id = message.message_id
             targets = [
-                c for c in conns if message.message_id not in c.claimed and self._wants(c, message)
+                c
+                for c in conns
+                if message_id not in c.claimed and self._wants(c, message) and self._has_room(c)
             ]
             if targets:
                 self._push_stored(message, targets, now)
+            elif all(c.starved for c in conns):
+                break  # every window is full: the rest wait for the probes' pongs
         limit = 2 * self.options.store_limit_per_member
         for conn in conns:
             if len(conn.claimed) > limit:  # claims of messages that expired meanwhile

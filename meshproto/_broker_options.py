@@ -15,7 +15,11 @@ class BrokerOptions:
     """Limits and timers (seconds). The defaults are docs/protocol.md §7's.
 
     ``hello_timeout`` (how long a socket may stay open without an accepted
-    hello) is ours: the protocol names no such limit.
+    hello) is ours: the protocol names no such limit. So are
+    ``presence_batch`` (the batch window of system pushes, see
+    ``meshproto._broker_peers``) and ``push_window`` (the bytes of stored
+    messages pushed to one socket and not acknowledged yet, above which the
+    rest wait; see ``meshproto._broker_messages``).
     """
 
     max_connections_per_mesh: int = 1000
@@ -33,6 +37,7 @@ class BrokerOptions:
     dedupe_limit_per_member: int = 10_000
     hello_timeout: float = 10.0
     presence_batch: float = 0.05
+    push_window: int = 1_048_576
 
     def __post_init__(self) -> None:
         for name in (
@@ -55,6 +60,7 @@ class BrokerOptions:
             "max_payload",
             "hard_frame_cap",
             "dedupe_limit_per_member",
+            "push_window",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):

@@ -21,12 +21,30 @@ the key from another member's presence (see ``meshproto._broker``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 from ._frames import Group
 from ._registry import Member
 
-__all__ = ["Conn", "Presence", "PresenceTable"]
+__all__ = ["PING_TICK", "Conn", "Presence", "PresenceTable", "ping_due"]
+
+#: Pings fall due on whole multiples of this many seconds (see :func:`ping_due`).
+PING_TICK = 1.0
+
+
+def ping_due(now: float, interval: float) -> float:
+    """When a socket pinged (or opened) at ``now`` is pinged next.
+
+    ``interval`` later, rounded down to a whole :data:`PING_TICK`: the pings
+    of every socket due within the same tick go out together, from one
+    timer, instead of one timer per socket. (An interval under ten ticks is
+    not rounded.)
+    """
+    due = now + interval
+    if interval >= 10 * PING_TICK:
+        due = math.floor(due / PING_TICK) * PING_TICK
+    return due
 
 
 class Conn:
@@ -36,6 +54,12 @@ class Conn:
     its hello is accepted). ``claimed`` holds the ids of the stored direct
     messages pushed to this socket and not acknowledged yet: none of them is
     pushed to it again, and they go with it when it closes.
+
+    The push window (see ``meshproto._broker_messages``): ``in_flight`` is
+    the bytes of stored messages pushed to it that the peer may not have
+    read yet; ``probe_mark`` is what ``in_flight`` was when the broker pinged
+    it to learn that (``None``: no probe out); ``starved`` says that a
+    message waits for it because its window was full.
     """
 
     __slots__ = (
@@ -43,9 +67,12 @@ class Conn:
         "claimed",
         "conn_id",
         "hello_deadline",
+        "in_flight",
         "last_inbound",
         "next_ping",
         "presence",
+        "probe_mark",
+        "starved",
         "timer_token",
     )
 
@@ -54,11 +81,14 @@ class Conn:
     ) -> None:
         self.conn_id = conn_id
         self.last_inbound = now
-        self.next_ping = now + ping_interval
+        self.next_ping = ping_due(now, ping_interval)
         self.hello_deadline: float | None = now + hello_timeout
         self.presence: Presence | None = None
         self.timer_token = 0
         self.claimed: set[str] = set()
+        self.in_flight = 0
+        self.probe_mark: int | None = None
+        self.starved = False
         #: When its hello was accepted, in the broker's order of acceptance (0: not yet).
         self.attached = 0
 

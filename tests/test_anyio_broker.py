@@ -11,6 +11,7 @@ import pytest
 import trustme
 from anyio.abc import SocketAttribute, SocketStream
 from anyio_helpers import (
+    MESH,
     WsPeer,
     anyio_backend,
     eventually,
@@ -155,39 +156,71 @@ async def test_payload_over_64k_is_refused_with_an_ack_and_the_socket_stays_open
 # --- fairness and limits ----------------------------------------------------------------
 
 
-async def test_slow_receiver_is_dropped_without_delaying_the_others() -> None:
-    broker = make_broker(rate_burst=100_000, rate_per_minute=1e9)
-    options = ServerOptions(max_send_buffer=128 * 1024)
-    async with (
-        running_broker(broker, options=options) as server,
-        join(server.url, "a") as a,
-        join(server.url, "c") as c,
-    ):
-        # A raw peer with a tiny receive window that stops reading after its hello.
-        stream = await raw_connect(server)
+async def _stuck_peer(server: BrokerServer, name: str, *, tiny_window: bool = True) -> WsPeer:
+    """A raw peer that stops reading after its hello (with a tiny receive window)."""
+    stream = await raw_connect(server)
+    if tiny_window:  # (reading through one later would crawl: 4 KiB per delayed ACK)
         raw_socket = stream.extra(SocketAttribute.raw_socket)
         raw_socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck = WsPeer(stream, WsConnection.client(parse_ws_url(server.url)))
-        await stuck.flush()
-        await stuck.next_event()
-        await stuck.send_text(hello_text("stuck", server.url))
-        assert (await stuck.next_frame())["type"] == "hello_ack"
-        stuck_key = member("stuck").pubkey
+    stuck = WsPeer(stream, WsConnection.client(parse_ws_url(server.url)))
+    await stuck.flush()
+    await stuck.next_event()
+    await stuck.send_text(hello_text(name, server.url))
+    assert (await stuck.next_frame())["type"] == "hello_ack"
+    return stuck
+
+
+async def test_slow_receiver_of_broadcasts_is_dropped_without_delaying_the_others() -> None:
+    broker = make_broker(rate_burst=100_000, rate_per_minute=1e9)
+    options = ServerOptions(max_send_buffer=128 * 1024)
+    async with running_broker(broker, options=options) as server, join(server.url, "a") as a:
+        stuck = await _stuck_peer(server, "stuck")
         with anyio.fail_after(20):
             await a.wait_state(OPEN)
-            await c.wait_state(OPEN)
             slowest = 0.0
             for _ in range(400):
                 started = anyio.current_time()
-                await a.send(stuck_key, "z" * 40_000, "now")
+                try:
+                    await a.send("*", "z" * 40_000, "now")  # broadcasts have no push window
+                except SendError:  # no_peer: the stuck receiver is gone already
+                    break
                 slowest = max(slowest, anyio.current_time() - started)
                 if server.overflows:
                     break
             assert server.overflows == 1, "the stuck receiver was never dropped"
             assert slowest < 1.0, f"a send took {slowest:.2f} s while a peer was stuck"
-            message_id = await a.send(c.public_key, "unaffected", "now")
-            received = await anext(c.messages())
-            assert received.message_id == message_id
+            async with join(server.url, "c") as c:
+                await c.wait_state(OPEN)
+                message_id = await a.send(c.public_key, "unaffected", "now")
+                received = await anext(c.messages())
+                assert received.message_id == message_id
+        await stuck.aclose()
+
+
+async def test_direct_messages_to_a_receiver_that_stops_reading_wait_for_it() -> None:
+    # Far more than its socket's buffers take: the push window holds the rest
+    # in the store, so nothing overflows, and it all arrives once it reads.
+    broker = make_broker(rate_burst=100_000, rate_per_minute=1e9, push_window=65_536)
+    options = ServerOptions(max_send_buffer=256 * 1024)
+    async with running_broker(broker, options=options) as server, join(server.url, "a") as a:
+        stuck = await _stuck_peer(server, "stuck", tiny_window=False)
+        with anyio.fail_after(30):
+            await a.wait_state(OPEN)
+            slowest = 0.0
+            sent = []
+            for i in range(300):  # 12 MB
+                started = anyio.current_time()
+                sent.append(await a.send(member("stuck").pubkey, f"{i:03d}" + "z" * 40_000, "now"))
+                slowest = max(slowest, anyio.current_time() - started)
+            assert server.overflows == 0
+            assert slowest < 1.0, f"a send took {slowest:.2f} s while a peer was stuck"
+            assert broker.store.count_for(MESH, member("stuck").pubkey) == 300
+            got = []
+            while len(got) < 300:  # reading now, and answering the broker's probes
+                frame = await stuck.next_frame()
+                if frame["type"] == "push" and frame.get("subtype") != "system":
+                    got.append(frame["messageId"])
+            assert got == sent
         await stuck.aclose()
 
 

@@ -102,6 +102,14 @@ class Net:
     # --- plumbing ----------------------------------------------------------------
 
     def pump(self) -> None:
+        """Deliver the broker's outputs; sockets not ``deaf`` answer pings (bounded rounds)."""
+        for _ in range(1000):
+            if not self._pump_once():
+                return
+        raise AssertionError("the broker kept writing after 1000 rounds of pongs")
+
+    def _pump_once(self) -> bool:
+        """Deliver what the broker wrote, then the pongs; whether any pong went back."""
         pongs = []
         for out in expand_outputs(self.broker.drain_outputs()):
             assert out.conn_id in self.open_conns, f"output for a closed socket: {out}"
@@ -115,9 +123,12 @@ class Net:
                 assert isinstance(out, CloseConnection)
                 self.closed[out.conn_id] = (out.code, out.reason)
                 self.open_conns.discard(out.conn_id)
+        answered = False
         for conn in pongs:
             if conn in self.open_conns:
                 self.broker.receive_pong(conn, now=self.now)
+                answered = True
+        return answered
 
     def open(self) -> int:
         conn = self._next_conn
@@ -759,6 +770,58 @@ def test_a_client_that_never_acks_gets_each_message_once_per_connection() -> Non
     assert net.pushes(b) == []
 
 
+def _backlog(net: Net, count: int) -> list[str]:
+    """``count`` messages of about 300 bytes stored for b while it is away; their ids."""
+    a = net.joined("a")
+    return [net.send(a, PK["b"], f"{i:03d}" + "x" * 200)["messageId"] for i in range(count)]
+
+
+WINDOWED = BrokerOptions(push_window=2000, rate_burst=100)
+
+
+def test_a_backlog_larger_than_the_push_window_goes_out_a_window_per_pong() -> None:
+    net = Net(options=WINDOWED)
+    ids = _backlog(net, 30)
+    net.deaf.add(net._next_conn)  # b's socket does not answer pings by itself
+    b = net.hello("b")
+    got = [p["messageId"] for p in net.pushes(b)]
+    assert 0 < len(got) < 30 and net.pings[b] == 1  # one window, then a probe
+    for _ in range(30):
+        if len(got) == 30:
+            break
+        assert net.pushes(b) == []  # nothing more until the probe is answered
+        net.broker.receive_pong(b, now=net.now)
+        net.pump()
+        window = [p["messageId"] for p in net.pushes(b)]
+        assert window and len(window) <= 10
+        got += window
+    assert got == ids  # every message once, oldest first
+
+
+def test_a_client_that_never_acks_still_gets_its_whole_backlog() -> None:
+    net = Net(options=WINDOWED)
+    ids = _backlog(net, 30)
+    b = net.hello("b")  # answers pings, never sends client_ack
+    assert [p["messageId"] for p in net.pushes(b)] == ids
+    assert net.pings[b] >= 3
+
+
+def test_a_new_message_waits_behind_a_starved_backlog() -> None:
+    net = Net(options=WINDOWED)
+    ids = _backlog(net, 12)
+    net.deaf.add(net._next_conn)
+    b = net.hello("b")
+    got = [p["messageId"] for p in net.pushes(b)]
+    c = net.joined("c")
+    late = net.send(c, PK["b"], "the newest", priority="now")["messageId"]
+    assert net.pushes(b) == []  # it queues behind the backlog, never ahead of it
+    for _ in range(12):
+        net.broker.receive_pong(b, now=net.now)
+        net.pump()
+        got += [p["messageId"] for p in net.pushes(b)]
+    assert got == [*ids, late]
+
+
 def test_a_client_that_dies_unacked_gets_the_message_again_on_its_next_hello_only() -> None:
     net = Net()
     a, b = net.joined("a"), net.joined("b")
@@ -1078,6 +1141,20 @@ def test_broker_pings_every_30s() -> None:
     net.advance(30)
     assert net.pings[a] == 2
     assert net.broker.is_open(a)
+
+
+def test_sockets_that_opened_within_one_second_are_pinged_by_one_timer() -> None:
+    net = Net()
+    conns = []
+    for offset in (0.1, 0.5, 0.9):
+        net.advance(offset - (net.now - T0))
+        conns.append(net.joined("a", sessionId=f"s{offset}"))
+    net.advance(29 - (net.now - T0))
+    assert net.broker.next_deadline() == T0 + 30  # 30 s after each, on the whole second
+    net.broker.handle_timer(T0 + 30)
+    net.pump()
+    assert [net.pings[c] for c in conns] == [1, 1, 1]
+    assert T0 + 59 <= net.broker.next_deadline() <= T0 + 60  # never more than 30 s apart
 
 
 def test_silent_connection_is_dropped_after_75s_with_1001() -> None:
@@ -1447,6 +1524,22 @@ def test_each_socket_hears_the_same_arrivals_in_the_same_order_batched_or_not() 
     batched, at_once = heard(0.05), heard(0)
     assert batched == at_once
     assert [len(h) for h in at_once] == list(range(12, -1, -1))  # never its own arrival
+
+
+def test_an_event_after_a_window_whose_timer_is_late_loses_nothing() -> None:
+    net = Net()
+    a = net.joined("a")
+    net.joined("b")  # at once; a window opens
+    net.joined("c")  # waits in the window
+    net.now += 1.0  # the window is over, but the adapter has not run the timer yet
+    net.joined("b", sessionId="late")
+    net.advance(1.0)
+    names = [(e["event"], e["eventData"]["name"]) for e in net.system(a)]
+    assert names == [
+        ("peer_joined", "peer-b"),
+        ("peer_joined", "peer-c"),
+        ("peer_returned", "peer-b"),
+    ]
 
 
 def test_a_socket_that_closes_before_its_batch_goes_out_gets_nothing_of_it() -> None:
