@@ -188,5 +188,7 @@ def test_blocking_clients_lose_nothing_acknowledged_when_the_broker_is_killed(
             assert isinstance(message, MessageReceived)
             received.append(message.text)
         assert killed.is_set()
+        for _ in range(WINDOW):  # every send's outcome is in before the clients close
+            assert window.acquire(timeout=30)
     assert len(acked) == TOTAL
     _check(acked, received)
