@@ -354,6 +354,10 @@ def run_sync(n: int) -> Run:
         receiving.join(bound)
         if receiving.is_alive():
             errors.append(RuntimeError("the receiver did not finish in time"))
+        # Every ack too: a push may reach the receiver before its ack reaches the sender.
+        for _ in range(WINDOW):
+            if errors or not window.acquire(timeout=bound):
+                break
     if errors:
         raise errors[0]
     left = [t for t in threading.enumerate() if t.name == "meshproto-sync-io"]
