@@ -15,6 +15,8 @@ module and no threads. Its parts:
   to the adapter.
 * :class:`BrokerDriver`: the reference :class:`~meshproto.Broker` over many
   WebSocket sockets.
+* :class:`Recording`: what ``connect(record=...)`` takes to record a
+  client connection to a file for ``python -m meshproto.replay``.
 
 An adapter (``meshproto_anyio``, a blocking-socket one) opens, writes and
 closes sockets as the :data:`SocketCommand` values say, feeds back what it
@@ -56,6 +58,7 @@ from ._connection import (
     WsState,
 )
 from ._outcomes import Outcomes, Waiter, Wake
+from ._record import RECORD_BODIES_ENV, RECORD_ENV, Recording, RecordSetting
 from ._url import DEFAULT_PATH, WsAddress, parse_ws_url
 
 __all__ = [
@@ -65,6 +68,8 @@ __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_PATH",
+    "RECORD_BODIES_ENV",
+    "RECORD_ENV",
     "SERVER_MAX_MESSAGE_BYTES",
     "TIMER_RETRY",
     "BinaryReceived",
@@ -78,6 +83,8 @@ __all__ = [
     "Outcomes",
     "PingReceived",
     "PongReceived",
+    "RecordSetting",
+    "Recording",
     "Role",
     "SocketCommand",
     "TextReceived",
