@@ -21,8 +21,9 @@ The records, in order:
   ``connect``, ``transport_opened``, ``transport_closed``, ``receive_text``,
   ``receive_binary``, ``receive_ping``, ``receive_pong``, ``handle_timer``,
   ``report_internal_error``, and the user calls ``send``, ``set_status``,
-  ``set_summary``, ``list_peers``, ``take_messages`` and ``close``. A call
-  that raised says so (``"raised"``);
+  ``set_summary``, ``list_peers``, ``take_messages`` (when the inbox holds
+  something: taking from an empty one changes nothing) and ``close``. A
+  call that raised says so (``"raised"``);
 * ``{"out": "events", "events": [...]}`` each time the adapter drained
   events: what the application saw, to compare a replay against.
 
@@ -493,6 +494,8 @@ class RecordingConnection(ClientConnection):
         return request_id
 
     def take_messages(self, limit: int | None = None) -> list[Message]:
+        if not self.inbox_size:  # nothing to take: nothing changes, nothing to record
+            return ClientConnection.take_messages(self, limit)
         messages: list[Message] = self._record(
             {"in": "take_messages", "limit": limit},
             lambda: ClientConnection.take_messages(self, limit),
