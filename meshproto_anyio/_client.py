@@ -58,6 +58,7 @@ from meshproto_ws import (
     CloseSocket,
     OpenSocket,
     Outcomes,
+    RecordSetting,
     Wake,
     WriteBytes,
     WsAddress,
@@ -569,6 +570,7 @@ async def connect(
     max_message_bytes: int | None = None,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     on_event: Callable[[Event], None] | None = None,
+    record: RecordSetting = None,
 ) -> AsyncIterator[Client]:
     """Join a mesh through the broker at ``url`` (``ws://`` or ``wss://``).
 
@@ -589,6 +591,11 @@ async def connect(
     client's tasks: it must not block; an exception it raises is logged and
     changes nothing. A ``MessageReceived`` event says a message is waiting
     in the inbox: it is handed over (and acknowledged) by :meth:`Client.messages`.
+
+    ``record`` records this connection's inputs to a file (JSON lines, no
+    secret keys, bodies only when asked) that ``python -m meshproto.replay``
+    plays back: a path or a :class:`~meshproto_ws.Recording`; by default only
+    when ``MESHPROTO_RECORD`` names a file, and never with ``False``.
 
     Raises :class:`~meshproto.LocalProtocolError` at once for a URL that is
     not ``ws://`` or ``wss://``.
@@ -611,6 +618,7 @@ async def connect(
         rng=rng,
         max_message_bytes=max_message_bytes,
         close_timeout=close_timeout,
+        record=record,
     )
     body_error: Exception | None = None
     async with anyio.create_task_group() as tasks:

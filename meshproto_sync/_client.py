@@ -52,7 +52,14 @@ from meshproto import (
     SystemMessage,
     UnreadableMessage,
 )
-from meshproto_ws import DEFAULT_CLOSE_TIMEOUT, ClientDriver, Outcomes, Wake, client_driver
+from meshproto_ws import (
+    DEFAULT_CLOSE_TIMEOUT,
+    ClientDriver,
+    Outcomes,
+    RecordSetting,
+    Wake,
+    client_driver,
+)
 
 from ._io import CLOSE_GRACE, MAX_SEND_BUFFER, IoThread
 from ._wait import Deadline
@@ -405,6 +412,7 @@ def connect(
     max_message_bytes: int | None = None,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     on_event: Callable[[Event], None] | None = None,
+    record: RecordSetting = None,
 ) -> Client:
     """Join a mesh through the broker at ``url`` (``ws://`` or ``wss://``).
 
@@ -423,7 +431,9 @@ def connect(
     (default: :func:`ssl.create_default_context`). ``max_message_bytes``
     caps a received message. ``on_event`` is called with every core event,
     in order, from the I/O thread (without the client's lock): it must not
-    block; exceptions it raises are logged and ignored.
+    block; exceptions it raises are logged and ignored. ``record`` records
+    the connection's inputs for ``python -m meshproto.replay``, as in
+    :func:`meshproto_anyio.connect`.
 
     Raises :class:`~meshproto.LocalProtocolError` at once for a URL that is
     not ``ws://`` or ``wss://``.
@@ -446,6 +456,7 @@ def connect(
         rng=rng,
         max_message_bytes=max_message_bytes,
         close_timeout=close_timeout,
+        record=record,
     )
     client = Client(driver, ssl_context=ssl_context, on_event=on_event)
     client._start()

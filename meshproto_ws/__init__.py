@@ -16,6 +16,8 @@ module and no threads. Its parts:
 * :class:`BrokerDriver`: the reference :class:`~meshproto.Broker` over many
   WebSocket sockets; :class:`CommitGate` holds its commands back until the
   store changes they follow are durable (group commit).
+* :class:`Recording`: what ``connect(record=...)`` takes to record a
+  client connection to a file for ``python -m meshproto.replay``.
 
 An adapter (``meshproto_anyio``, a blocking-socket one) opens, writes and
 closes sockets as the :data:`SocketCommand` values say, feeds back what it
@@ -58,6 +60,7 @@ from ._connection import (
     WsState,
 )
 from ._outcomes import Outcomes, Waiter, Wake
+from ._record import RECORD_BODIES_ENV, RECORD_ENV, Recording, RecordSetting
 from ._url import DEFAULT_PATH, WsAddress, parse_ws_url
 
 __all__ = [
@@ -67,6 +70,8 @@ __all__ = [
     "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "DEFAULT_PATH",
+    "RECORD_BODIES_ENV",
+    "RECORD_ENV",
     "SERVER_MAX_MESSAGE_BYTES",
     "TIMER_RETRY",
     "BinaryReceived",
@@ -81,6 +86,8 @@ __all__ = [
     "Outcomes",
     "PingReceived",
     "PongReceived",
+    "RecordSetting",
+    "Recording",
     "Role",
     "SocketCommand",
     "TextReceived",

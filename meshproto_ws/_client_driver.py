@@ -90,6 +90,7 @@ from meshproto import (
     WriteFrame,
     is_unicode_text,
 )
+from meshproto.replay import RecordingConnection
 
 from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
 from ._connection import (
@@ -103,6 +104,7 @@ from ._connection import (
     WsEvent,
     WsState,
 )
+from ._record import RecordFile, RecordSetting, recording_for
 from ._url import WsAddress, parse_ws_url
 
 __all__ = ["DEFAULT_CLOSE_TIMEOUT", "ClientDriver", "client_driver"]
@@ -385,12 +387,17 @@ def client_driver(
     rng: random.Random | None = None,
     max_message_bytes: int | None = None,
     close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    record: RecordSetting = None,
 ) -> ClientDriver:
     """The driver behind an adapter's ``connect()``, from ``connect()``'s parameters.
 
     ``rng`` defaults to :class:`random.SystemRandom`; ``session_id`` to 64
     bits drawn from ``rng``; ``sealer`` to :class:`~meshproto.PlaintextSealer`.
-    The hello reports this process's ``pid`` and ``cwd``. Raises
+    The hello reports this process's ``pid`` and ``cwd``. ``record`` records
+    the connection's inputs to a file for ``python -m meshproto.replay``
+    (see :mod:`meshproto_ws._record`: a path, a
+    :class:`~meshproto_ws.Recording`, ``False``; by default, only if
+    ``MESHPROTO_RECORD`` names a file). Raises
     :class:`~meshproto.LocalProtocolError` at once for a URL that is not
     ``ws://`` or ``wss://``.
     """
@@ -412,8 +419,15 @@ def client_driver(
         session_signer=session_signer,
         role=role,
     )
-    return ClientDriver(
-        ClientConnection(config, rng=rng, options=options),
-        max_message_bytes=max_message_bytes,
-        close_timeout=close_timeout,
-    )
+    recording = recording_for(record)
+    if recording is None:
+        core = ClientConnection(config, rng=rng, options=options)
+    else:
+        core = RecordingConnection(
+            config,
+            rng=rng,
+            options=options,
+            sink=RecordFile(recording.path),
+            bodies=recording.bodies,
+        )
+    return ClientDriver(core, max_message_bytes=max_message_bytes, close_timeout=close_timeout)
