@@ -185,14 +185,14 @@ class WsConnection:
         self._path = path
         self._state = WsState.CONNECTING
         self._target = address.target if address is not None else ""
-        self._out = bytearray()
+        self._out: list[bytes] = []  # what is to be sent, as produced (not copied)
         self._chunks: list[Any] = []  # the fragments of the message being received
         self._size = 0
         self._ws = wsproto.WSConnection(
             wsproto.ConnectionType.CLIENT if role is Role.CLIENT else wsproto.ConnectionType.SERVER
         )
         if address is not None and role is Role.CLIENT:
-            self._out += self._ws.send(wse.Request(host=address.host_header, target=address.target))
+            self._queue(self._ws.send(wse.Request(host=address.host_header, target=address.target)))
 
     @classmethod
     def client(cls, address: WsAddress, *, max_message_bytes: int | None = None) -> WsConnection:
@@ -213,19 +213,30 @@ class WsConnection:
     # --- output ------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
-        """Everything produced so far for the socket, in order; the buffer is emptied."""
-        data = bytes(self._out)
-        self._out.clear()
+        """Everything produced so far for the socket, in order; the buffer is emptied.
+
+        One frame is handed over as it is (for a server's fan-out: the same
+        bytes object for every socket), several are joined once.
+        """
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
         return data
+
+    def _queue(self, data: bytes) -> None:
+        if data:
+            self._out.append(data)
 
     def send_text(self, text: str) -> bool:
         """Queue one text message; returns ``False`` (and queues nothing) unless OPEN."""
         if self._state is not WsState.OPEN:
             return False
         if self.role is Role.SERVER:
-            self._out += server_text_frame(text)  # no mask, no extension: framed here
+            self._queue(server_text_frame(text))  # no mask, no extension: framed here
         else:
-            self._out += self._ws.send(wse.TextMessage(data=text))
+            self._queue(self._ws.send(wse.TextMessage(data=text)))
         return True
 
     def send_framed(self, frame: bytes) -> bool:
@@ -236,7 +247,7 @@ class WsConnection:
         """
         if self._state is not WsState.OPEN or self.role is not Role.SERVER:
             return False
-        self._out += frame
+        self._queue(frame)
         return True
 
     def send_binary(self, data: bytes) -> bool:
@@ -246,14 +257,14 @@ class WsConnection:
         """
         if self._state is not WsState.OPEN:
             return False
-        self._out += self._ws.send(wse.BytesMessage(data=data))
+        self._queue(self._ws.send(wse.BytesMessage(data=data)))
         return True
 
     def send_ping(self, payload: bytes = b"") -> bool:
         """Queue a ping; returns ``False`` (and queues nothing) unless OPEN."""
         if self._state is not WsState.OPEN:
             return False
-        self._out += self._ws.send(wse.Ping(payload=payload))
+        self._queue(self._ws.send(wse.Ping(payload=payload)))
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -303,7 +314,7 @@ class WsConnection:
         return [Closed(None, "connection closed without a close frame", True)]
 
     def _send_close(self, code: int, reason: str) -> None:
-        self._out += self._ws.send(wse.CloseConnection(code=code, reason=reason))
+        self._queue(self._ws.send(wse.CloseConnection(code=code, reason=reason)))
         self._state = WsState.CLOSING
         self._chunks.clear()
 
@@ -332,7 +343,7 @@ class WsConnection:
             pass  # the body of a refusal; the refusal was reported already
         elif isinstance(event, wse.Ping):
             if state is WsState.OPEN:
-                self._out += self._ws.send(event.response())
+                self._queue(self._ws.send(event.response()))
                 events.append(PingReceived(bytes(event.payload)))
         elif isinstance(event, wse.Pong):
             if state is WsState.OPEN:
@@ -344,21 +355,23 @@ class WsConnection:
         path = request.target.partition("?")[0]
         if path != self._path:
             body = f"not found: only {self._path} is a WebSocket endpoint\n".encode()
-            self._out += self._ws.send(
-                wse.RejectConnection(
-                    status_code=404,
-                    headers=[
-                        (b"content-type", b"text/plain; charset=utf-8"),
-                        (b"content-length", str(len(body)).encode()),
-                    ],
-                    has_body=True,
+            self._queue(
+                self._ws.send(
+                    wse.RejectConnection(
+                        status_code=404,
+                        headers=[
+                            (b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                        has_body=True,
+                    )
                 )
             )
-            self._out += self._ws.send(wse.RejectData(data=body, body_finished=True))
+            self._queue(self._ws.send(wse.RejectData(data=body, body_finished=True)))
             self._state = WsState.CLOSED
             events.append(Closed(None, f"no WebSocket endpoint at {path!r}: HTTP 404", False))
             return
-        self._out += self._ws.send(wse.AcceptConnection())
+        self._queue(self._ws.send(wse.AcceptConnection()))
         self._state = WsState.OPEN
         events.append(Opened(request.target))
 
@@ -372,7 +385,7 @@ class WsConnection:
         if self.role is Role.SERVER and isinstance(exc.event_hint, wse.RejectConnection):
             # Answer with the status wsproto suggests (400, or 426 for a bad version).
             with contextlib.suppress(wsproto.utilities.LocalProtocolError, h11.ProtocolError):
-                self._out += self._ws.send(exc.event_hint)
+                self._queue(self._ws.send(exc.event_hint))
         by_peer = self.role is Role.CLIENT
         events.append(Closed(None, f"bad handshake: {exc}", by_peer))
 
@@ -388,7 +401,7 @@ class WsConnection:
             return
         if self._state is WsState.OPEN:
             # The peer started the closing handshake: echo it.
-            self._out += self._ws.send(event.response())
+            self._queue(self._ws.send(event.response()))
             self._state = WsState.CLOSED
             self._chunks.clear()
             events.append(Closed(int(event.code), event.reason or "", True))
