@@ -97,9 +97,6 @@ class _Peers(_BrokerBase):
     def _system_push(
         self, mesh_id: str, event: str, data: dict[str, Any], now: float, *, skip: Conn | None
     ) -> None:
-        conns = self._presences.live_conns(mesh_id)
-        if not conns or (len(conns) == 1 and conns[0] is skip):
-            return
         skip_id = skip.conn_id if skip is not None else None
         batch = self._batches.get(mesh_id)
         if batch is not None and now >= batch.until:
@@ -107,10 +104,13 @@ class _Peers(_BrokerBase):
             # it goes out first (and the next window opens if it was not empty).
             self._flush_batch(mesh_id, now)
             batch = self._batches.get(mesh_id)
-        if batch is not None:  # a window is open: wait in it
+        if batch is not None:  # a window is open: wait in it (who hears it: at the flush)
             batch.events.append(
                 (self._event_text(mesh_id, event, data, now), skip_id, self._attached)
             )
+            return
+        conns = self._presences.live_conns(mesh_id)
+        if not conns or (len(conns) == 1 and conns[0] is skip):
             return
         # A quiet mesh: out at once, and a window opens for what follows.
         text = self._event_text(mesh_id, event, data, now)
