@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import itertools
 import json
 import os
 import random
@@ -173,7 +174,15 @@ class Stats:
     closed: int = 0
 
 
-class Peer(asyncio.Protocol):
+#: One read buffer for every peer (their callbacks never overlap): a chunk's bytes
+#: are counted where the kernel put them, and the last few bytes of each peer's
+#: previous chunk are copied in front of its next one.
+READ_SIZE = 256 * 1024
+SCAN = bytearray(TAIL + READ_SIZE)
+SCAN_VIEW = memoryview(SCAN)
+
+
+class Peer(asyncio.BufferedProtocol):
     """One peer: upgrade, hello, then count frames, answer pings, watch for the marker."""
 
     def __init__(self, identity: Identity, stats: Stats, port: int) -> None:
@@ -199,10 +208,20 @@ class Peer(asyncio.Protocol):
             ).encode()
         )
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        tail = self.tail
+        SCAN[: len(tail)] = tail
+        return SCAN_VIEW[len(tail) :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        edge = len(self.tail)
         if self.helloed:
-            self._count(data)
-            return
+            self._count(edge, edge + nbytes)
+        else:
+            self.tail = b""
+            self.data_received(bytes(SCAN[edge : edge + nbytes]))
+
+    def data_received(self, data: bytes) -> None:
         buffer = self.buffer
         buffer += data
         if not self.upgraded:
@@ -241,11 +260,12 @@ class Peer(asyncio.Protocol):
                     self.ready.set_result(None)
                 rest = bytes(buffer[pos:])
                 buffer.clear()
-                self._count(rest)
+                SCAN[: len(rest)] = rest  # (a hello_ack's chunk is far smaller than SCAN)
+                self._count(0, len(rest))
                 return
         del buffer[:pos]
 
-    def _count(self, data: bytes) -> None:
+    def _count(self, edge: int, end: int) -> None:
         """After the hello_ack: count what matters in C, not frame by frame in Python.
 
         A peer must answer pings, count the ``peer_joined`` pushes and spot
@@ -255,18 +275,16 @@ class Peer(asyncio.Protocol):
         chunk's edge. A false ping (the two bytes inside some other frame)
         costs only a spare pong, which a WebSocket peer ignores.
         """
-        tail = self.tail
-        scan = tail + data if tail else data
-        edge = len(tail)
+        scan = SCAN  # this peer's previous tail, then the new bytes, up to end
         stats = self.stats
-        stats.joined += scan.count(JOINED, max(0, edge - len(JOINED) + 1))
-        pings = scan.count(PING, max(0, edge - len(PING) + 1))
+        stats.joined += scan.count(JOINED, max(0, edge - len(JOINED) + 1), end)
+        pings = scan.count(PING, max(0, edge - len(PING) + 1), end)
         if pings:
             assert self.transport is not None
             self.transport.write(PONG * pings)
-        if scan.find(MARKER64, max(0, edge - len(MARKER64) + 1)) >= 0:
+        if scan.find(MARKER64, max(0, edge - len(MARKER64) + 1), end) >= 0:
             stats.broadcast_at.append(time.perf_counter())
-        self.tail = scan[-TAIL:]
+        self.tail = bytes(scan[max(0, end - TAIL) : end])
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stats.closed += 1
@@ -314,6 +332,18 @@ def _rate(times: list[float]) -> float:
     )
 
 
+def _cpu_between(samples: list[tuple[int, float]], start: int, end: int) -> float:
+    """The broker's CPU seconds from the ``start``-th hello_ack to the ``end``-th (sampled)."""
+
+    def at(count: int) -> float:
+        for (n0, c0), (n1, c1) in itertools.pairwise(samples):
+            if n0 <= count <= n1:
+                return c0 if n1 == n0 else c0 + (c1 - c0) * (count - n0) / (n1 - n0)
+        return samples[-1][1]
+
+    return at(end) - at(start)
+
+
 async def storm(broker: BrokerProcess, peers: int, idle: float) -> list[Peer]:
     loop = asyncio.get_running_loop()
     stats = Stats()
@@ -329,11 +359,21 @@ async def storm(broker: BrokerProcess, peers: int, idle: float) -> list[Peer]:
             made.append(peer)
             await asyncio.wait_for(peer.ready, 600)
 
+    samples: list[tuple[int, float]] = []  # (hello_acks so far, broker CPU seconds)
+
+    async def sample() -> None:
+        while True:
+            samples.append((len(stats.acked), broker.cpu_seconds()))
+            await asyncio.sleep(0.02)
+
     cpu0 = broker.cpu_seconds()
     mine0 = sum(os.times()[:2])
     began = time.perf_counter()
+    sampler = asyncio.ensure_future(sample())
     await asyncio.gather(*(one(identity) for identity in identities))
     took = time.perf_counter() - began
+    sampler.cancel()
+    samples.append((len(stats.acked), broker.cpu_seconds()))
     cpu = broker.cpu_seconds() - cpu0
     peers_cpu = sum(os.times()[:2]) - mine0
     acks = sorted(stats.acked)
@@ -343,6 +383,14 @@ async def storm(broker: BrokerProcess, peers: int, idle: float) -> list[Peer]:
         f"(broker CPU {cpu:.1f} s, the peers' {peers_cpu:.1f} s); hello rate of the first "
         f"1,000 {first:.0f}/s, "
         f"of the last 1,000 {last:.0f}/s (last/first {last / first:.2f})",
+        flush=True,
+    )
+    block = min(1000, peers // 2)
+    early, late = _cpu_between(samples, 0, block), _cpu_between(samples, peers - block, peers)
+    print(
+        f"join storm: broker CPU per hello, the first {block:,} {early / block * 1e6:.0f} us, "
+        f"the last {block:,} {late / block * 1e6:.0f} us (last/first "
+        f"{late / early if early else float('nan'):.2f})",
         flush=True,
     )
     # Every peer hears of every later one: n(n-1)/2 peer_joined pushes in all.
