@@ -8,17 +8,9 @@ starts no thread and depends on nothing outside the standard library.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._backoff import BACKOFF_CAPS, Backoff
-from ._broker import NO_PEER_TEXT, Broker, BrokerOptions
-from ._broker_outputs import (
-    BrokerOutput,
-    CloseConnection,
-    PingConnection,
-    SendText,
-    SendTextMany,
-    expand_outputs,
-    without_connection,
-)
 from ._client import (
     MAX_FRAME_BYTES,
     PERMANENT_REFUSALS,
@@ -85,14 +77,6 @@ from ._frames import (
     UnknownFrame,
 )
 from ._reasons import FailureReason, classify_ack_error, classify_error_frame
-from ._registry import (
-    AcceptingVerifier,
-    AdmittingRegistry,
-    Member,
-    MemberRegistry,
-    StaticRegistry,
-    Verifier,
-)
 from ._seams import (
     OpenError,
     PlaintextSealer,
@@ -104,8 +88,58 @@ from ._seams import (
     hello_signing_payload,
     session_hello_signing_payload,
 )
-from ._store import BatchedStore, MemoryStore, Store, StoredMessage
 from ._targets import check_target, is_direct_target, is_pubkey
+
+if TYPE_CHECKING:  # loaded on first use, below; spelled out for type checkers
+    from ._broker import NO_PEER_TEXT, Broker, BrokerOptions
+    from ._broker_outputs import (
+        BrokerOutput,
+        CloseConnection,
+        PingConnection,
+        SendText,
+        SendTextMany,
+        expand_outputs,
+        without_connection,
+    )
+    from ._registry import (
+        AcceptingVerifier,
+        AdmittingRegistry,
+        Member,
+        MemberRegistry,
+        StaticRegistry,
+        Verifier,
+    )
+    from ._store import BatchedStore, MemoryStore, Store, StoredMessage
+
+#: The broker side, loaded on first use (PEP 562), so that a client, which
+#: has no use for it, does not pay for importing it: name -> its module.
+_LAZY = {
+    **dict.fromkeys(("NO_PEER_TEXT", "Broker", "BrokerOptions"), "_broker"),
+    **dict.fromkeys(
+        (
+            "BrokerOutput",
+            "CloseConnection",
+            "PingConnection",
+            "SendText",
+            "SendTextMany",
+            "expand_outputs",
+            "without_connection",
+        ),
+        "_broker_outputs",
+    ),
+    **dict.fromkeys(
+        (
+            "AcceptingVerifier",
+            "AdmittingRegistry",
+            "Member",
+            "MemberRegistry",
+            "StaticRegistry",
+            "Verifier",
+        ),
+        "_registry",
+    ),
+    **dict.fromkeys(("BatchedStore", "MemoryStore", "Store", "StoredMessage"), "_store"),
+}
 
 __version__ = "0.2.0"
 
@@ -209,3 +243,19 @@ __all__ = [
     "session_hello_signing_payload",
     "without_connection",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A broker-side name: import its module, and keep the name as a global from now on."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 (only the first use of a broker-side name needs it)
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -13,6 +13,8 @@ Needs the ``anyio`` extra: ``pip install 'meshproto[anyio]'``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 try:
     import anyio as _anyio  # noqa: F401
     import wsproto as _wsproto  # noqa: F401
@@ -23,7 +25,21 @@ except ImportError as _exc:
     ) from _exc
 
 from ._client import SYSTEM_MESSAGE_LIMIT, Client, connect
-from ._server import BrokerAddress, BrokerServer, ServerOptions, running_broker, serve_broker
+
+if TYPE_CHECKING:  # loaded on first use, below; spelled out for type checkers
+    from ._server import (
+        BrokerAddress,
+        BrokerServer,
+        ServerOptions,
+        running_broker,
+        serve_broker,
+    )
+
+#: The server side, loaded on first use (PEP 562): a client does not import
+#: the reference broker through it.
+_SERVER_NAMES = frozenset(
+    ("BrokerAddress", "BrokerServer", "ServerOptions", "running_broker", "serve_broker")
+)
 
 __all__ = [
     "SYSTEM_MESSAGE_LIMIT",
@@ -35,3 +51,18 @@ __all__ = [
     "running_broker",
     "serve_broker",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A server-side name: import :mod:`meshproto_anyio._server`, keep the name from now on."""
+    if name not in _SERVER_NAMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from . import _server  # noqa: PLC0415 (the point: only a server needs it)
+
+    value = getattr(_server, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_SERVER_NAMES})

@@ -93,6 +93,24 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Keeps the epilog's table as written."""
 
 
+class _Subparser(argparse.ArgumentParser):
+    """A subcommand's parser that can add options of its own only once it is used.
+
+    ``broker``'s limits take their defaults from :class:`~meshproto.BrokerOptions`;
+    added when ``broker ...`` (or ``broker --help``) is parsed, they keep the
+    reference broker out of every other command's imports.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.deferred: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        while self.deferred:
+            self.deferred.pop(0)(self)
+        return super().parse_known_args(args, namespace)
+
+
 #: BrokerOptions fields the command sets: (field, what it is). The flag is the
 #: field's name with dashes; the default is the field's, shown in --help.
 BROKER_LIMITS: tuple[tuple[str, str], ...] = (
@@ -170,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "-V", "--version", action="version", version=f"meshproto {_installed_version()}"
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Subparser
+    )
 
     def command(
         name: str, help_text: str, epilog: str | None = EXIT_STATUS_HELP, *, server: bool = False
@@ -295,9 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_broker(broker: argparse.ArgumentParser) -> None:
-    from meshproto import BrokerOptions  # noqa: PLC0415 (the core imports nothing heavy)
-
+def _add_broker(broker: _Subparser) -> None:
     broker.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
@@ -334,6 +352,13 @@ def _add_broker(broker: argparse.ArgumentParser) -> None:
         default="text",
         help="log lines on stderr as text or one JSON object each (default: %(default)s)",
     )
+    broker.deferred.append(_add_broker_limits)
+    broker.set_defaults(run="broker")
+
+
+def _add_broker_limits(broker: argparse.ArgumentParser) -> None:
+    from meshproto import BrokerOptions  # noqa: PLC0415 (only broker needs the broker)
+
     limits = broker.add_argument_group("limits (BrokerOptions)")
     defaults = BrokerOptions()
     kinds = {f.name: f.type for f in dataclasses.fields(BrokerOptions)}
@@ -347,13 +372,16 @@ def _add_broker(broker: argparse.ArgumentParser) -> None:
             metavar="S" if "seconds" in what else "N",
             help=f"{what} (default: %(default){'s' if kind is int else 'g'})",
         )
-    broker.set_defaults(run="broker")
 
 
 # --- running -----------------------------------------------------------------------------
 
 
 def _runner(name: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
+    if name == "broker":  # the only command that imports the reference broker
+        from ._broker_command import cmd_broker  # noqa: PLC0415 (needs the optional extras)
+
+        return cmd_broker
     from . import _commands  # noqa: PLC0415 (needs the optional extras)
 
     if name == "demo":
@@ -368,7 +396,6 @@ def _runner(name: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
 
         return cmd_mcp
     return {
-        "broker": _commands.cmd_broker,
         "send": _commands.cmd_send,
         "listen": _commands.cmd_listen,
         "peers": _commands.cmd_peers,
@@ -527,7 +554,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     else:
         level = (logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)]
         text_format = _TEXT_LOG
-    from ._brokerlog import JsonFormatter, TextFormatter  # noqa: PLC0415
+    from ._logformat import JsonFormatter, TextFormatter  # noqa: PLC0415
 
     handler = logging.StreamHandler(sys.stderr)
     if getattr(args, "log_format", "text") == "json":

@@ -9,7 +9,8 @@ record carries its fields (``event``, ``conn``, ``mesh``, ``member``,
 ``pubkey`` …) as ``record.fields``; :class:`JsonFormatter` prints them as one
 JSON object per line (``--log-format json``), the text format as
 ``key=value`` pairs after the message. Values a peer chose are shown through
-:func:`~meshproto_cli._output.visible` in the text format.
+:func:`~meshproto_cli._output.visible` in the text format. (The formatters
+live in :mod:`meshproto_cli._logformat`; they are re-exported here.)
 """
 
 from __future__ import annotations
@@ -18,12 +19,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
 
 from meshproto import Broker, BrokerOutput, CloseConnection, SendText
 
-from ._output import visible
+from ._logformat import JsonFormatter, TextFormatter
 
 __all__ = ["JsonFormatter", "LoggingBroker", "TextFormatter"]
 
@@ -189,51 +189,3 @@ def _error_frame(text: str) -> tuple[str, str] | None:
         return None
     code, message = data.get("code"), data.get("message")
     return (str(code), str(message) if message is not None else "")
-
-
-# --- formatters ------------------------------------------------------------------------
-
-
-def _iso(created: float) -> str:
-    stamp = datetime.fromtimestamp(created, timezone.utc)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record: ``time``, ``level``, ``logger``, ``message``, its fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "time": _iso(record.created),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            for key, value in fields.items():
-                data.setdefault(key, value)
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, ensure_ascii=True, default=str)
-
-
-def _value(value: object) -> str:
-    text = visible(str(value))
-    if not text or any(ch.isspace() or ch in '"=' for ch in text):
-        return json.dumps(text, ensure_ascii=False)
-    return text
-
-
-class TextFormatter(logging.Formatter):
-    """``LEVEL logger: message key=value …``, every value made visible."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            pairs = " ".join(
-                f"{key}={_value(value)}" for key, value in fields.items() if key != "event"
-            )
-            text = f"{text} {pairs}" if pairs else text
-        return text

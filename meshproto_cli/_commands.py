@@ -1,4 +1,4 @@
-"""The subcommands other than ``demo``: broker, send, listen, peers, keygen, mesh init.
+"""The subcommands other than ``demo`` and ``broker``: send, listen, peers, keygen, mesh init.
 
 Each is an ``async`` function of parsed arguments that returns an exit
 status. Problems the user can fix raise :class:`CommandError` (or one of
@@ -46,7 +46,6 @@ from meshproto import (
 from meshproto_anyio import Client, connect
 from meshproto_crypto import KeyPair
 
-from ._broker_command import cmd_broker
 from ._errors import CommandError, OutcomeUnknown, Refused, TimedOut
 from ._files import (
     FileProblem,
@@ -69,7 +68,6 @@ from ._status import SLOW_CONNECT, ConnectionReporter, describe_refusal, refusal
 
 __all__ = [
     "CommandError",
-    "cmd_broker",
     "cmd_keygen",
     "cmd_listen",
     "cmd_mesh_init",

@@ -26,6 +26,8 @@ reads, and calls ``handle_timer`` at ``next_deadline()``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 try:
     import wsproto as _wsproto  # noqa: F401
 except ImportError as _exc:  # pragma: no cover - exercised in a subprocess
@@ -34,16 +36,8 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess
         "pip install 'meshproto[anyio]' (or 'meshproto[sync]')"
     ) from _exc
 
-from ._broker_driver import (
-    CLOSE_INTERNAL_ERROR,
-    DEFAULT_HANDSHAKE_TIMEOUT,
-    TIMER_RETRY,
-    BrokerDriver,
-    BrokerMachine,
-)
 from ._client_driver import DEFAULT_CLOSE_TIMEOUT, ClientDriver, client_driver
 from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
-from ._commit_gate import CommitGate
 from ._connection import (
     CLIENT_MAX_MESSAGE_BYTES,
     CLOSE_MESSAGE_TOO_BIG,
@@ -62,6 +56,32 @@ from ._connection import (
 from ._outcomes import Outcomes, Waiter, Wake
 from ._record import RECORD_BODIES_ENV, RECORD_ENV, Recording, RecordSetting
 from ._url import DEFAULT_PATH, WsAddress, parse_ws_url
+
+if TYPE_CHECKING:  # loaded on first use, below; spelled out for type checkers
+    from ._broker_driver import (
+        CLOSE_INTERNAL_ERROR,
+        DEFAULT_HANDSHAKE_TIMEOUT,
+        TIMER_RETRY,
+        BrokerDriver,
+        BrokerMachine,
+    )
+    from ._commit_gate import CommitGate
+
+#: The broker side, loaded on first use (PEP 562): a client does not import
+#: the reference broker through it. Name -> its module.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "CLOSE_INTERNAL_ERROR",
+            "DEFAULT_HANDSHAKE_TIMEOUT",
+            "TIMER_RETRY",
+            "BrokerDriver",
+            "BrokerMachine",
+        ),
+        "_broker_driver",
+    ),
+    "CommitGate": "_commit_gate",
+}
 
 __all__ = [
     "CLIENT_MAX_MESSAGE_BYTES",
@@ -101,3 +121,19 @@ __all__ = [
     "client_driver",
     "parse_ws_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A broker-side name: import its module, and keep the name as a global from now on."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib  # noqa: PLC0415 (only the first use of a broker-side name needs it)
+
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -90,7 +90,6 @@ from meshproto import (
     WriteFrame,
     is_unicode_text,
 )
-from meshproto.replay import RecordingConnection
 
 from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
 from ._connection import (
@@ -423,6 +422,8 @@ def client_driver(
     if recording is None:
         core = ClientConnection(config, rng=rng, options=options)
     else:
+        from meshproto.replay import RecordingConnection  # noqa: PLC0415 (only when recording)
+
         core = RecordingConnection(
             config,
             rng=rng,

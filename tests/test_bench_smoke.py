@@ -47,3 +47,11 @@ def test_e2e_bench_quick_run() -> None:
 def test_core_bench_runs() -> None:
     result = run_bench("core.py")
     check_last_line(result, r"core/json ratio: \d+\.\d\d")
+
+
+def test_cli_bench_quick_run() -> None:
+    pytest.importorskip("websockets", reason="bench/cli.py compares against websockets")
+    pytest.importorskip("anyio")
+    pytest.importorskip("nacl")
+    result = run_bench("cli.py", "--quick")
+    check_last_line(result, r"cli-send/websockets-send ratio: \d+\.\d\d")
