@@ -1,4 +1,4 @@
-"""End to end on loopback: sender -> reference broker -> receiver, against a websockets echo.
+"""End to end on loopback: sender -> reference broker -> receiver, against a wsproto relay.
 
 Run ``python bench/e2e.py`` (``--quick`` for a smoke run, ``--profile`` adds a
 cProfile of one of our runs, ``-n`` sets the messages per run). Everything binds
@@ -21,7 +21,20 @@ e2e (ours)
     The broker's rate limit is raised (``RATE_BURST``, ``RATE_PER_MINUTE``) so
     that it never throttles the bench; its other options are the defaults.
     Priority ``now`` is ungated by the receiver's status.
-websockets echo (the baseline)
+wsproto relay (the baseline)
+    The same topology with no protocol in it, written straight on wsproto and
+    anyio (as ours is), in the same process and event loop as ours runs its
+    broker and clients: a relay server and two clients on
+    ``anyio.connect_tcp`` + ``wsproto.WSConnection``. The sender keeps
+    ``WINDOW`` copies of our exact ``send`` text frame in flight; for each the
+    relay writes an ``ack`` back to the sender and a ``push`` to the receiver,
+    which answers with a ``client_ack``: 4 frames per message, each the very
+    text ours writes for that message (made once, in memory, by the sans-IO
+    broker and two client cores: :func:`wire_frames`). No JSON is parsed or
+    built per message and nothing is validated, routed or stored. Like ours,
+    each side writes what one read calls for in one write per socket.
+    messages/s = N / (time of the N-th push to the receiver - start).
+websockets echo (for reference)
     ``websockets.asyncio.server.serve`` echoing every message back, and one
     ``websockets.asyncio.client.connect`` client, both with compression off
     (ours does not compress): a producer keeps ``WINDOW`` messages outstanding
@@ -42,14 +55,17 @@ e2e sync (ours, blocking)
     a loop. messages/s as above; latency is from ``send_nowait`` to the
     future's resolution (the broker's ack, seen by the callback), in ms.
 
-The measurements alternate (ours, echo, ours on trio, ours blocking), ``REPEATS`` rounds, and
+The measurements alternate (ours, relay, echo, ours with SQLite, ours on trio, ours
+blocking), ``REPEATS`` rounds, and
 medians are reported with the spread (slowest - fastest). The garbage
 collector stays on; a full collection runs before each measurement. One
 short warm-up run of each comes first and is not reported. Ours also runs on
-trio when it is installed (an extra line, not in the ratio). The line before
-last is ``e2e-sync/websockets-echo ratio: X.XX`` = ours blocking / the echo;
-the last line is ``e2e/websockets-echo ratio: X.XX`` = ours on asyncio
-(median messages/s) / the echo (median messages/s); higher is better for us.
+trio when it is installed (an extra line, not in the ratio). The last four
+lines are ``e2e-sync/websockets-echo ratio: X.XX`` and
+``e2e/websockets-echo ratio: X.XX`` (for reference), then
+``e2e-sync/wsproto-relay ratio: X.XX`` = ours blocking / the relay, and last
+``e2e/wsproto-relay ratio: X.XX`` = ours on asyncio (median messages/s) / the
+relay (median messages/s); higher is better for us.
 """
 
 from __future__ import annotations
@@ -79,10 +95,13 @@ from time import perf_counter
 from typing import Any
 
 import anyio
+import wsproto
+from anyio.abc import SocketAttribute, SocketStream
 from anyio.from_thread import start_blocking_portal
 from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import ServerConnection
 from websockets.asyncio.server import serve as ws_serve
+from wsproto.events import AcceptConnection, Request, TextMessage
 
 import meshproto
 from meshproto import (
@@ -94,6 +113,7 @@ from meshproto import (
     ConnectionState,
     MessageReceived,
     OpenTransport,
+    SendText,
     StaticRegistry,
     Store,
     WriteFrame,
@@ -184,27 +204,81 @@ def join(url: str, name: str) -> Any:
     )
 
 
-def send_frame_text() -> str:
-    """The text frame our sender writes for one message (made in memory, no socket)."""
+def opened_core(name: str) -> tuple[ClientConnection, str]:
+    """A client core on a pretend transport, and the hello it wrote (no socket)."""
     core = ClientConnection(
         ClientConfig(
             url="ws://127.0.0.1:1/ws",
             mesh_id=MESH,
-            member_id="member-sender",
-            signer=signer("sender"),
-            session_id=f"{random.Random('sender').getrandbits(64):016x}",
+            member_id=f"member-{name}",
+            signer=signer(name),
+            session_id=f"{random.Random(name).getrandbits(64):016x}",
+            display_name=name,
         ),
         rng=random.Random(0),
     )
     core.connect(0.0)
     (opened,) = [a for a in core.drain_actions() if isinstance(a, OpenTransport)]
     core.transport_opened(opened.transport_id, now=0.0, wall_time_ms=1_795_738_953_347)
+    (hello,) = [a.text for a in core.drain_actions() if isinstance(a, WriteFrame)]
+    return core, hello
+
+
+def send_frame_text() -> str:
+    """The text frame our sender writes for one message (made in memory, no socket)."""
+    core, _ = opened_core("sender")
     core.receive_text(HELLO_ACK, now=0.0)
     core.drain_actions()
     assert core.state is ConnectionState.OPEN, core.state
     core.send(signer("receiver").public_key, BODY, "now", now=0.0)
     (text,) = [a.text for a in core.drain_actions() if isinstance(a, WriteFrame)]
     return text
+
+
+@dataclass(frozen=True)
+class WireFrames:
+    """The four text frames of one message, byte for byte as ours writes them."""
+
+    send: str  # sender -> broker
+    ack: str  # broker -> sender
+    push: str  # broker -> receiver
+    client_ack: str  # receiver -> broker
+
+
+def wire_frames() -> WireFrames:
+    """One message through the sans-IO broker and two client cores, in memory."""
+    broker = make_broker()
+    cores = {}
+    for conn_id, name in ((1, "sender"), (2, "receiver")):
+        core, hello = opened_core(name)
+        broker.connection_opened(conn_id, now=1_795_738_953.0)
+        broker.receive_text(conn_id, hello, now=1_795_738_953.0)
+        cores[conn_id] = core
+    for output in broker.drain_outputs():
+        if isinstance(output, SendText):
+            cores[output.conn_id].receive_text(output.text, now=0.0)
+    for core in cores.values():
+        core.drain_actions()
+        assert core.state is ConnectionState.OPEN, core.state
+        core.drain_events()
+        core.take_messages()
+        core.drain_actions()
+    cores[1].send(signer("receiver").public_key, BODY, "now", now=0.0)
+    (send,) = [a.text for a in cores[1].drain_actions() if isinstance(a, WriteFrame)]
+    broker.receive_text(1, send, now=1_795_738_953.0)
+    texts = {o.conn_id: o.text for o in broker.drain_outputs() if isinstance(o, SendText)}
+    cores[2].receive_text(texts[2], now=0.0)
+    cores[2].take_messages()
+    (client_ack,) = [a.text for a in cores[2].drain_actions() if isinstance(a, WriteFrame)]
+    frames = WireFrames(send, texts[1], texts[2], client_ack)
+    for text, kind in zip(
+        (frames.send, frames.ack, frames.push, frames.client_ack),
+        ("send", "ack", "push", "client_ack"),
+        strict=True,
+    ):
+        if json.loads(text)["type"] != kind:
+            raise RuntimeError(f"expected a {kind} frame, got {text[:80]!r}")
+    return frames
 
 
 async def check_no_leftover_tasks() -> None:
@@ -366,7 +440,125 @@ def run_sync(n: int) -> Run:
     return Run(n / (delivered_at - start), tuple(x * 1_000 for x in latencies))
 
 
-# --- the baseline: a plain websockets echo -------------------------------------------
+# --- the baseline: a minimal relay on wsproto + anyio --------------------------------
+
+
+class WsprotoPeer:
+    """One end of a WebSocket on wsproto over an anyio stream: bytes in, messages out."""
+
+    def __init__(self, stream: SocketStream, role: wsproto.ConnectionType) -> None:
+        self.stream = stream
+        self.ws = wsproto.WSConnection(role)
+
+    async def flush(self, data: bytes) -> None:
+        if data:
+            await self.stream.send(data)
+
+    async def reads(self) -> Any:
+        """The wsproto events of each read, a list per read (ends when the peer closes)."""
+        while True:
+            try:
+                data = await self.stream.receive(65_536)
+            except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+                return
+            self.ws.receive_data(data)
+            yield list(self.ws.events())
+
+
+def finished_texts(events: list[Any]) -> int:
+    """How many whole text messages ``events`` completes."""
+    return sum(1 for e in events if isinstance(e, TextMessage) and e.message_finished)
+
+
+async def relay_join(port: int, path: str) -> WsprotoPeer:
+    peer = WsprotoPeer(await anyio.connect_tcp("127.0.0.1", port), wsproto.ConnectionType.CLIENT)
+    await peer.flush(peer.ws.send(Request(host="127.0.0.1", target=path)))
+    async for events in peer.reads():
+        if any(isinstance(e, AcceptConnection) for e in events):
+            return peer
+    raise RuntimeError("the relay closed before accepting")
+
+
+async def run_relay(n: int, frames: WireFrames) -> Run:
+    """The relay: ack each send to its sender and push it to the receiver; 4 frames a message.
+
+    Like ours, every side writes what one read calls for in one write (one
+    syscall per socket per read), not a write per frame.
+    """
+    ack = TextMessage(frames.ack)
+    push = TextMessage(frames.push)
+    client_ack = TextMessage(frames.client_ack)
+    send = TextMessage(frames.send)
+    receiver_ready = anyio.Event()
+    receivers: list[WsprotoPeer] = []
+    delivered_at = 0.0
+
+    async def serve(stream: SocketStream) -> None:
+        peer = WsprotoPeer(stream, wsproto.ConnectionType.SERVER)
+        is_sender = False
+        async with stream:
+            async for events in peer.reads():
+                for event in events:
+                    if isinstance(event, Request):
+                        await peer.flush(peer.ws.send(AcceptConnection()))
+                        is_sender = event.target == "/sender"
+                        if not is_sender:
+                            receivers.append(peer)
+                            receiver_ready.set()
+                count = finished_texts(events) if is_sender else 0
+                if count:
+                    to = receivers[0]
+                    await peer.flush(b"".join(peer.ws.send(ack) for _ in range(count)))
+                    await to.flush(b"".join(to.ws.send(push) for _ in range(count)))
+
+    with anyio.fail_after(run_timeout(n)):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as server:
+            server.start_soon(listener.serve, serve)
+            receiver = await relay_join(port, "/receiver")
+            await receiver_ready.wait()
+            sender = await relay_join(port, "/sender")
+
+            async def send_all() -> None:
+                written = min(WINDOW, n)
+                await sender.flush(b"".join(sender.ws.send(send) for _ in range(written)))
+                acked = 0
+                async for events in sender.reads():
+                    acked += finished_texts(events)
+                    if acked >= n:
+                        return
+                    more = min(n, acked + WINDOW) - written
+                    if more > 0:
+                        written += more
+                        await sender.flush(b"".join(sender.ws.send(send) for _ in range(more)))
+
+            async def receive_all() -> None:
+                nonlocal delivered_at
+                count = 0
+                async for events in receiver.reads():
+                    got = finished_texts(events)
+                    if got:
+                        count += got
+                        await receiver.flush(
+                            b"".join(receiver.ws.send(client_ack) for _ in range(got))
+                        )
+                        if count >= n:
+                            delivered_at = perf_counter()
+                            return
+
+            start = perf_counter()
+            async with anyio.create_task_group() as work:
+                work.start_soon(send_all)
+                work.start_soon(receive_all)
+            await sender.stream.aclose()
+            await receiver.stream.aclose()
+            server.cancel_scope.cancel()
+    await check_no_leftover_tasks()
+    return Run(n / (delivered_at - start))
+
+
+# --- the reference: a plain websockets echo -------------------------------------------
 
 
 async def run_echo(n: int, text: str) -> Run:
@@ -531,6 +723,7 @@ def main() -> None:
     n = args.n if args.n is not None else (N_QUICK if args.quick else N_FULL)
     repeats = 1 if args.quick else REPEATS
     frame = send_frame_text()
+    frames = wire_frames()
 
     scratch = tempfile.TemporaryDirectory(prefix="meshproto-bench-")
     databases = iter(range(1_000_000))
@@ -544,6 +737,7 @@ def main() -> None:
 
     runs: dict[str, Callable[[int], Run]] = {
         "e2e asyncio": lambda k: anyio.run(run_ours, k, backend="asyncio"),
+        "wsproto relay": lambda k: anyio.run(run_relay, k, frames, backend="asyncio"),
         "websockets echo": lambda k: anyio.run(run_echo, k, frame, backend="asyncio"),
         "e2e sqlite (asyncio)": lambda k: anyio.run(
             partial(run_ours, k, store=sqlite()), backend="asyncio"
@@ -569,8 +763,10 @@ def main() -> None:
         "so the rate limit never throttles the bench; other options default"
     )
     print(
-        f"frames: send {len(frame.encode())} B (body {len(BODY.encode())} B); the echo "
-        f"baseline sends that same text frame, compression off on both sides"
+        f"frames: send {len(frame.encode())} B (body {len(BODY.encode())} B), ack "
+        f"{len(frames.ack.encode())} B, push {len(frames.push.encode())} B, client_ack "
+        f"{len(frames.client_ack.encode())} B; the relay writes these, the echo sends the "
+        "send frame; compression off everywhere"
     )
     results = measure(runs, n, repeats)
     for label, measured in results.items():
@@ -578,6 +774,7 @@ def main() -> None:
     if args.profile:
         print(profile_ours(n))
     ours = statistics.median(r.rate for r in results["e2e asyncio"])
+    relay = statistics.median(r.rate for r in results["wsproto relay"])
     baseline = statistics.median(r.rate for r in results["websockets echo"])
     blocking = statistics.median(r.rate for r in results["e2e sync (threads)"])
     durable = statistics.median(r.rate for r in results["e2e sqlite (asyncio)"])
@@ -585,6 +782,8 @@ def main() -> None:
     scratch.cleanup()
     print(f"e2e-sync/websockets-echo ratio: {blocking / baseline:.2f}")
     print(f"e2e/websockets-echo ratio: {ours / baseline:.2f}")
+    print(f"e2e-sync/wsproto-relay ratio: {blocking / relay:.2f}")
+    print(f"e2e/wsproto-relay ratio: {ours / relay:.2f}")
 
 
 def print_sqlite_figures(

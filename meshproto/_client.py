@@ -96,6 +96,7 @@ import logging
 from collections import deque
 from random import Random
 
+from ._client_sends import PendingRequest, PendingSend, encode_send
 from ._codec import decode, encode
 from ._config import (
     ATTESTATION_MAX_TTL_MS,
@@ -119,7 +120,6 @@ from ._events import (
     HandshakeComplete,
     InternalError,
     MalformedFrame,
-    MessageReceived,
     OpenTransport,
     PeersListed,
     ReconnectScheduled,
@@ -130,7 +130,6 @@ from ._events import (
     SendPing,
     StateChanged,
     SystemMessage,
-    UnreadableMessage,
     WriteFrame,
 )
 from ._frames import (
@@ -142,12 +141,11 @@ from ._frames import (
     ListPeers,
     PeersList,
     Push,
-    Send,
     SetStatus,
     SetSummary,
 )
 from ._hellos import hello_frame
-from ._inbox import Inbox, Message, ack_for
+from ._inbox import Inbox, Message, ack_for, open_message
 from ._reasons import (
     ACK_TIMEOUT,
     CLOSED,
@@ -160,8 +158,7 @@ from ._reasons import (
     classify_ack_error,
     classify_error_frame,
 )
-from ._seams import OpenError
-from ._targets import check_target
+from ._refusals import PERMANENT_REFUSALS, is_permanent_close
 
 __all__ = [
     "ATTESTATION_MAX_TTL_MS",
@@ -179,68 +176,10 @@ __all__ = [
 
 logger = logging.getLogger("meshproto.client")
 
-#: Refusal codes (error frames or 1008 close reasons) that mean "our identity
-#: is wrong": reconnecting cannot help (docs/protocol.md §3, §6).
-PERMANENT_REFUSALS = frozenset(
-    {
-        "unauthorized",
-        "bad_signature",
-        "malformed",
-        "bad_session_pubkey",
-        "revoked",
-        "expired",
-        "ttl_too_long",
-        "attestation_mismatch",
-        "bad_parent_pubkey",
-        "parent_member_id_mismatch",
-        "session_key_claimed",  # [reference broker] the key's proven owner took it back
-    }
-)
-
-#: The longest ``client_message_id`` a caller may choose.
-MAX_CLIENT_MESSAGE_ID = 128
-
 # States in which a transport exists (opening, handshaking or open).
 _WITH_TRANSPORT = frozenset(
     {ConnectionState.CONNECTING, ConnectionState.HANDSHAKING, ConnectionState.OPEN}
 )
-
-
-def is_permanent_close(code: int | None, reason: str, refusal: str | None = None) -> bool:
-    """Whether a close (with the hello refusal that preceded it) stops reconnecting.
-
-    docs/protocol.md §6: ``1000 session_replaced``, ``1008`` with an identity
-    refusal, ``4001 kicked`` and ``4002 banned`` are final; everything else
-    (1000 otherwise, 1001, 1006, 1009, 1008 ``timestamp_skew``/``capacity``)
-    is a reason to reconnect.
-    """
-    if code in (4001, 4002):
-        return True
-    if code == 1000:
-        return reason == "session_replaced"
-    if code == 1008:
-        return reason in PERMANENT_REFUSALS or (not reason and refusal in PERMANENT_REFUSALS)
-    return False
-
-
-class _PendingSend:
-    __slots__ = ("client_message_id", "deadline", "id", "text", "writes")
-
-    def __init__(self, send_id: str, client_message_id: str, text: str) -> None:
-        self.id = send_id
-        self.client_message_id = client_message_id
-        self.text = text
-        self.deadline = 0.0
-        self.writes = 0
-
-
-class _PendingRequest:
-    __slots__ = ("deadline", "id", "written")
-
-    def __init__(self, request_id: str, deadline: float) -> None:
-        self.id = request_id
-        self.deadline = deadline
-        self.written = False
 
 
 class ClientConnection:
@@ -264,10 +203,10 @@ class ClientConnection:
         self._owed_acks: list[ClientAck] = []
         # Sends: every unresolved one by id; the unwritten ones in order; the
         # written ones in write order (so the first has the earliest deadline).
-        self._sends: dict[str, _PendingSend] = {}
-        self._outbox: deque[_PendingSend] = deque()
-        self._in_flight: dict[str, _PendingSend] = {}
-        self._requests: dict[str, _PendingRequest] = {}
+        self._sends: dict[str, PendingSend] = {}
+        self._outbox: deque[PendingSend] = deque()
+        self._in_flight: dict[str, PendingSend] = {}
+        self._requests: dict[str, PendingRequest] = {}
         self._status: str | None = None
         self._summary: str | None = None
         # Transport and timers.
@@ -414,39 +353,15 @@ class ClientConnection:
         """
         if self._state is ConnectionState.CLOSED:
             raise LocalProtocolError("cannot send: the connection is closed")
-        check_target(target)
-        if client_message_id is not None:
-            self._check_client_message_id(client_message_id)
-        if not isinstance(priority, str) or priority not in PRIORITIES:
-            raise LocalProtocolError(
-                f"priority must be one of 'now', 'next', 'low', got {priority!r}"
-            )
-        if isinstance(body, str):
-            try:
-                data = body.encode("utf-8")
-            except UnicodeEncodeError as exc:
-                raise LocalProtocolError(f"body is not valid Unicode text: {exc}") from None
-        elif isinstance(body, (bytes, bytearray, memoryview)):
-            data = bytes(body)
-        else:
-            raise LocalProtocolError(f"body must be str or bytes, got {type(body).__name__}")
-        if len(data) > MAX_FRAME_BYTES:
-            raise LocalProtocolError(
-                f"body is {len(data)} bytes; the protocol allows at most {MAX_FRAME_BYTES}"
-            )
-        rng = self._rng
-        send_id = f"{rng.getrandbits(64):016x}"
-        while send_id in self._sends:
-            send_id = f"{rng.getrandbits(64):016x}"
-        cmid = send_id if client_message_id is None else client_message_id
-        nonce, ciphertext = self.config.sealer.seal(target, data, rng)
-        text = encode(Send(send_id, target, priority, nonce, ciphertext, cmid))
-        size = len(text) if text.isascii() else len(text.encode("utf-8"))
-        if size > MAX_FRAME_BYTES:
-            raise LocalProtocolError(
-                f"the encoded send is {size} bytes; the broker accepts at most "
-                f"{MAX_FRAME_BYTES} (send a smaller body)"
-            )
+        send_id, cmid, text = encode_send(
+            target,
+            body,
+            priority,
+            client_message_id=client_message_id,
+            sealer=self.config.sealer,
+            rng=self._rng,
+            sends=self._sends,
+        )
         handle = SendHandle(send_id, target, priority, cmid)
         if len(self._sends) >= self.options.max_outbox:
             detail = (
@@ -454,7 +369,7 @@ class ClientConnection:
             )
             self._events.append(SendFailed(send_id, FailureReason.of(QUEUE_FULL, detail)))
             return handle
-        record = _PendingSend(send_id, cmid, text)
+        record = PendingSend(send_id, cmid, text)
         self._sends[send_id] = record
         if self._state is ConnectionState.OPEN:
             self._write_send(record, now)
@@ -492,7 +407,7 @@ class ClientConnection:
             detail = f"{len(self._requests)} requests already pending"
             self._events.append(RequestFailed(request_id, FailureReason.of(QUEUE_FULL, detail)))
             return request_id
-        request = _PendingRequest(request_id, now + self.options.request_timeout)
+        request = PendingRequest(request_id, now + self.options.request_timeout)
         self._requests[request_id] = request
         if self._state is ConnectionState.OPEN:
             self._write_request(request)
@@ -713,33 +628,13 @@ class ClientConnection:
         if not self.options.accept_messages:
             self._declined += 1  # left for the member's other sessions
             return
-        message = self._open(push)
+        message = open_message(self.config.sealer, push)
         self._events.append(message)
         if inbox.limit:
             inbox.put(push, message)  # acknowledged when taken
         else:
             inbox.handed_over(push)  # the event is the hand-over
             self._write(encode(ack_for(push)))
-
-    def _open(self, push: Push) -> Message:
-        """The message a push carries, its body opened by the sealer."""
-        try:
-            body = self.config.sealer.open(push)
-        except OpenError as exc:
-            return UnreadableMessage(push.message_id, push.sender_pubkey, str(exc), push)
-        except Exception as exc:  # a sealer bug costs this one message, nothing more
-            logger.exception("the sealer failed to open message %s", push.message_id)
-            reason = f"the sealer failed: {exc!r}"
-            return UnreadableMessage(push.message_id, push.sender_pubkey, reason, push)
-        return MessageReceived(
-            push.message_id,
-            push.client_message_id,
-            push.sender_pubkey,
-            push.priority,
-            body,
-            push.created_at,
-            push,
-        )
 
     def _on_error(self, frame: ErrorFrame, now: float) -> None:
         if frame.id is not None and frame.id in self._in_flight:
@@ -777,7 +672,7 @@ class ClientConnection:
         self._frames_out += 1
         self._actions.append(WriteFrame(text))
 
-    def _write_send(self, record: _PendingSend, now: float) -> None:
+    def _write_send(self, record: PendingSend, now: float) -> None:
         if record.writes:
             self._resends += 1
         record.writes += 1
@@ -786,26 +681,9 @@ class ClientConnection:
         self._frames_out += 1
         self._actions.append(WriteFrame(record.text))
 
-    def _write_request(self, request: _PendingRequest) -> None:
+    def _write_request(self, request: PendingRequest) -> None:
         request.written = True
         self._write(encode(ListPeers(request.id)))
-
-    def _check_client_message_id(self, client_message_id: object) -> None:
-        check_text(client_message_id, "client_message_id")
-        assert isinstance(client_message_id, str)
-        if not 0 < len(client_message_id) <= MAX_CLIENT_MESSAGE_ID or not (
-            client_message_id.isprintable()
-        ):
-            raise LocalProtocolError(
-                f"client_message_id must be 1 to {MAX_CLIENT_MESSAGE_ID} printable "
-                f"characters, got {client_message_id!r}"
-            )
-        for record in self._sends.values():
-            if record.client_message_id == client_message_id:
-                raise LocalProtocolError(
-                    f"a send with client_message_id {client_message_id!r} is already pending "
-                    f"(send {record.id}): wait for its outcome before retrying it"
-                )
 
     def _fail_send(self, send_id: str, reason: FailureReason, *, answered: bool) -> None:
         """Resolve a send that was not acknowledged.

@@ -253,15 +253,19 @@ _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def _decode_object(cls: type[Any], obj: dict[str, Any], where: str) -> Any:
-    values = []
+    values: list[Any] = []
+    append = values.append
+    get = obj.get
     for _attr, wire, kind, required, default in _TABLES[cls]:
-        v = obj.get(wire, _ABSENT)
+        v = get(wire, _ABSENT)
         if v is _ABSENT or (v is None and not required):
             if required:
                 raise RemoteProtocolError(f"{where}: missing required field {wire!r}")
-            values.append(default)
+            append(default)
+        elif type(v) is str and kind == "str":  # most fields: checked here, not by a call
+            append(v)
         else:
-            values.append(_DECODERS[kind](v, where, wire))
+            append(_DECODERS[kind](v, where, wire))
     return cls(*values)
 
 

@@ -36,12 +36,17 @@ never forgotten (``ClientOptions`` keeps ``limit`` at most half the window).
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 from ._events import MessageReceived, UnreadableMessage
 from ._frames import ClientAck, Push
+from ._seams import OpenError, Sealer
 
-__all__ = ["Inbox", "Message"]
+__all__ = ["Inbox", "Message", "ack_for", "open_message"]
+
+# The client core's logger: a sealer's failure is the client's to report.
+logger = logging.getLogger("meshproto.client")
 
 Message = MessageReceived | UnreadableMessage
 
@@ -55,6 +60,27 @@ class _Waiting:
         self.key = key
         self.message = message
         self.acks = [ack]
+
+
+def open_message(sealer: Sealer, push: Push) -> Message:
+    """The message a push carries, its body opened by ``sealer``."""
+    try:
+        body = sealer.open(push)
+    except OpenError as exc:
+        return UnreadableMessage(push.message_id, push.sender_pubkey, str(exc), push)
+    except Exception as exc:  # a sealer bug costs this one message, nothing more
+        logger.exception("the sealer failed to open message %s", push.message_id)
+        reason = f"the sealer failed: {exc!r}"
+        return UnreadableMessage(push.message_id, push.sender_pubkey, reason, push)
+    return MessageReceived(
+        push.message_id,
+        push.client_message_id,
+        push.sender_pubkey,
+        push.priority,
+        body,
+        push.created_at,
+        push,
+    )
 
 
 def ack_for(push: Push) -> ClientAck:

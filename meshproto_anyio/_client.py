@@ -114,19 +114,28 @@ def connect_error_text(exc: OSError) -> str:
 
 
 class _Pulse:
-    """Wakes every task waiting on it; re-armed by each ``fire``."""
+    """Wakes every task waiting on it; re-armed by each ``fire``.
+
+    The event is made by the first waiter, so a fire with nobody waiting
+    (most of them) costs nothing.
+    """
 
     __slots__ = ("_event",)
 
     def __init__(self) -> None:
-        self._event = anyio.Event()
+        self._event: anyio.Event | None = None
 
     def fire(self) -> None:
-        self._event.set()
-        self._event = anyio.Event()
+        event = self._event
+        if event is not None:
+            self._event = None
+            event.set()
 
     async def wait(self) -> None:
-        await self._event.wait()
+        event = self._event
+        if event is None:
+            event = self._event = anyio.Event()
+        await event.wait()
 
 
 class _Outcome(Generic[T]):
@@ -179,6 +188,8 @@ class Client:
         self._opening: dict[int, anyio.CancelScope] = {}
         self._outcomes = Outcomes(self._core, system_limit=SYSTEM_MESSAGE_LIMIT)
         self._rearm = anyio.Event()
+        # The deadline the timer task sleeps until: it is woken only for an earlier one.
+        self._armed = math.inf
         self._messages_pulse = _Pulse()
         self._system_pulse = _Pulse()
         self._state_pulse = _Pulse()
@@ -254,12 +265,13 @@ class Client:
         receiver deduplicates on; a retry without it may deliver twice.
         """
         self._outcomes.check_open()
+        now = anyio.current_time()
         handle = self._core.send(
-            target, body, priority, now=anyio.current_time(), client_message_id=client_message_id
+            target, body, priority, now=now, client_message_id=client_message_id
         )
         outcome: _Outcome[str] = _Outcome()
         self._outcomes.expect_send(handle.id, outcome)
-        self._apply()
+        self._apply(now)
         return await outcome.wait()
 
     async def set_status(self, status: str) -> None:
@@ -334,7 +346,8 @@ class Client:
         while True:
             self._rearm = anyio.Event()
             deadline = self._driver.next_deadline()
-            with anyio.CancelScope(deadline=math.inf if deadline is None else deadline):
+            self._armed = math.inf if deadline is None else deadline
+            with anyio.CancelScope(deadline=self._armed):
                 await self._rearm.wait()
             if deadline is not None:
                 now = anyio.current_time()
@@ -350,12 +363,12 @@ class Client:
         """
         try:
             step(now)
-            self._apply()
+            self._apply(now)
         except Exception as exc:
             logger.exception("unexpected error while handling %s; dropping the connection", during)
             try:
                 self._driver.report_internal_error(exc, during=during, now=now)
-                self._apply()
+                self._apply(now)
             except Exception:
                 logger.exception("could not recover from that error; closing the client")
                 self._close_after_failure(now)
@@ -374,10 +387,15 @@ class Client:
         self._core.drain_actions()
         self._rearm.set()
 
-    def _apply(self) -> None:
-        """Carry out the driver's commands until there are none, then deliver the events."""
+    def _apply(self, now: float | None = None) -> None:
+        """Carry out the driver's commands until there are none, then deliver the events.
+
+        ``now`` is the time the caller just read, if it has one (the clock is
+        read once per input, not once per step).
+        """
         driver = self._driver
-        now = anyio.current_time()
+        if now is None:
+            now = anyio.current_time()
         while commands := driver.drain_commands(now=now):
             for command in commands:
                 if isinstance(command, WriteBytes):
@@ -406,7 +424,11 @@ class Client:
                 link.pause_reading()
             else:
                 link.resume_reading()
-        self._rearm.set()
+        # Wake the timer only if it sleeps past the next deadline; waking late
+        # for one that moved later is harmless (nothing is due yet, it re-arms).
+        due = driver.next_deadline()
+        if due is not None and due < self._armed:
+            self._rearm.set()
 
     async def _run_socket(self, socket_id: int, address: WsAddress) -> None:
         scope = self._opening.get(socket_id)

@@ -286,13 +286,26 @@ class ClientDriver:
         self._translate(now)
 
     def _translate(self, now: float) -> None:
-        """Turn the core's pending actions into commands."""
-        for action in self._core.drain_actions():
+        """Turn the core's pending actions into commands.
+
+        Consecutive frames for the current socket leave as one write: the
+        WebSocket buffers them, and they are flushed before anything else
+        happens (another kind of action, or the end of the batch).
+        """
+        actions = self._core.drain_actions()
+        if not actions:
+            return
+        pending: WsConnection | None = None  # holds frames not yet flushed
+        for action in actions:
             if isinstance(action, WriteFrame):
-                ws = self._current_ws()
+                ws = pending if pending is not None else self._current_ws()
                 if ws is not None and ws.send_text(action.text):
-                    self._flush_current(ws)
-            elif isinstance(action, SendPing):
+                    pending = ws
+                continue
+            if pending is not None:
+                self._flush_current(pending)
+                pending = None
+            if isinstance(action, SendPing):
                 ws = self._current_ws()
                 if ws is not None and ws.send_ping(action.payload):
                     self._flush_current(ws)
@@ -304,6 +317,8 @@ class ClientDriver:
                 self._commands.append(OpenSocket(action.transport_id, self.address))
             elif isinstance(action, CloseTransport):
                 self._close_current(action.code, action.reason, now)
+        if pending is not None:
+            self._flush_current(pending)
 
     def _current_ws(self) -> WsConnection | None:
         if self._current is None:

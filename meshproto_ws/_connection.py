@@ -412,7 +412,10 @@ class WsConnection:
     def _on_message(self, message: wse.Message[Any], events: list[WsEvent]) -> None:
         data = message.data
         if data:
-            self._size += len(data.encode("utf-8")) if isinstance(data, str) else len(data)
+            if isinstance(data, str) and not data.isascii():
+                self._size += len(data.encode("utf-8"))
+            else:
+                self._size += len(data)
             if self._size > self.max_message_bytes:
                 self._fail(
                     CLOSE_MESSAGE_TOO_BIG,

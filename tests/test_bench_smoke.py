@@ -39,9 +39,18 @@ def test_e2e_bench_quick_run() -> None:
     pytest.importorskip("anyio")
     pytest.importorskip("wsproto")
     result = run_bench("e2e.py", "--quick")
-    check_last_line(result, r"e2e/websockets-echo ratio: \d+\.\d\d")
-    before_last = result.stdout.splitlines()[-2]
-    assert re.fullmatch(r"e2e-sync/websockets-echo ratio: \d+\.\d\d", before_last), before_last
+    check_last_line(result, r"e2e/wsproto-relay ratio: \d+\.\d\d")
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(r"e2e-sync/wsproto-relay ratio: \d+\.\d\d", lines[-2]), lines[-2]
+    assert re.fullmatch(r"e2e/websockets-echo ratio: \d+\.\d\d", lines[-3]), lines[-3]
+
+
+def test_client_bench_quick_run() -> None:
+    pytest.importorskip("websockets", reason="bench/client.py compares against websockets")
+    pytest.importorskip("anyio")
+    pytest.importorskip("nacl", reason="bench/client.py signs real ed25519 hellos")
+    result = run_bench("client.py", "--quick")
+    check_last_line(result, r"client/minimal ratios: cpu \d+\.\d\d, p50 \d+\.\d\d")
 
 
 def test_core_bench_runs() -> None:
