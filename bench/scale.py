@@ -278,7 +278,12 @@ class Peer(asyncio.BufferedProtocol):
         scan = SCAN  # this peer's previous tail, then the new bytes, up to end
         stats = self.stats
         stats.joined += scan.count(JOINED, max(0, edge - len(JOINED) + 1), end)
-        pings = scan.count(PING, max(0, edge - len(PING) + 1), end)
+        pings = 0  # found by its first byte (memchr, which JSON text never holds)
+        at = scan.find(PING[0], max(0, edge - len(PING) + 1), end)
+        while at >= 0:
+            if at + 1 < end and scan[at + 1] == PING[1]:
+                pings += 1
+            at = scan.find(PING[0], at + 1, end)
         if pings:
             assert self.transport is not None
             self.transport.write(PONG * pings)
