@@ -18,8 +18,8 @@ class BrokerOptions:
     hello) is ours: the protocol names no such limit. So are
     ``presence_batch`` (the batch window of system pushes, see
     ``meshproto._broker_peers``) and ``push_window`` (the bytes of stored
-    messages pushed to one socket and not acknowledged yet, above which the
-    rest wait; see ``meshproto._broker_messages``).
+    messages pushed to one socket and not yet known to be read, above which
+    the rest wait for the pong to a ping; see ``meshproto._broker_messages``).
     """
 
     max_connections_per_mesh: int = 1000

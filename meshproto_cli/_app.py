@@ -128,6 +128,8 @@ BROKER_LIMITS: tuple[tuple[str, str], ...] = (
     ("liveness_timeout", "seconds of silence after which a socket is closed (1001)"),
     ("hello_timeout", "seconds a socket may stay open without an accepted hello"),
     ("skew", "seconds a hello's timestamp may be from the broker's clock"),
+    ("presence_batch", "seconds system pushes wait to go out together (per 500 sockets)"),
+    ("push_window", "bytes of held messages in flight to one socket before a ping"),
 )
 
 
