@@ -266,6 +266,9 @@ class _Tape:
 class _TapeRandom(Random):
     """Draws from ``inner`` and tapes every number drawn."""
 
+    def __new__(cls, inner: Random, tape: _Tape) -> _TapeRandom:
+        return super().__new__(cls)  # Python 3.10's Random.__new__ takes a seed at most
+
     def __init__(self, inner: Random, tape: _Tape) -> None:
         self._inner = inner
         self._tape = tape
