@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,29 @@ def server_text_frame(text: str) -> bytes:
     if n < 65_536:
         return b"\x81\x7e" + n.to_bytes(2, "big") + payload
     return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+def client_text_frame(text: str, mask: bytes) -> bytes:
+    """One complete text frame of ``text`` as a client sends it: masked with ``mask``.
+
+    ``mask`` is the frame's 4-byte masking key, fresh and unpredictable for
+    every frame (RFC 6455 §5.3; :meth:`WsConnection.send_text` draws it from
+    :func:`os.urandom`). The payload is XORed with the key repeated, in one
+    integer operation rather than byte by byte.
+    """
+    payload = text.encode("utf-8")
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, 0x80 | n))
+    elif n < 65_536:
+        header = b"\x81\xfe" + n.to_bytes(2, "big")
+    else:
+        header = b"\x81\xff" + n.to_bytes(8, "big")
+    key = (mask * ((n + 3) // 4))[:n]
+    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        n, "little"
+    )
+    return header + mask + masked
 
 
 class Role(enum.Enum):
@@ -236,7 +260,7 @@ class WsConnection:
         if self.role is Role.SERVER:
             self._queue(server_text_frame(text))  # no mask, no extension: framed here
         else:
-            self._queue(self._ws.send(wse.TextMessage(data=text)))
+            self._queue(client_text_frame(text, os.urandom(4)))  # framed here too
         return True
 
     def send_framed(self, frame: bytes) -> bool:

@@ -188,6 +188,41 @@ def test_text_travels_both_ways() -> None:
     assert pipe(server, client) == [TextReceived("héllo ✓")]
 
 
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 70_001])
+def test_client_text_frames_of_every_length_class_arrive_whole(size: int) -> None:
+    client, server = open_pair(server_cap=100_000)
+    text = "é" * (size // 2) + "a" * (size % 2)  # exactly ``size`` bytes of UTF-8
+    assert len(text.encode()) == size
+    assert client.send_text(text)
+    assert pipe(client, server) == [TextReceived(text)]
+
+
+@given(text=st.text(st.characters(blacklist_categories=("Cs",)), max_size=300))
+def test_client_text_frames_are_masked_and_read_back_by_any_server(text: str) -> None:
+    raw = wsproto.WSConnection(wsproto.ConnectionType.SERVER)  # wsproto's own, not ours
+    client = WsConnection.client(ADDRESS)
+    raw.receive_data(client.data_to_send())
+    (request,) = raw.events()
+    assert isinstance(request, wse.Request)
+    client.receive_data(raw.send(wse.AcceptConnection()))
+    for _ in range(2):
+        assert client.send_text(text)
+        frame = client.data_to_send()
+        assert frame[1] & 0x80  # masked, as RFC 6455 requires of a client
+        raw.receive_data(frame)
+        (message,) = raw.events()
+        assert isinstance(message, wse.TextMessage) and message.data == text
+
+
+def test_each_client_frame_has_its_own_masking_key() -> None:
+    client, _ = open_pair()
+    keys = set()
+    for _ in range(20):
+        client.send_text("x" * 10)
+        keys.add(client.data_to_send()[2:6])
+    assert len(keys) == 20
+
+
 def test_message_split_across_reads_is_delivered_once_complete() -> None:
     client, server = open_pair()
     client.send_text("x" * 300)
