@@ -191,6 +191,17 @@ class Member:
 
         return Ed25519Signer(self.keys)
 
+    def connect_options(self, url: str) -> dict[str, Any]:
+        """What our clients' ``connect()`` takes to join as this member (either adapter)."""
+        return {
+            "url": url,
+            "mesh_id": MESH,
+            "member_id": self.member_id,
+            "signer": self.signer(),
+            "display_name": self.member_id,
+            "close_timeout": 1.0,
+        }
+
     def hello(self) -> str:
         """The signed member hello (docs/protocol.md §3.1), as our client writes it."""
         from meshproto import hello_signing_payload  # noqa: PLC0415
@@ -338,22 +349,8 @@ async def run_ours(url: str, n: int, window: int) -> Run:
     latencies = [0.0] * n
     with anyio.fail_after(run_timeout(n)):
         async with (
-            connect(
-                url,
-                mesh_id=MESH,
-                member_id=sender_member.member_id,
-                signer=sender_member.signer(),
-                display_name=sender_member.member_id,
-                close_timeout=1.0,
-            ) as sender,
-            connect(
-                url,
-                mesh_id=MESH,
-                member_id=receiver_member.member_id,
-                signer=receiver_member.signer(),
-                display_name=receiver_member.member_id,
-                close_timeout=1.0,
-            ) as receiver,
+            connect(**sender_member.connect_options(url)) as sender,
+            connect(**receiver_member.connect_options(url)) as receiver,
         ):
             await sender.wait_state(ConnectionState.OPEN)
             await receiver.wait_state(ConnectionState.OPEN)
@@ -401,22 +398,8 @@ def run_sync(url: str, n: int, window: int) -> Run:
     latencies = [0.0] * n
     errors: list[BaseException] = []
     with (
-        connect(
-            url,
-            mesh_id=MESH,
-            member_id=sender_member.member_id,
-            signer=sender_member.signer(),
-            display_name=sender_member.member_id,
-            close_timeout=1.0,
-        ) as sender,
-        connect(
-            url,
-            mesh_id=MESH,
-            member_id=receiver_member.member_id,
-            signer=receiver_member.signer(),
-            display_name=receiver_member.member_id,
-            close_timeout=1.0,
-        ) as receiver,
+        connect(**sender_member.connect_options(url)) as sender,
+        connect(**receiver_member.connect_options(url)) as receiver,
     ):
         sender.wait_state(ConnectionState.OPEN, timeout=bound)
         receiver.wait_state(ConnectionState.OPEN, timeout=bound)

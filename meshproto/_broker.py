@@ -239,8 +239,7 @@ class Broker(_Hellos, _Messages, _Peers, _BrokerBase):
         conn = self._conns.get(conn_id)
         if conn is not None:
             self._alive(conn, now)
-            if conn.probe_mark is not None:
-                self._on_probe_answered(conn, now)
+            self._on_probe_answered(conn, now)
 
     def connection_closed(self, conn_id: int, *, now: float) -> None:
         """Socket ``conn_id`` is gone (closed by either side, or dropped)."""
