@@ -1,17 +1,22 @@
-"""One WebSocket connection, client or server side, over wsproto; no I/O.
+"""One WebSocket connection, client or server side; no I/O.
 
-wsproto parses and frames, and leaves a handful of duties to whoever drives
-it. :class:`WsConnection` takes them on, once, for every meshproto adapter:
+wsproto does the opening handshake; the frames after it are read and built by
+:mod:`meshproto_ws._frames` (why, and its rules, are in that module's
+docstring). :class:`WsConnection` joins the two and takes on, once for every
+meshproto adapter, the duties a WebSocket's user has:
 
 * the client handshake for a parsed ``ws://``/``wss://`` URL, and the server
   handshake, which upgrades only the path ``/ws`` (any other path gets a 404
-  response, a request that is not a WebSocket upgrade gets wsproto's 400);
+  response, a request that is not a WebSocket upgrade gets wsproto's 400, and
+  an upgrade request that carries a body a 400 of ours);
+* handing the frame reader whatever arrived behind the handshake in the same
+  read, so that nothing a peer sends early is lost;
 * answering pings, echoing a close the peer started;
-* reassembling fragmented messages and enforcing a cap on the size of a
-  received message (closing with 1009 "message too big" as soon as the
-  message grows past it, without waiting for the rest);
+* a cap on the size of a received message (closing with 1009 "message too
+  big" as soon as a frame header shows the message is past it, without
+  waiting for the rest);
 * reporting protocol errors (a bad frame, invalid UTF-8) by closing with the
-  code wsproto names, and turning EOF into a close without a close frame.
+  code RFC 6455 names, and turning EOF into a close without a close frame.
 
 Bytes in, events out: :meth:`WsConnection.receive_data` takes bytes from the
 socket (``None`` for EOF) and returns :data:`WsEvent` values. Everything that
@@ -39,15 +44,28 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import re
 from dataclasses import dataclass
-from typing import Any
 
 import h11
 import wsproto
 import wsproto.events as wse
 import wsproto.utilities
-from wsproto.connection import ConnectionState as _WsprotoState
 
+from ._frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    FrameReader,
+    ReadFrame,
+    client_text_frame,
+    close_payload,
+    encode_frame,
+    server_text_frame,
+)
 from ._url import DEFAULT_PATH, WsAddress
 
 __all__ = [
@@ -82,42 +100,11 @@ SERVER_MAX_MESSAGE_BYTES = 1_048_576
 CLOSE_MESSAGE_TOO_BIG = 1009
 
 
-def server_text_frame(text: str) -> bytes:
-    """One complete, unmasked text frame of ``text``, as a server sends it (RFC 6455 §5.2).
-
-    Servers never mask, and meshproto negotiates no extension, so the bytes
-    are the same for every socket.
-    """
-    payload = text.encode("utf-8")
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 65_536:
-        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
-    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
-
-
-def client_text_frame(text: str, mask: bytes) -> bytes:
-    """One complete text frame of ``text`` as a client sends it: masked with ``mask``.
-
-    ``mask`` is the frame's 4-byte masking key, fresh and unpredictable for
-    every frame (RFC 6455 §5.3; :meth:`WsConnection.send_text` draws it from
-    :func:`os.urandom`). The payload is XORed with the key repeated, in one
-    integer operation rather than byte by byte.
-    """
-    payload = text.encode("utf-8")
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x81, 0x80 | n))
-    elif n < 65_536:
-        header = b"\x81\xfe" + n.to_bytes(2, "big")
-    else:
-        header = b"\x81\xff" + n.to_bytes(8, "big")
-    key = (mask * ((n + 3) // 4))[:n]
-    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
-        n, "little"
-    )
-    return header + mask + masked
+#: Where an HTTP head ends, by h11's own rule (a line feed, an optional
+#: carriage return, a line feed): what follows it is the first frames.
+_END_OF_HEAD = re.compile(rb"\n\r?\n")
+#: Close codes never sent on the wire (RFC 6455 §7.4.1); closing with one sends 1000.
+_LOCAL_ONLY_CODES = frozenset((1006, 1015))
 
 
 class Role(enum.Enum):
@@ -210,13 +197,17 @@ class WsConnection:
         self._state = WsState.CONNECTING
         self._target = address.target if address is not None else ""
         self._out: list[bytes] = []  # what is to be sent, as produced (not copied)
-        self._chunks: list[Any] = []  # the fragments of the message being received
-        self._size = 0
-        self._ws = wsproto.WSConnection(
+        self._masked = role is Role.CLIENT  # a client masks what it sends
+        # The handshake, over wsproto, and the bytes it has been fed (a head
+        # is at most h11's 16 KiB); both go once the connection opens.
+        self._handshake: wsproto.WSConnection | None = wsproto.WSConnection(
             wsproto.ConnectionType.CLIENT if role is Role.CLIENT else wsproto.ConnectionType.SERVER
         )
+        self._head = bytearray()
+        self._reader: FrameReader | None = None  # from the moment the connection opens
         if address is not None and role is Role.CLIENT:
-            self._queue(self._ws.send(wse.Request(host=address.host_header, target=address.target)))
+            request = wse.Request(host=address.host_header, target=address.target)
+            self._queue(self._handshake.send(request))
 
     @classmethod
     def client(cls, address: WsAddress, *, max_message_bytes: int | None = None) -> WsConnection:
@@ -281,14 +272,17 @@ class WsConnection:
         """
         if self._state is not WsState.OPEN:
             return False
-        self._queue(self._ws.send(wse.BytesMessage(data=data)))
+        self._queue(encode_frame(OP_BINARY, bytes(data), masked=self._masked))
         return True
 
     def send_ping(self, payload: bytes = b"") -> bool:
-        """Queue a ping; returns ``False`` (and queues nothing) unless OPEN."""
+        """Queue a ping (``payload`` at most 125 bytes); returns ``False`` (and
+        queues nothing) unless OPEN."""
+        if len(payload) > 125:
+            raise ValueError(f"a ping carries at most 125 bytes, got {len(payload)}")
         if self._state is not WsState.OPEN:
             return False
-        self._queue(self._ws.send(wse.Ping(payload=payload)))
+        self._queue(encode_frame(OP_PING, bytes(payload), masked=self._masked))
         return True
 
     def close(self, code: int = 1000, reason: str = "") -> None:
@@ -311,36 +305,99 @@ class WsConnection:
         if not data:
             return []  # wsproto's handshake would take b"" for EOF
         events: list[WsEvent] = []
+        if self._reader is not None:
+            self._read_frames(self._reader, data, events)
+        else:
+            self._read_handshake(data, events)
+        return events
+
+    # --- internals -----------------------------------------------------------------
+
+    def _read_frames(self, reader: FrameReader, data: bytes, events: list[WsEvent]) -> None:
+        frames: list[ReadFrame] = []
+        error: FrameError | None = None
         try:
-            self._ws.receive_data(data)
-            for event in self._ws.events():
-                self._handle(event, events)
-                if self.state is WsState.CLOSED:  # the property: _handle changed the state
+            reader.feed(data, frames)
+        except FrameError as exc:
+            error = exc
+        if self._state is WsState.OPEN:
+            for opcode, value in frames:
+                if opcode == OP_TEXT:
+                    events.append(TextReceived(value))  # type: ignore[arg-type]
+                else:
+                    self._on_frame(opcode, value, events)
+            if error is not None and self._state is WsState.OPEN:
+                self._fail(error.code, error.reason, events)
+        elif error is not None or any(opcode == OP_CLOSE for opcode, _ in frames):
+            # CLOSING: the peer's echo (or its broken frame) ends it.
+            self._state = WsState.CLOSED
+
+    def _on_frame(self, opcode: int, value: object, events: list[WsEvent]) -> None:
+        """Every frame but the common text one, while OPEN."""
+        if self._state is not WsState.OPEN:
+            return  # a close came first in this read
+        if opcode == OP_BINARY:
+            assert isinstance(value, bytes)
+            events.append(BinaryReceived(value))
+        elif opcode == OP_PING:
+            assert isinstance(value, bytes)
+            self._queue(encode_frame(OP_PONG, value, masked=self._masked))
+            events.append(PingReceived(value))
+        elif opcode == OP_PONG:
+            assert isinstance(value, bytes)
+            events.append(PongReceived(value))
+        else:  # OP_CLOSE: the peer started the closing handshake; echo it
+            assert isinstance(value, tuple)
+            code, reason = value
+            self._queue(encode_frame(OP_CLOSE, close_payload(code, reason), masked=self._masked))
+            self._state = WsState.CLOSED
+            events.append(Closed(code, reason, True))
+
+    def _read_handshake(self, data: bytes, events: list[WsEvent]) -> None:
+        handshake = self._handshake
+        assert handshake is not None  # until the connection opens
+        self._head += data
+        try:
+            handshake.receive_data(data)
+            for event in handshake.events():
+                self._on_handshake_event(event, events)
+                if self._state is not WsState.CONNECTING:
                     break
         except wsproto.utilities.RemoteProtocolError as exc:
-            # Only the HTTP handshake raises; frame errors arrive as events.
             self._bad_handshake(exc, events)
         except (wsproto.utilities.LocalProtocolError, h11.ProtocolError) as exc:
             # Never expected (states are kept in step with wsproto's), but
             # nothing the network sends may raise out of here.
             self._state = WsState.CLOSED
             events.append(Closed(None, f"WebSocket state error: {exc}", False))
-        return events
-
-    # --- internals -----------------------------------------------------------------
+        if self._state is WsState.CONNECTING:
+            return
+        head = self._head
+        self._handshake = None
+        self._head = bytearray()
+        if self._state is WsState.OPEN:
+            # Whatever followed the head in the same reads is the first frames.
+            self._reader = FrameReader(
+                masked=self.role is Role.SERVER, max_message_bytes=self.max_message_bytes
+            )
+            end = _END_OF_HEAD.search(head)
+            rest = bytes(head[end.end() :]) if end is not None else b""
+            if rest:
+                self._read_frames(self._reader, rest, events)
 
     def _eof(self) -> list[WsEvent]:
         was = self._state
         self._state = WsState.CLOSED
-        self._chunks.clear()
+        self._reader = None
         if was is WsState.CLOSING:
             return []
         return [Closed(None, "connection closed without a close frame", True)]
 
     def _send_close(self, code: int, reason: str) -> None:
-        self._queue(self._ws.send(wse.CloseConnection(code=code, reason=reason)))
+        if code in _LOCAL_ONLY_CODES:
+            code = 1000
+        self._queue(encode_frame(OP_CLOSE, close_payload(code, reason), masked=self._masked))
         self._state = WsState.CLOSING
-        self._chunks.clear()
 
     def _fail(self, code: int, reason: str, events: list[WsEvent]) -> None:
         """The peer broke the protocol: close with ``code`` and report it."""
@@ -348,14 +405,8 @@ class WsConnection:
             self._send_close(code, reason)
             events.append(Closed(code, reason, False))
 
-    def _handle(self, event: wse.Event, events: list[WsEvent]) -> None:
-        state = self._state
-        # Messages first: they are nearly every event, and wsproto's event
-        # classes are ABCs, so each isinstance test before this one costs.
-        if isinstance(event, wse.Message):
-            if state is WsState.OPEN:
-                self._on_message(event, events)
-        elif isinstance(event, wse.Request):
+    def _on_handshake_event(self, event: wse.Event, events: list[WsEvent]) -> None:
+        if isinstance(event, wse.Request):
             self._on_request(event, events)
         elif isinstance(event, wse.AcceptConnection):
             self._state = WsState.OPEN
@@ -363,97 +414,45 @@ class WsConnection:
         elif isinstance(event, wse.RejectConnection):
             self._state = WsState.CLOSED
             events.append(Closed(None, f"handshake refused: HTTP {event.status_code}", True))
-        elif isinstance(event, wse.RejectData):
-            pass  # the body of a refusal; the refusal was reported already
-        elif isinstance(event, wse.Ping):
-            if state is WsState.OPEN:
-                self._queue(self._ws.send(event.response()))
-                events.append(PingReceived(bytes(event.payload)))
-        elif isinstance(event, wse.Pong):
-            if state is WsState.OPEN:
-                events.append(PongReceived(bytes(event.payload)))
-        elif isinstance(event, wse.CloseConnection):
-            self._on_close(event, events)
+        # Nothing else comes before the handshake ends: the loop stops at it.
+
+    def _refuse(self, status: int, body: bytes) -> None:
+        assert self._handshake is not None
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+        ]
+        refusal = wse.RejectConnection(status_code=status, headers=headers, has_body=True)
+        self._queue(self._handshake.send(refusal))
+        self._queue(self._handshake.send(wse.RejectData(data=body, body_finished=True)))
+        self._state = WsState.CLOSED
 
     def _on_request(self, request: wse.Request, events: list[WsEvent]) -> None:
         path = request.target.partition("?")[0]
         if path != self._path:
-            body = f"not found: only {self._path} is a WebSocket endpoint\n".encode()
-            self._queue(
-                self._ws.send(
-                    wse.RejectConnection(
-                        status_code=404,
-                        headers=[
-                            (b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode()),
-                        ],
-                        has_body=True,
-                    )
-                )
-            )
-            self._queue(self._ws.send(wse.RejectData(data=body, body_finished=True)))
-            self._state = WsState.CLOSED
+            self._refuse(404, f"not found: only {self._path} is a WebSocket endpoint\n".encode())
             events.append(Closed(None, f"no WebSocket endpoint at {path!r}: HTTP 404", False))
             return
-        self._queue(self._ws.send(wse.AcceptConnection()))
+        if any(
+            name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+            for name, value in request.extra_headers
+        ):
+            self._refuse(400, b"bad request: a WebSocket upgrade request carries no body\n")
+            events.append(Closed(None, "bad handshake: an upgrade request with a body", False))
+            return
+        assert self._handshake is not None
+        self._queue(self._handshake.send(wse.AcceptConnection()))
         self._state = WsState.OPEN
         events.append(Opened(request.target))
 
     def _bad_handshake(
         self, exc: wsproto.utilities.RemoteProtocolError, events: list[WsEvent]
     ) -> None:
-        was = self._state
         self._state = WsState.CLOSED
-        if was is not WsState.CONNECTING:  # pragma: no cover - wsproto raises only then
-            return
         if self.role is Role.SERVER and isinstance(exc.event_hint, wse.RejectConnection):
             # Answer with the status wsproto suggests (400, or 426 for a bad version).
+            assert self._handshake is not None
             with contextlib.suppress(wsproto.utilities.LocalProtocolError, h11.ProtocolError):
-                self._queue(self._ws.send(exc.event_hint))
+                self._queue(self._handshake.send(exc.event_hint))
         by_peer = self.role is Role.CLIENT
         events.append(Closed(None, f"bad handshake: {exc}", by_peer))
-
-    def _on_close(self, event: wse.CloseConnection, events: list[WsEvent]) -> None:
-        ws_state = self._ws.state
-        if ws_state in (_WsprotoState.OPEN, _WsprotoState.LOCAL_CLOSING):
-            # wsproto reports a frame it could not parse as a close event
-            # without changing state: this side must send that close.
-            if self._state is WsState.OPEN:
-                self._fail(int(event.code), event.reason or "protocol error", events)
-            else:
-                self._state = WsState.CLOSED
-            return
-        if self._state is WsState.OPEN:
-            # The peer started the closing handshake: echo it.
-            self._queue(self._ws.send(event.response()))
-            self._state = WsState.CLOSED
-            self._chunks.clear()
-            events.append(Closed(int(event.code), event.reason or "", True))
-        else:
-            # The echo of the close this side sent.
-            self._state = WsState.CLOSED
-
-    def _on_message(self, message: wse.Message[Any], events: list[WsEvent]) -> None:
-        data = message.data
-        if data:
-            if isinstance(data, str) and not data.isascii():
-                self._size += len(data.encode("utf-8"))
-            else:
-                self._size += len(data)
-            if self._size > self.max_message_bytes:
-                self._fail(
-                    CLOSE_MESSAGE_TOO_BIG,
-                    f"message too big: over {self.max_message_bytes} bytes",
-                    events,
-                )
-                return
-            self._chunks.append(data)
-        if not message.message_finished:
-            return
-        chunks = self._chunks
-        self._chunks = []
-        self._size = 0
-        if isinstance(message, wse.TextMessage):
-            events.append(TextReceived("".join(chunks)))
-        else:
-            events.append(BinaryReceived(b"".join(chunks)))

@@ -50,6 +50,7 @@ from meshproto_ws import (
     WsState,
     parse_ws_url,
 )
+from meshproto_ws._frames import client_text_frame
 
 ADDRESS = WsAddress("broker.test", 7900, False, "/ws")
 
@@ -167,6 +168,40 @@ def test_server_refuses_a_plain_http_get_with_400() -> None:
     (closed,) = server.receive_data(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
     assert isinstance(closed, Closed)
     assert server.data_to_send().startswith(b"HTTP/1.1 400 ")
+
+
+def test_frames_sent_right_behind_the_request_are_not_lost() -> None:
+    client = WsConnection.client(ADDRESS)
+    request = client.data_to_send()
+    frames = client_text_frame("first", b"abcd") + client_text_frame("second", b"efgh")
+    server = WsConnection.server()
+    assert server.receive_data(request + frames[:-3]) == [Opened("/ws"), TextReceived("first")]
+    assert server.receive_data(frames[-3:]) == [TextReceived("second")]
+
+
+def test_frames_sent_right_behind_the_acceptance_are_not_lost() -> None:
+    client = WsConnection.client(ADDRESS)
+    server = WsConnection.server()
+    pipe(client, server)
+    server.send_text("early")
+    server.send_ping(b"p")
+    accepted = server.data_to_send()
+    assert client.receive_data(accepted) == [
+        Opened("/ws"),
+        TextReceived("early"),
+        PingReceived(b"p"),
+    ]
+
+
+@pytest.mark.parametrize("header", [b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n"])
+def test_server_refuses_an_upgrade_request_with_a_body_with_400(header: bytes) -> None:
+    request = WsConnection.client(ADDRESS).data_to_send()
+    with_body = request.replace(b"\r\n\r\n", b"\r\n" + header + b"\r\n", 1) + b"abc"
+    server = WsConnection.server()
+    (closed,) = server.receive_data(with_body)
+    assert closed == Closed(None, "bad handshake: an upgrade request with a body", False)
+    assert server.data_to_send().startswith(b"HTTP/1.1 400 ")
+    assert server.state is WsState.CLOSED
 
 
 def test_eof_during_handshake_reports_closed() -> None:
