@@ -228,9 +228,9 @@ class FrameReader:
         self._decoder: codecs.BufferedIncrementalDecoder | None = None
 
     @property
-    def buffered(self) -> int:
-        """Bytes of an incomplete frame (and of a fragmented message) held so far."""
-        return len(self._buffer) + self._size
+    def mid_frame(self) -> bool:
+        """Whether the start of a frame is held, waiting for the rest of it."""
+        return bool(self._buffer or self._skip)
 
     def feed(self, data: bytes, out: list[ReadFrame]) -> None:
         """Read ``data``, appending one :data:`ReadFrame` per complete frame to ``out``.

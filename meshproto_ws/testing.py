@@ -55,6 +55,9 @@ Besides the oracle's invariants it checks:
   every timer run out) the driver has no socket and no deadline left, it
   has closed every socket the harness opened, and every text the broker
   wrote was read.
+
+:func:`check_frame_reader` (from ``_frame_oracle``) is the frame layer's
+oracle: the frame reader and wsproto's, fed the same reads, must agree.
 """
 
 from __future__ import annotations
@@ -87,9 +90,10 @@ from ._connection import (
     WsEvent,
     WsState,
 )
+from ._frame_oracle import ReadOutcome, check_frame_reader
 from ._url import WsAddress
 
-__all__ = ["ObservedBroker", "SocketBrokerHarness"]
+__all__ = ["ObservedBroker", "ReadOutcome", "SocketBrokerHarness", "check_frame_reader"]
 
 _ADDRESS = WsAddress("broker.test", 7900, False, "/ws")
 _ELSEWHERE = WsAddress("broker.test", 7900, False, "/elsewhere")

@@ -32,6 +32,7 @@ def _load_fuzz_module(name: str) -> ModuleType:
 
 fuzz_client = _load_fuzz_module("fuzz_client")
 fuzz_broker = _load_fuzz_module("fuzz_broker")
+fuzz_frames = _load_fuzz_module("fuzz_frames")
 
 #: Op 18 of the byte interpreter is ``op_hostile``; with every later byte 0 it
 #: opens a socket and sends a good hello of ``a`` whose ``meshId`` is the JSON
@@ -52,6 +53,12 @@ def test_fuzz_entry_point_keeps_the_contracts(data: bytes) -> None:
 @given(data=st.binary(min_size=64, max_size=800))
 def test_broker_fuzz_entry_point_keeps_the_invariants(data: bytes) -> None:
     fuzz_broker.test_one_input(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_frames_fuzz_entry_point_reads_as_wsproto_does(data: bytes) -> None:
+    fuzz_frames.test_one_input(data)
 
 
 def test_broker_fuzz_entry_point_runs_every_op() -> None:

@@ -14,11 +14,10 @@ import struct
 from dataclasses import dataclass
 
 import pytest
-import wsproto.events as wse
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from wsproto.connection import Connection, ConnectionState, ConnectionType
 
+from meshproto_ws._frame_oracle import read_with_ours, read_with_wsproto
 from meshproto_ws._frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -33,8 +32,7 @@ from meshproto_ws._frames import (
     encode_frame,
     server_text_frame,
 )
-
-NO_CAP = 1 << 62
+from meshproto_ws.testing import check_frame_reader
 
 
 @dataclass(frozen=True)
@@ -155,45 +153,6 @@ def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(edges) if b > a]
 
 
-def ours(chunks: list[bytes], *, peer_masks: bool) -> tuple[list[ReadFrame], int | None]:
-    reader = FrameReader(masked=peer_masks, max_message_bytes=NO_CAP)
-    out: list[ReadFrame] = []
-    for chunk in chunks:
-        try:
-            reader.feed(chunk, out)
-        except FrameError as exc:
-            return out, exc.code
-    return out, None
-
-
-def wsprotos(chunks: list[bytes], *, peer_masks: bool) -> tuple[list[ReadFrame], int | None]:
-    """What wsproto makes of the same bytes, in the reader's terms."""
-    conn = Connection(ConnectionType.SERVER if peer_masks else ConnectionType.CLIENT)
-    out: list[ReadFrame] = []
-    parts: list[str | bytes] = []
-    for chunk in chunks:
-        conn.receive_data(chunk)
-        for event in conn.events():
-            if isinstance(event, wse.Message):
-                parts.append(event.data)
-                if event.message_finished:
-                    if isinstance(event, wse.TextMessage):
-                        out.append((OP_TEXT, "".join(str(p) for p in parts)))
-                    else:
-                        out.append((OP_BINARY, b"".join(bytes(p) for p in parts)))  # type: ignore[arg-type]
-                    parts = []
-            elif isinstance(event, wse.Ping):
-                out.append((OP_PING, bytes(event.payload)))
-            elif isinstance(event, wse.Pong):
-                out.append((OP_PONG, bytes(event.payload)))
-            elif isinstance(event, wse.CloseConnection):
-                if conn.state is ConnectionState.OPEN:  # a frame it could not parse
-                    return out, int(event.code)
-                out.append((OP_CLOSE, (int(event.code), event.reason or "")))
-                return out, None
-    return out, None
-
-
 @settings(max_examples=400)
 @given(
     peer_masks=st.booleans(),
@@ -205,8 +164,7 @@ def test_the_reader_reads_every_run_of_frames_as_wsproto_does(
 ) -> None:
     run = frames.draw(frame_runs(peer_masks))
     data = b"".join(frame.encode() for frame in run)
-    chunks = chunked(data, cuts)
-    assert ours(chunks, peer_masks=peer_masks) == wsprotos(chunks, peer_masks=peer_masks)
+    check_frame_reader(chunked(data, cuts), peer_masks=peer_masks)
 
 
 @given(st.lists(st.integers(min_value=0, max_value=10_000), max_size=12))
@@ -219,25 +177,25 @@ def test_how_bytes_are_split_into_reads_changes_nothing(cuts: list[int]) -> None
             encode_frame(OP_CLOSE, close_payload(1000, "bye"), masked=True),
         ]
     )
-    whole = ours([data], peer_masks=True)
+    whole = read_with_ours([data], peer_masks=True)
     assert whole == (
         [(OP_TEXT, "first"), (OP_PING, b"p"), (OP_TEXT, "é" * 200), (OP_CLOSE, (1000, "bye"))],
         None,
     )
-    assert ours(chunked(data, cuts), peer_masks=True) == whole
+    assert read_with_ours(chunked(data, cuts), peer_masks=True) == whole
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536, 70_000])
 def test_built_frames_of_every_length_class_are_read_back(size: int) -> None:
     text = "a" * size
-    assert ours([server_text_frame(text)], peer_masks=False) == ([(OP_TEXT, text)], None)
-    assert ours([client_text_frame(text, os.urandom(4))], peer_masks=True) == (
+    assert read_with_ours([server_text_frame(text)], peer_masks=False) == ([(OP_TEXT, text)], None)
+    assert read_with_ours([client_text_frame(text, os.urandom(4))], peer_masks=True) == (
         [(OP_TEXT, text)],
         None,
     )
     blob = bytes(range(256)) * (size // 256 + 1)
     frame = encode_frame(OP_BINARY, blob[:size], masked=True)
-    assert wsprotos([frame], peer_masks=True) == ([(OP_BINARY, blob[:size])], None)
+    assert read_with_wsproto([frame], peer_masks=True) == ([(OP_BINARY, blob[:size])], None)
 
 
 def test_a_message_over_the_cap_is_refused_from_its_header_alone() -> None:
