@@ -96,6 +96,7 @@ import logging
 from collections import deque
 from random import Random
 
+from ._client_link import _ClientLink
 from ._client_sends import PendingRequest, PendingSend, encode_send
 from ._codec import decode, encode
 from ._config import (
@@ -112,17 +113,12 @@ from ._config import (
 from ._errors import LocalProtocolError, RemoteProtocolError
 from ._events import (
     Action,
-    BrokerError,
     Closed,
-    CloseTransport,
     ConnectionState,
     Event,
-    HandshakeComplete,
     InternalError,
     MalformedFrame,
-    OpenTransport,
     PeersListed,
-    ReconnectScheduled,
     RequestFailed,
     SendAcked,
     SendFailed,
@@ -149,14 +145,12 @@ from ._inbox import Inbox, Message, ack_for, open_message
 from ._reasons import (
     ACK_TIMEOUT,
     CLOSED,
-    CONNECTION_LOST,
     PAYLOAD_TOO_LARGE,
     QUEUE_FULL,
     REFUSED,
     TIMEOUT,
     FailureReason,
     classify_ack_error,
-    classify_error_frame,
 )
 from ._refusals import PERMANENT_REFUSALS, is_permanent_close
 
@@ -182,7 +176,7 @@ _WITH_TRANSPORT = frozenset(
 )
 
 
-class ClientConnection:
+class ClientConnection(_ClientLink):
     """The client side of one mesh membership. See the module docstring."""
 
     def __init__(
@@ -589,28 +583,6 @@ class ClientConnection:
                 self._events.append(PeersListed(frame.req_id, frame.peers))
         # Anything else (unknown types, frames meant for a broker) is ignored.
 
-    def _on_hello_ack(self, ack: HelloAck, now: float) -> None:
-        self._state_deadline = None
-        self._opened_at = now
-        self._acked_on_link = False
-        self._ping_due = now + self.options.ping_interval
-        self._set_state(ConnectionState.OPEN)
-        self._events.append(HandshakeComplete(ack))
-        if self._owed_acks:
-            owed, self._owed_acks = self._owed_acks, []
-            for client_ack in owed:
-                self._write(encode(client_ack))
-        if self._status is not None:
-            self._write(encode(SetStatus(self._status)))
-        if self._summary is not None:
-            self._write(encode(SetSummary(self._summary)))
-        outbox = self._outbox
-        while outbox:
-            self._write_send(outbox.popleft(), now)
-        for request in self._requests.values():
-            if not request.written:
-                self._write_request(request)
-
     def _on_push(self, push: Push) -> None:
         inbox = self._inbox
         duplicate, ack = inbox.duplicate(push)
@@ -635,30 +607,6 @@ class ClientConnection:
         else:
             inbox.handed_over(push)  # the event is the hand-over
             self._write(encode(ack_for(push)))
-
-    def _on_error(self, frame: ErrorFrame, now: float) -> None:
-        if frame.id is not None and frame.id in self._in_flight:
-            reason = classify_error_frame(frame.code, frame.message)
-            self._fail_send(frame.id, reason, answered=True)
-            return
-        if frame.req_id is not None and self._requests.pop(frame.req_id, None) is not None:
-            self._events.append(
-                RequestFailed(frame.req_id, classify_error_frame(frame.code, frame.message))
-            )
-            return
-        self._events.append(BrokerError(frame.code, frame.message))
-        if self._state is ConnectionState.HANDSHAKING:
-            # A refused hello: the broker closes next. Act on the refusal now
-            # rather than wait for the close, which may never come.
-            self._refusal = frame.code
-            if frame.code in PERMANENT_REFUSALS:
-                self._detach(1000, "hello refused")
-                self._finish(
-                    FailureReason.of(REFUSED, f"{frame.code}: {frame.message}"),
-                    Closed(f"broker refused the hello: {frame.code}: {frame.message}", None),
-                )
-            elif frame.code != "no_hello":
-                self._drop(now, f"hello refused: {frame.code}")
 
     # --- internals ------------------------------------------------------------
 
@@ -685,73 +633,8 @@ class ClientConnection:
         request.written = True
         self._write(encode(ListPeers(request.id)))
 
-    def _fail_send(self, send_id: str, reason: FailureReason, *, answered: bool) -> None:
-        """Resolve a send that was not acknowledged.
-
-        ``answered``: the broker refused the latest write itself. The send is
-        known not delivered if it was never written, or if that refusal
-        answers its only write; otherwise an earlier write may have landed.
-        """
-        record = self._sends[send_id]
-        if record.writes == 0 or (answered and record.writes == 1):
-            self._resolve(send_id, SendFailed(send_id, reason))
-        else:
-            self._resolve(send_id, SendOutcomeUnknown(send_id, record.client_message_id, reason))
-
     def _resolve(self, send_id: str, outcome: SendAcked | SendFailed | SendOutcomeUnknown) -> None:
         record = self._sends.pop(send_id)
         if self._in_flight.pop(send_id, None) is None:
             self._outbox.remove(record)
         self._events.append(outcome)
-
-    def _open_transport(self, now: float) -> None:
-        self._transport_id += 1
-        self._set_state(ConnectionState.CONNECTING)
-        self._state_deadline = now + self.options.connect_timeout
-        self._actions.append(OpenTransport(self.config.url, self._transport_id))
-
-    def _detach(self, code: int, reason: str) -> None:
-        """Close the current transport; the core forgets it at once."""
-        self._attached = False
-        self._transport_id += 1  # anything still reported for the old one is stale
-        self._actions.append(CloseTransport(code, reason))
-
-    def _drop(self, now: float, cause: str) -> None:
-        """Give up on the current transport (timeout, refusal) and reconnect."""
-        logger.debug("dropping transport: %s", cause)
-        self._detach(1000, cause[:120])
-        self._link_lost(now, cause)
-
-    def _link_lost(self, now: float, cause: str) -> None:
-        if self._in_flight:
-            if self.options.resend_in_flight:
-                self._outbox.extendleft(reversed(self._in_flight.values()))
-                self._in_flight.clear()
-            else:
-                reason = FailureReason.of(CONNECTION_LOST, cause)
-                for send_id in list(self._in_flight):
-                    self._fail_send(send_id, reason, answered=False)
-        for request in self._requests.values():
-            request.written = False
-        opened_at, self._opened_at = self._opened_at, None
-        if opened_at is not None and (
-            self._acked_on_link or now - opened_at >= self.options.proven_after
-        ):
-            self._attempt = 0  # the link proved itself: start the backoff again
-        self._acked_on_link = False
-        delay = self.options.backoff.delay(self._attempt, self._rng)
-        self._attempt += 1
-        self._set_state(ConnectionState.RECONNECTING)
-        self._state_deadline = now + delay
-        self._events.append(ReconnectScheduled(now + delay, delay, self._attempt, cause))
-
-    def _finish(self, reason: FailureReason, closed: Closed) -> None:
-        """Enter CLOSED: fail everything pending with ``reason``."""
-        for send_id in list(self._sends):
-            self._fail_send(send_id, reason, answered=False)
-        for request_id in list(self._requests):
-            del self._requests[request_id]
-            self._events.append(RequestFailed(request_id, reason))
-        self._state_deadline = None
-        self._set_state(ConnectionState.CLOSED)
-        self._events.append(closed)

@@ -1,7 +1,8 @@
 """Bugs planted in the client core, to show that the simulation catches them.
 
 Each plant is a context manager that swaps one method of
-:class:`~meshproto.ClientConnection` (or of its inbox) for a broken one, for
+:class:`~meshproto.ClientConnection` (on the class that defines it: the
+connection, the link part it inherits, or its inbox) for a broken one, for
 the duration of the ``with`` block, in this process. They reach into private
 state on purpose: a plant is the kind of slip a change to the core could
 make. The simulation applies one when asked (``Simulation(plant=...)``, or
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ... import ClientConnection, SendAcked
+from ..._client_link import _ClientLink
 from ..._inbox import Inbox
 
 __all__ = ["PLANTS", "planted"]
@@ -44,7 +46,7 @@ def _double_ack() -> tuple[type, str, Callable[..., Any]]:
 
 
 def _dropped_resend() -> tuple[type, str, Callable[..., Any]]:
-    original = ClientConnection._link_lost
+    original = _ClientLink._link_lost
 
     def _link_lost(self: ClientConnection, now: float, cause: str) -> None:
         if self.options.resend_in_flight:
@@ -54,7 +56,7 @@ def _dropped_resend() -> tuple[type, str, Callable[..., Any]]:
             self._in_flight.clear()
         original(self, now, cause)
 
-    return ClientConnection, "_link_lost", _link_lost
+    return _ClientLink, "_link_lost", _link_lost
 
 
 def _duplicate_delivery() -> tuple[type, str, Callable[..., Any]]:
