@@ -4,9 +4,14 @@ The client core decides everything (when to connect, what to write, when to
 ping, give up, reconnect); :class:`~meshproto_ws.ClientDriver` turns its
 decisions into socket commands. This module only carries them out:
 
-* a task per socket opens it (``anyio.connect_tcp``, TLS for ``wss://``)
-  and then owns it as a :class:`~meshproto_anyio._link.SocketLink`, whose
-  reader feeds bytes, EOF and errors back to the driver;
+* a task per socket opens it and waits until it is gone. A ``ws://``
+  socket on asyncio is a :class:`~meshproto_anyio._protocol_link.ProtocolLink`
+  (``loop.create_connection``): a write goes straight into the transport,
+  and bytes are fed to the driver in the callback that reads them, with no
+  task hop either way. Otherwise (trio, or TLS for ``wss://``) it is
+  ``anyio.connect_tcp`` owned as a :class:`~meshproto_anyio._link.SocketLink`,
+  whose reader and writer tasks do the same. Either way bytes, EOF and
+  errors go back to the driver;
 * one timer task calls ``handle_timer`` at the driver's ``next_deadline()``,
   on anyio's clock (``anyio.current_time()``); it is re-armed after every
   input, so every wait is bounded by the core's own timers;
@@ -22,17 +27,15 @@ pushed; an ``on_event`` hook sees every core event as it happens.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
-import os
 import random
-import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Generic, TypeVar
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup
@@ -65,13 +68,14 @@ from meshproto_ws import (
     client_driver,
 )
 
+from ._client_parts import Outcome, Pulse, connect_error_text
 from ._link import SocketLink
+from ._protocol_link import ProtocolLink, on_asyncio
 
 __all__ = ["MAX_SEND_BUFFER", "SYSTEM_MESSAGE_LIMIT", "Client", "connect"]
 
 logger = logging.getLogger("meshproto.anyio")
 
-T = TypeVar("T")
 
 #: System messages kept for :meth:`Client.system_messages` (oldest dropped first).
 SYSTEM_MESSAGE_LIMIT = 256
@@ -81,90 +85,6 @@ SYSTEM_MESSAGE_LIMIT = 256
 MAX_SEND_BUFFER = 8 * 1_048_576
 
 Message = MessageReceived | UnreadableMessage
-
-
-def connect_error_text(exc: OSError) -> str:
-    """Why a connection could not be made, for a person: ``Connection refused``.
-
-    anyio reports a failed connect as ``All connection attempts failed``, with
-    the error of each attempt as its cause; asyncio words a refusal as
-    ``Connect call failed ('127.0.0.1', 9)``. This names the cause instead:
-    the system's text for its errno, a resolver's message as it is, and a TLS
-    error (``CERTIFICATE_VERIFY_FAILED`` …) in full.
-    """
-    cause = exc.__cause__
-    found: list[OSError] = []
-    if isinstance(cause, OSError):
-        found.append(cause)
-    elif cause is not None and hasattr(cause, "exceptions"):  # an exception group
-        found.extend(e for e in cause.exceptions if isinstance(e, OSError))
-    texts: list[str] = []
-    for error in found or [exc]:
-        if isinstance(error, socket.gaierror):
-            text = error.strerror or str(error)
-        elif isinstance(error, ssl.SSLError):
-            text = str(error)
-        elif error.errno:
-            text = os.strerror(error.errno)
-        else:
-            text = str(error)
-        if text not in texts:
-            texts.append(text)
-    return "; ".join(texts)
-
-
-class _Pulse:
-    """Wakes every task waiting on it; re-armed by each ``fire``.
-
-    The event is made by the first waiter, so a fire with nobody waiting
-    (most of them) costs nothing.
-    """
-
-    __slots__ = ("_event",)
-
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
-
-    def fire(self) -> None:
-        event = self._event
-        if event is not None:
-            self._event = None
-            event.set()
-
-    async def wait(self) -> None:
-        event = self._event
-        if event is None:
-            event = self._event = anyio.Event()
-        await event.wait()
-
-
-class _Outcome(Generic[T]):
-    """The one outcome of a send or a request: a value or an error.
-
-    A :class:`~meshproto_ws.Waiter`: :class:`~meshproto_ws.Outcomes` settles it.
-    """
-
-    __slots__ = ("_done", "_error", "_value")
-
-    def __init__(self) -> None:
-        self._done = anyio.Event()
-        self._value: T | None = None
-        self._error: BaseException | None = None
-
-    def set_result(self, value: T) -> None:
-        self._value = value
-        self._done.set()
-
-    def set_exception(self, error: BaseException) -> None:
-        self._error = error
-        self._done.set()
-
-    async def wait(self) -> T:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None
-        return self._value
 
 
 class Client:
@@ -184,16 +104,16 @@ class Client:
         self._ssl_context = ssl_context
         self._on_event = on_event
         self._tasks: TaskGroup | None = None
-        self._links: dict[int, SocketLink] = {}
+        self._links: dict[int, SocketLink | ProtocolLink] = {}
         self._opening: dict[int, anyio.CancelScope] = {}
         self._outcomes = Outcomes(self._core, system_limit=SYSTEM_MESSAGE_LIMIT)
         self._rearm = anyio.Event()
         # The deadline the timer task sleeps until: it is woken only for an earlier one.
         self._armed = math.inf
-        self._messages_pulse = _Pulse()
-        self._system_pulse = _Pulse()
-        self._state_pulse = _Pulse()
-        self._sockets_pulse = _Pulse()
+        self._messages_pulse = Pulse()
+        self._system_pulse = Pulse()
+        self._state_pulse = Pulse()
+        self._sockets_pulse = Pulse()
         self._pulses = {
             Wake.MESSAGES: self._messages_pulse,
             Wake.SYSTEM: self._system_pulse,
@@ -269,7 +189,7 @@ class Client:
         handle = self._core.send(
             target, body, priority, now=now, client_message_id=client_message_id
         )
-        outcome: _Outcome[str] = _Outcome()
+        outcome: Outcome[str] = Outcome()
         self._outcomes.expect_send(handle.id, outcome)
         self._apply(now)
         return await outcome.wait()
@@ -293,7 +213,7 @@ class Client:
         """
         self._outcomes.check_open()
         request_id = self._core.list_peers(now=anyio.current_time())
-        outcome: _Outcome[tuple[Peer, ...]] = _Outcome()
+        outcome: Outcome[tuple[Peer, ...]] = Outcome()
         self._outcomes.expect_peers(request_id, outcome)
         self._apply()
         return await outcome.wait()
@@ -434,18 +354,18 @@ class Client:
         scope = self._opening.get(socket_id)
         if scope is None:  # pragma: no cover - abandoned before this task ran
             return
+        if on_asyncio() and not address.secure:
+            await self._run_protocol_socket(socket_id, address, scope)
+            return
         stream: ByteStream | None = None
         try:
             with scope:
                 stream = await self._open_stream(address)
         except OSError as exc:  # ssl.SSLError and connection refusals are OSErrors
-            why = connect_error_text(exc)
-            self._socket_failed(socket_id, f"could not connect to {address.url}: {why}")
+            self._connect_failed(socket_id, address, exc)
             return
         except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
-            # The TLS handshake broke, or the server hung up during it.
-            why = f"{exc!r} ({exc.__cause__!r})" if exc.__cause__ else repr(exc)
-            self._socket_failed(socket_id, f"TLS handshake with {address.url} failed: {why}")
+            self._connect_failed(socket_id, address, exc)
             return
         finally:
             self._opening.pop(socket_id, None)
@@ -484,15 +404,78 @@ class Client:
             del self._links[socket_id]
             self._sockets_pulse.fire()
 
+    async def _run_protocol_socket(
+        self, socket_id: int, address: WsAddress, scope: anyio.CancelScope
+    ) -> None:
+        """A ``ws://`` socket on asyncio's protocol API: opened, then waited on until gone.
+
+        ``wss://`` keeps anyio's TLS stream (:meth:`_open_stream`): it tells a
+        failed TLS handshake from a failed connect, which asyncio's
+        ``create_connection`` does not.
+        """
+        gone = anyio.Event()
+        link = ProtocolLink(
+            on_open=lambda link: self._protocol_opened(socket_id, link, scope),
+            on_data=self._on_data,
+            on_error=self._socket_failed,
+            on_gone=lambda _socket_id: gone.set(),
+            close_timeout=self._driver.close_timeout,
+            max_buffered=self._max_send_buffer,
+        )
+        loop = asyncio.get_running_loop()
+        try:
+            with scope:
+                await loop.create_connection(lambda: link, address.host, address.port)
+        except OSError as exc:  # ssl.SSLError and connection refusals are OSErrors
+            self._connect_failed(socket_id, address, exc)
+            return
+        finally:
+            self._opening.pop(socket_id, None)
+            self._sockets_pulse.fire()
+        if scope.cancel_called:  # abandoned while opening
+            link.abort()
+            self._links.pop(socket_id, None)
+            return
+        try:
+            await gone.wait()
+        finally:
+            link.abort()  # cancelled (the client is closing): the socket goes now
+            if self._links.pop(socket_id, None) is not None:
+                self._sockets_pulse.fire()
+
+    def _protocol_opened(self, socket_id: int, link: ProtocolLink, scope: anyio.CancelScope) -> int:
+        """Connected: the driver hears of it before any byte can be read."""
+        if scope.cancel_called:  # abandoned just as it opened
+            link.abort()
+        else:
+            self._links[socket_id] = link
+            self._guarded(
+                "an opened socket",
+                lambda now: self._driver.socket_opened(socket_id, now=now),
+                anyio.current_time(),
+            )
+        return socket_id
+
+    def _connect_failed(self, socket_id: int, address: WsAddress, exc: Exception) -> None:
+        if isinstance(exc, OSError):  # a refusal, a name that does not resolve, TLS
+            why = f"could not connect to {address.url}: {connect_error_text(exc)}"
+        else:  # the TLS handshake broke, or the server hung up during it
+            cause = f"{exc!r} ({exc.__cause__!r})" if exc.__cause__ else repr(exc)
+            why = f"TLS handshake with {address.url} failed: {cause}"
+        self._socket_failed(socket_id, why)
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._ssl_context is None:
+            self._ssl_context = ssl.create_default_context()
+        return self._ssl_context
+
     async def _open_stream(self, address: WsAddress) -> ByteStream:
         if not address.secure:
             return await anyio.connect_tcp(address.host, address.port)
-        if self._ssl_context is None:
-            self._ssl_context = ssl.create_default_context()
         return await anyio.connect_tcp(
             address.host,
             address.port,
-            ssl_context=self._ssl_context,
+            ssl_context=self._tls_context(),
             tls_hostname=address.host,
             tls_standard_compatible=False,
         )

@@ -1,14 +1,21 @@
 """One socket served through asyncio's protocol API: no task of its own.
 
 On the asyncio backend the broker server accepts with ``loop.create_server``,
-and each accepted socket is a :class:`ProtocolLink`: asyncio calls it when
+and the client connects with ``loop.create_connection``; either way the
+socket is a :class:`ProtocolLink`: asyncio calls it when
 bytes arrive, at EOF and when the connection is lost, and it writes straight
 into the transport. It keeps the contract of
 :class:`~meshproto_anyio._link.SocketLink` (the link of a task-based stream,
 which the trio backend uses), so the server drives either the same way:
 
 * every chunk read goes to ``on_data`` (``None`` at EOF), any I/O error to
-  ``on_error``, each at most until :meth:`close` or :meth:`abort`;
+  ``on_error``, each at most until :meth:`close` or :meth:`abort`. A read
+  takes at most :data:`~meshproto_anyio._link.READ_SIZE` bytes, as the
+  task-based link's does, so that a client whose inbox is full takes in at
+  most one read more before it stops reading. Reads land in one buffer that
+  every link of the process shares (asyncio fills it and hands it over in
+  one synchronous step, and the bytes are copied out at once), so a
+  thousand idle sockets hold no read buffer each;
 * :meth:`write` never waits. The transport sends what the kernel takes at
   once and buffers the rest; a write that would take that buffer over
   ``max_buffered`` is refused, and the owner drops the link;
@@ -18,22 +25,64 @@ which the trio backend uses), so the server drives either the same way:
   ``close_timeout``; :meth:`abort` closes at once;
 * ``on_gone`` is called exactly once, when the socket is closed for good.
 
+asyncio calls a protocol from plain callbacks, outside any task, where anyio
+cannot tell which event loop runs it (with sniffio installed it asks for the
+current task, and there is none). Every callback to the owner therefore runs
+with sniffio's "current library" declared as asyncio, so the owner may use
+anyio there as anywhere (start a task, read the clock).
+
 Why: a socket served by two tasks costs each write a task wake-up and each
 idle socket two parked tasks, which is most of what a broker with thousands
-of sockets spends. Here a write is one call into the transport, and an idle
-socket is a transport and this object.
+of sockets spends, and a client a hop of the event loop each way of every
+round trip. Here a write is one call into the transport, bytes read are
+handled in the callback that reads them, and an idle socket is a transport
+and this object.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextvars import ContextVar
 
-__all__ = ["ProtocolLink"]
+from ._link import READ_SIZE
+
+_LIBRARY: ContextVar[str | None] | None
+try:
+    from sniffio import current_async_library_cvar as _LIBRARY
+except ImportError:  # pragma: no cover - anyio then tells asyncio by its running loop
+    _LIBRARY = None
+
+__all__ = ["ProtocolLink", "on_asyncio"]
 
 
-class ProtocolLink(asyncio.Protocol):
-    """An accepted socket as an asyncio protocol, with the owner's callbacks."""
+def on_asyncio() -> bool:
+    """Whether this runs on an asyncio loop (anyio's asyncio backend), not trio."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _declared(callback: Callable[..., object], *args: object) -> None:
+    """Call ``callback`` with asyncio declared as the running library (see above)."""
+    if _LIBRARY is None:  # pragma: no cover
+        callback(*args)
+        return
+    token = _LIBRARY.set("asyncio")
+    try:
+        callback(*args)
+    finally:
+        _LIBRARY.reset(token)
+
+
+#: Where every link's reads land, one at a time (see the module docstring).
+_READ_BUFFER = memoryview(bytearray(READ_SIZE))
+
+
+class ProtocolLink(asyncio.BufferedProtocol):
+    """A socket as an asyncio protocol, with the owner's callbacks."""
 
     __slots__ = (
         "_close_timeout",
@@ -143,15 +192,21 @@ class ProtocolLink(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
         self._done = False
+        _declared(self._opened)
+
+    def _opened(self) -> None:
         self.socket_id = self._on_open(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _READ_BUFFER
+
+    def buffer_updated(self, nbytes: int) -> None:
         if not self._done:
-            self._on_data(self.socket_id, data)
+            _declared(self._on_data, self.socket_id, bytes(_READ_BUFFER[:nbytes]))
 
     def eof_received(self) -> bool:
         if not self._done:
-            self._on_data(self.socket_id, None)
+            _declared(self._on_data, self.socket_id, None)
         # Keep the socket open for writing until the owner closes it (a TLS
         # transport closes by itself: it cannot stay half open).
         return not self._tls
@@ -163,5 +218,5 @@ class ProtocolLink(asyncio.Protocol):
             self._closer = None
         if not self._done:
             self._done = True
-            self._on_error(self.socket_id, f"connection lost: {exc!r}")
-        self._on_gone(self.socket_id)
+            _declared(self._on_error, self.socket_id, f"connection lost: {exc!r}")
+        _declared(self._on_gone, self.socket_id)

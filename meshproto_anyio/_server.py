@@ -67,7 +67,7 @@ from meshproto_ws import (
 )
 
 from ._link import SocketLink
-from ._protocol_link import ProtocolLink
+from ._protocol_link import ProtocolLink, on_asyncio
 
 _Link = SocketLink | ProtocolLink
 
@@ -407,15 +407,6 @@ class BrokerServer:
                 await anyio.sleep(TIMER_RETRY)
 
 
-def _on_asyncio() -> bool:
-    """Whether this runs on an asyncio loop (anyio's asyncio backend), not trio."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 async def serve_broker(
     broker: Broker,
     *,
@@ -445,7 +436,7 @@ async def serve_broker(
             tasks.start_soon(server._run_committer)
         task_status.started(server)
         logger.info("broker listening on %s", address.url)
-        if _on_asyncio():
+        if on_asyncio():
             await server._serve_protocols(listener)
         else:
             await listener.serve(server._handle, task_group=tasks)

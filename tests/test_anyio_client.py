@@ -354,3 +354,24 @@ def test_importing_without_anyio_names_the_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'meshproto[anyio]'" in out.stdout
+
+
+def test_the_client_works_under_a_plain_anyio_run() -> None:
+    """Outside pytest's anyio runner, which declares the event loop for every
+    callback: asyncio calls a socket's protocol outside any task, and the
+    client must still read, write and reconnect there."""
+
+    async def main() -> None:
+        async with (
+            running_broker(make_broker(), port=0) as server,
+            join(server.url, "a") as a,
+            join(server.url, "b") as b,
+        ):
+            with anyio.fail_after(5):
+                await a.wait_state(ConnectionState.OPEN)
+                await b.wait_state(ConnectionState.OPEN)
+                message_id = await a.send(b.public_key, "hi", "now")
+                received = await anext(b.messages())
+                assert received.message_id == message_id
+
+    anyio.run(main, backend="asyncio")
