@@ -13,7 +13,8 @@ decisions into socket commands. This module only carries them out:
   whose reader and writer tasks do the same. Either way bytes, EOF and
   errors go back to the driver;
 * one timer task calls ``handle_timer`` at the driver's ``next_deadline()``,
-  on anyio's clock (``anyio.current_time()``); it is re-armed after every
+  on anyio's clock (``anyio.current_time()``, read straight from the loop on
+  asyncio); it is re-armed after every
   input, so every wait is bounded by the core's own timers;
 * user calls go to the core, then the resulting commands are carried out
   and the resulting events delivered, all synchronously, so nothing
@@ -108,6 +109,7 @@ class Client:
         self._opening: dict[int, anyio.CancelScope] = {}
         self._outcomes = Outcomes(self._core, system_limit=SYSTEM_MESSAGE_LIMIT)
         self._rearm = anyio.Event()
+        self._clock: Callable[[], float] = anyio.current_time
         # The deadline the timer task sleeps until: it is woken only for an earlier one.
         self._armed = math.inf
         self._messages_pulse = Pulse()
@@ -185,7 +187,7 @@ class Client:
         receiver deduplicates on; a retry without it may deliver twice.
         """
         self._outcomes.check_open()
-        now = anyio.current_time()
+        now = self._clock()
         handle = self._core.send(
             target, body, priority, now=now, client_message_id=client_message_id
         )
@@ -197,13 +199,13 @@ class Client:
     async def set_status(self, status: str) -> None:
         """Set presence (``idle``, ``working``, ``dnd``); kept across reconnects."""
         self._outcomes.check_open()
-        self._core.set_status(status, now=anyio.current_time())
+        self._core.set_status(status, now=self._clock())
         self._apply()
 
     async def set_summary(self, summary: str) -> None:
         """Set the one-line summary other peers see; kept across reconnects."""
         self._outcomes.check_open()
-        self._core.set_summary(summary, now=anyio.current_time())
+        self._core.set_summary(summary, now=self._clock())
         self._apply()
 
     async def list_peers(self) -> tuple[Peer, ...]:
@@ -212,7 +214,7 @@ class Client:
         Raises :class:`~meshproto.RequestError` if the request fails or times out.
         """
         self._outcomes.check_open()
-        request_id = self._core.list_peers(now=anyio.current_time())
+        request_id = self._core.list_peers(now=self._clock())
         outcome: Outcome[tuple[Peer, ...]] = Outcome()
         self._outcomes.expect_peers(request_id, outcome)
         self._apply()
@@ -248,7 +250,7 @@ class Client:
         """
         with anyio.CancelScope(shield=True):
             if self._core.state is not ConnectionState.CLOSED:
-                self._core.close(now=anyio.current_time())
+                self._core.close(now=self._clock())
                 self._apply()
             with anyio.move_on_after(self._driver.close_timeout + 1.0):
                 while self._links or self._opening:
@@ -259,7 +261,9 @@ class Client:
     def _start(self, tasks: TaskGroup) -> None:
         self._tasks = tasks
         tasks.start_soon(self._run_timer)
-        self._driver.start(anyio.current_time())
+        if on_asyncio():  # the same clock, without asking which loop runs each time
+            self._clock = asyncio.get_running_loop().time
+        self._driver.start(self._clock())
         self._apply()
 
     async def _run_timer(self) -> None:
@@ -270,7 +274,7 @@ class Client:
             with anyio.CancelScope(deadline=self._armed):
                 await self._rearm.wait()
             if deadline is not None:
-                now = anyio.current_time()
+                now = self._clock()
                 if now >= deadline:
                     self._guarded("a timer", self._driver.handle_timer, now)
 
@@ -315,7 +319,7 @@ class Client:
         """
         driver = self._driver
         if now is None:
-            now = anyio.current_time()
+            now = self._clock()
         while commands := driver.drain_commands(now=now):
             for command in commands:
                 if isinstance(command, WriteBytes):
@@ -388,7 +392,7 @@ class Client:
             self._guarded(
                 "an opened socket",
                 lambda now: self._driver.socket_opened(socket_id, now=now),
-                anyio.current_time(),
+                self._clock(),
             )
             await link.run()
         except Exception as exc:  # a bug in this task: it costs this socket only
@@ -398,7 +402,7 @@ class Client:
             self._guarded(
                 "a failed socket",
                 lambda now: self._driver.socket_failed(socket_id, now=now, reason=reason),
-                anyio.current_time(),
+                self._clock(),
             )
         finally:
             del self._links[socket_id]
@@ -452,7 +456,7 @@ class Client:
             self._guarded(
                 "an opened socket",
                 lambda now: self._driver.socket_opened(socket_id, now=now),
-                anyio.current_time(),
+                self._clock(),
             )
         return socket_id
 
@@ -487,14 +491,14 @@ class Client:
             lambda now: self._driver.receive_data(
                 socket_id, data, now=now, wall_time_ms=wall_time_ms
             ),
-            anyio.current_time(),
+            self._clock(),
         )
 
     def _socket_failed(self, socket_id: int, reason: str) -> None:
         self._guarded(
             "a failed socket",
             lambda now: self._driver.socket_failed(socket_id, now=now, reason=reason),
-            anyio.current_time(),
+            self._clock(),
         )
 
     def _deliver(self, event: Event) -> None:

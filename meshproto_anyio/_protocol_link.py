@@ -16,9 +16,13 @@ which the trio backend uses), so the server drives either the same way:
   every link of the process shares (asyncio fills it and hands it over in
   one synchronous step, and the bytes are copied out at once), so a
   thousand idle sockets hold no read buffer each;
-* :meth:`write` never waits. The transport sends what the kernel takes at
-  once and buffers the rest; a write that would take that buffer over
-  ``max_buffered`` is refused, and the owner drops the link;
+* :meth:`write` never waits. The first write of a turn of the event loop
+  goes to the transport at once (which sends what the kernel takes and
+  buffers the rest), so a lone frame leaves without delay; later writes in
+  the same turn are held and handed over together at the end of the turn,
+  one system call for a burst instead of one per frame (as the task-based
+  link's writer does). A write that would take what is held and buffered
+  over ``max_buffered`` is refused, and the owner drops the link;
 * :meth:`pause_reading` and :meth:`resume_reading` stop and restart reading
   (TCP then pushes back on the peer);
 * :meth:`close` flushes what is buffered, then closes, within
@@ -89,6 +93,9 @@ class ProtocolLink(asyncio.BufferedProtocol):
         "_closer",
         "_closing",
         "_done",
+        "_held",
+        "_held_size",
+        "_in_turn",
         "_max_buffered",
         "_on_data",
         "_on_error",
@@ -124,6 +131,9 @@ class ProtocolLink(asyncio.BufferedProtocol):
         self._done = True  # no callbacks until the connection is made
         self._paused = False
         self._closer: asyncio.TimerHandle | None = None
+        self._in_turn = False  # this turn's first write went out: hold the rest
+        self._held: list[bytes] = []
+        self._held_size = 0
 
     # --- what the owner calls --------------------------------------------------------
 
@@ -136,7 +146,8 @@ class ProtocolLink(asyncio.BufferedProtocol):
     def buffered(self) -> int:
         """Bytes written but not yet handed to the kernel."""
         transport = self._transport
-        return transport.get_write_buffer_size() if transport is not None else 0
+        held = self._held_size
+        return held + transport.get_write_buffer_size() if transport is not None else held
 
     def write(self, data: bytes) -> bool:
         """Send ``data``; ``False`` if the link is closing or the buffer would overflow."""
@@ -144,10 +155,28 @@ class ProtocolLink(asyncio.BufferedProtocol):
         if self._closing or transport is None:
             return False
         limit = self._max_buffered
-        if limit is not None and transport.get_write_buffer_size() + len(data) > limit:
+        if (
+            limit is not None
+            and transport.get_write_buffer_size() + self._held_size + len(data) > limit
+        ):
             return False
-        transport.write(data)
+        if self._in_turn:
+            self._held.append(data)
+            self._held_size += len(data)
+        else:
+            transport.write(data)
+            self._in_turn = True
+            asyncio.get_running_loop().call_soon(self._end_turn)
         return True
+
+    def _end_turn(self) -> None:
+        """Hand over what this turn held back, in one write."""
+        self._in_turn = False
+        held = self._held
+        if held and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+        held.clear()
+        self._held_size = 0
 
     @property
     def reading_paused(self) -> bool:
@@ -173,6 +202,8 @@ class ProtocolLink(asyncio.BufferedProtocol):
         if self._closing or transport is None:
             return
         self._closing = True
+        if self._held:
+            self._end_turn()
         transport.close()  # asyncio flushes the buffer first
         if self._closer is None:
             self._closer = asyncio.get_running_loop().call_later(
@@ -183,6 +214,8 @@ class ProtocolLink(asyncio.BufferedProtocol):
         """Close the socket now; whatever is buffered is dropped."""
         self._done = True
         self._closing = True
+        self._held.clear()
+        self._held_size = 0
         if self._transport is not None:
             self._transport.abort()
 
