@@ -34,13 +34,21 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+#: Every pair of base62 digits, the lower digit first: two digits per division.
+_BASE62_PAIRS = [_BASE62[pair % 62] + _BASE62[pair // 62] for pair in range(62 * 62)]
+
+
 def random_id(rng: Random, length: int = 32) -> str:
-    """``length`` base62 characters drawn from ``rng``."""
+    """``length`` base62 characters drawn from ``rng`` (the digits of one random
+    number, lowest first, taken two at a time)."""
     value = rng.getrandbits(6 * length)
+    pairs = _BASE62_PAIRS
     chars = []
-    for _ in range(length):
-        value, digit = divmod(value, 62)
-        chars.append(_BASE62[digit])
+    for _ in range(length // 2):
+        value, pair = divmod(value, 3844)
+        chars.append(pairs[pair])
+    if length % 2:
+        chars.append(_BASE62[value % 62])
     return "".join(chars)
 
 

@@ -1563,3 +1563,16 @@ def test_with_no_batch_window_every_event_goes_out_at_once() -> None:
 def test_a_negative_batch_window_is_refused() -> None:
     with pytest.raises(LocalProtocolError):
         BrokerOptions(presence_batch=-1)
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 32])
+def test_broker_ids_are_the_base62_digits_of_one_draw(length: int) -> None:
+    from meshproto._brokerwire import random_id  # noqa: PLC0415 - a private helper
+
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+    value = Random(7).getrandbits(6 * length)
+    expected = ""
+    for _ in range(length):
+        value, digit = divmod(value, 62)
+        expected += digits[digit]
+    assert random_id(Random(7), length) == expected
