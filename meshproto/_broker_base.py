@@ -34,7 +34,7 @@ from ._frames import (
 )
 from ._presence import Conn, Presence, PresenceTable, ping_due
 from ._ratelimit import TokenBucket
-from ._registry import MemberRegistry, Verifier
+from ._registry import AdmittingRegistry, MemberRegistry, Verifier
 from ._store import MemoryStore, Store
 
 __all__ = ["NO_PEER_TEXT", "SUMMARY_LIMIT"]
@@ -88,6 +88,8 @@ class _BrokerBase:
         options: BrokerOptions | None = None,
     ) -> None:
         self.registry = registry
+        # The registry last asked whether it admits unknown members, and its answer.
+        self._admitting: tuple[MemberRegistry, AdmittingRegistry | None] | None = None
         self.verifier = verifier
         self.store: Store = store if store is not None else MemoryStore()
         self.options = options if options is not None else BrokerOptions()

@@ -192,8 +192,19 @@ class _Hellos(_BrokerBase):
         """
         registry = self.registry
         member = registry.lookup(mesh_id, pubkey)
-        if member is None and isinstance(registry, AdmittingRegistry):
-            member = registry.admit(mesh_id, pubkey, member_id=member_id, display_name=display_name)
+        if member is None:
+            admitting = self._admitting
+            if admitting is None or admitting[0] is not registry:
+                # A protocol's isinstance inspects the class every time (tens of
+                # microseconds); asked once per registry object, not per hello.
+                admitting = self._admitting = (
+                    registry,
+                    registry if isinstance(registry, AdmittingRegistry) else None,
+                )
+            if admitting[1] is not None:
+                member = admitting[1].admit(
+                    mesh_id, pubkey, member_id=member_id, display_name=display_name
+                )
         if member is None or member.pubkey != pubkey or member.mesh_id != mesh_id:
             self._refuse(conn, unauthorized(), now)
             return None

@@ -71,7 +71,7 @@ from meshproto_ws import (
 
 from ._client_parts import Outcome, Pulse, connect_error_text
 from ._link import SocketLink
-from ._protocol_link import ProtocolLink, on_asyncio
+from ._protocol_link import ProtocolLink, WriteTurn, on_asyncio
 
 __all__ = ["MAX_SEND_BUFFER", "SYSTEM_MESSAGE_LIMIT", "Client", "connect"]
 
@@ -106,6 +106,7 @@ class Client:
         self._on_event = on_event
         self._tasks: TaskGroup | None = None
         self._links: dict[int, SocketLink | ProtocolLink] = {}
+        self._write_turn = WriteTurn()
         self._opening: dict[int, anyio.CancelScope] = {}
         self._outcomes = Outcomes(self._core, system_limit=SYSTEM_MESSAGE_LIMIT)
         self._rearm = anyio.Event()
@@ -425,6 +426,7 @@ class Client:
             on_gone=lambda _socket_id: gone.set(),
             close_timeout=self._driver.close_timeout,
             max_buffered=self._max_send_buffer,
+            turn=self._write_turn,
         )
         loop = asyncio.get_running_loop()
         try:

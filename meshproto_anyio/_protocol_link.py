@@ -21,8 +21,11 @@ which the trio backend uses), so the server drives either the same way:
   buffers the rest), so a lone frame leaves without delay; later writes in
   the same turn are held and handed over together at the end of the turn,
   one system call for a burst instead of one per frame (as the task-based
-  link's writer does). A write that would take what is held and buffered
-  over ``max_buffered`` is refused, and the owner drops the link;
+  link's writer does). The links of one owner share a :class:`WriteTurn`,
+  which schedules one callback per turn for all of them, not one per link
+  (a broadcast writes to every socket of a mesh in one turn). A write that
+  would take what is held and buffered over ``max_buffered`` is refused,
+  and the owner drops the link;
 * :meth:`pause_reading` and :meth:`resume_reading` stop and restart reading
   (TCP then pushes back on the peer);
 * :meth:`close` flushes what is buffered, then closes, within
@@ -57,7 +60,7 @@ try:
 except ImportError:  # pragma: no cover - anyio then tells asyncio by its running loop
     _LIBRARY = None
 
-__all__ = ["ProtocolLink", "on_asyncio"]
+__all__ = ["ProtocolLink", "WriteTurn", "on_asyncio"]
 
 
 def on_asyncio() -> bool:
@@ -79,6 +82,29 @@ def _declared(callback: Callable[..., object], *args: object) -> None:
         callback(*args)
     finally:
         _LIBRARY.reset(token)
+
+
+class WriteTurn:
+    """The links of one owner that have written in this turn of the event loop.
+
+    The first link to write in a turn schedules the end of the turn, once;
+    then every link that wrote hands over what it held back.
+    """
+
+    __slots__ = ("_links",)
+
+    def __init__(self) -> None:
+        self._links: list[ProtocolLink] = []
+
+    def wrote(self, link: ProtocolLink) -> None:
+        if not self._links:
+            asyncio.get_running_loop().call_soon(self._end)
+        self._links.append(link)
+
+    def _end(self) -> None:
+        links, self._links = self._links, []
+        for link in links:
+            link._end_turn()
 
 
 #: Where every link's reads land, one at a time (see the module docstring).
@@ -104,6 +130,7 @@ class ProtocolLink(asyncio.BufferedProtocol):
         "_paused",
         "_tls",
         "_transport",
+        "_turn",
         "socket_id",
     )
 
@@ -117,6 +144,7 @@ class ProtocolLink(asyncio.BufferedProtocol):
         close_timeout: float,
         max_buffered: int | None = None,
         tls: bool = False,
+        turn: WriteTurn | None = None,
     ) -> None:
         self.socket_id = 0  # the owner's id for it, from on_open
         self._on_open = on_open
@@ -131,6 +159,7 @@ class ProtocolLink(asyncio.BufferedProtocol):
         self._done = True  # no callbacks until the connection is made
         self._paused = False
         self._closer: asyncio.TimerHandle | None = None
+        self._turn = turn if turn is not None else WriteTurn()
         self._in_turn = False  # this turn's first write went out: hold the rest
         self._held: list[bytes] = []
         self._held_size = 0
@@ -166,7 +195,7 @@ class ProtocolLink(asyncio.BufferedProtocol):
         else:
             transport.write(data)
             self._in_turn = True
-            asyncio.get_running_loop().call_soon(self._end_turn)
+            self._turn.wrote(self)
         return True
 
     def _end_turn(self) -> None:

@@ -67,7 +67,7 @@ from meshproto_ws import (
 )
 
 from ._link import SocketLink
-from ._protocol_link import ProtocolLink, on_asyncio
+from ._protocol_link import ProtocolLink, WriteTurn, on_asyncio
 
 _Link = SocketLink | ProtocolLink
 
@@ -138,6 +138,7 @@ class BrokerServer:
             close_timeout=options.close_timeout,
         )
         self._links: dict[int, _Link] = {}
+        self._write_turn = WriteTurn()  # the turn its protocol links write in
         self._rearm = anyio.Event()
         self._armed = -math.inf  # the deadline the timer task sleeps until (inf: none)
         self._idle = anyio.Event()
@@ -245,6 +246,7 @@ class BrokerServer:
             close_timeout=self.options.close_timeout,
             max_buffered=self.options.max_send_buffer,
             tls=self._ssl_context is not None,
+            turn=self._write_turn,
         )
 
     def _protocol_opened(self, link: ProtocolLink) -> int:
