@@ -171,6 +171,7 @@ class Stats:
     acked: list[float] = field(default_factory=list)
     broadcast_at: list[float] = field(default_factory=list)
     joined: int = 0  # peer_joined pushes read, by all peers
+    watching: bool = False  # the broadcast phase: look for the marker too
     closed: int = 0
 
 
@@ -287,7 +288,9 @@ class Peer(asyncio.BufferedProtocol):
         if pings:
             assert self.transport is not None
             self.transport.write(PONG * pings)
-        if scan.find(MARKER64, max(0, edge - len(MARKER64) + 1), end) >= 0:
+        # The marker only in the broadcast phase: a third pass over every byte
+        # of the storm would be the peers' cost, not the broker's.
+        if stats.watching and scan.find(MARKER64, max(0, edge - len(MARKER64) + 1), end) >= 0:
             stats.broadcast_at.append(time.perf_counter())
         self.tail = bytes(scan[max(0, end - TAIL) : end])
 
@@ -423,6 +426,7 @@ async def storm(broker: BrokerProcess, peers: int, idle: float) -> list[Peer]:
         flush=True,
     )
     sender = made[0]
+    stats.watching = True
     sent_at = time.perf_counter()
     sender.send_text(
         json.dumps(
