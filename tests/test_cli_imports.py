@@ -142,3 +142,40 @@ def test_the_broker_side_names_still_load_on_first_use(tmp_path: Path) -> None:
     assert {"meshproto._broker", "meshproto_ws._broker_driver", "meshproto_anyio._server"} <= {
         *broker_side(after)
     }
+
+
+#: Runs the command as the console script does, then says how it left the collector.
+RUN_AND_SAY_GC = """
+import gc, json, sys
+from meshproto_cli import main
+try:
+    status = main(sys.argv[1:])
+except SystemExit as exc:
+    status = exc.code
+print(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+sys.exit(status)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "expected", "frozen"),
+    [(("peers",), 0, True), (("send",), 2, False)],
+    ids=["ran", "usage-error"],
+)
+def test_the_collector_is_on_again_once_the_modules_have_loaded(
+    mesh: Path, url: str, args: tuple[str, ...], expected: int, frozen: bool
+) -> None:
+    # Off while the modules load, then on, with what they made frozen; a
+    # command that stops before (here: a usage error) turns it back on too.
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_AND_SAY_GC, *args, *member(mesh, "alice", url)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        env=environment(),
+    )
+    assert result.returncode == expected, result.stderr
+    said = json.loads(result.stdout.splitlines()[-1])
+    assert said["enabled"] is True
+    assert (said["frozen"] > 0) is frozen
