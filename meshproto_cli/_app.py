@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import logging
 import signal
 import sys
@@ -94,20 +95,26 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 class _Subparser(argparse.ArgumentParser):
-    """A subcommand's parser that can add options of its own only once it is used.
+    """A subcommand's parser that adds its arguments only once it is used.
 
-    ``broker``'s limits take their defaults from :class:`~meshproto.BrokerOptions`;
-    added when ``broker ...`` (or ``broker --help``) is parsed, they keep the
+    Every subcommand's arguments are added when ``meshproto COMMAND ...``
+    (or ``COMMAND --help``) is parsed: a run builds its own command's
+    options, not all eight commands'. ``broker``'s limits, added last, take
+    their defaults from :class:`~meshproto.BrokerOptions`, which keeps the
     reference broker out of every other command's imports.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.deferred: list[Callable[[argparse.ArgumentParser], None]] = []
+        self.deferred: list[Callable[[_Subparser], None]] = []
 
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+    def complete(self) -> None:
+        """Add the deferred arguments now (parsing does it first)."""
         while self.deferred:
             self.deferred.pop(0)(self)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self.complete()
         return super().parse_known_args(args, namespace)
 
 
@@ -179,6 +186,12 @@ def _add_identity_options(parser: argparse.ArgumentParser, *, default_session: s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the command line.
+
+    Each subcommand's own arguments are added when that subcommand is parsed
+    (:class:`_Subparser`), so a run builds the options of its command only;
+    ``meshproto --help`` lists every command all the same.
+    """
     parser = argparse.ArgumentParser(
         prog="meshproto",
         description="Join a mesh through a broker: send, listen, list peers, or run a broker.",
@@ -195,22 +208,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     def command(
-        name: str, help_text: str, epilog: str | None = EXIT_STATUS_HELP, *, server: bool = False
-    ) -> Any:
+        name: str,
+        help_text: str,
+        add: Callable[[_Subparser], None],
+        epilog: str | None = EXIT_STATUS_HELP,
+        *,
+        server: bool = False,
+    ) -> None:
         made = sub.add_parser(
             name, help=help_text, description=help_text, epilog=epilog, formatter_class=_Formatter
         )
-        _add_output_options(made, server=server)
-        return made
+        made.deferred += [lambda parser: _add_output_options(parser, server=server), add]
 
-    demo = command(
-        "demo", "run a broker and three peers on this machine and show it all working", None
+    command(
+        "demo",
+        "run a broker and three peers on this machine and show it all working",
+        lambda demo: demo.set_defaults(run="demo"),
+        None,
     )
-    demo.set_defaults(run="demo")
+    command("broker", "run the reference broker", _add_broker, BROKER_STATUS_HELP, server=True)
+    command("send", "send one message and wait for the broker's ack", _add_send)
+    command("listen", "print messages as they arrive", _add_listen)
+    command("peers", "list the peers of the mesh", _add_peers)
+    command("keygen", "create an ed25519 key pair (to register in a members file)", _add_keygen)
+    command("mesh", "manage local meshes for the reference broker", _add_mesh, None)
+    command(
+        "mcp",
+        "serve the joined meshes to an AI session: MCP tools and live messages on stdio",
+        _add_mcp,
+    )
+    return parser
 
-    _add_broker(command("broker", "run the reference broker", BROKER_STATUS_HELP, server=True))
 
-    send = command("send", "send one message and wait for the broker's ack")
+def _add_send(send: argparse.ArgumentParser) -> None:
     send.add_argument(
         "target", help="a peer's display name or pubkey, '*', '@all', '@group' or '#topic'"
     )
@@ -235,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_identity_options(send, default_session="default: a one-shot session of its own")
     send.set_defaults(run="send")
 
-    listen = command("listen", "print messages as they arrive")
+
+def _add_listen(listen: argparse.ArgumentParser) -> None:
     listen.add_argument(
         "--count", type=_count, default=0, metavar="N", help="stop after N messages"
     )
@@ -251,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_identity_options(listen, default_session="default: listen")
     listen.set_defaults(run="listen")
 
-    peers = command("peers", "list the peers of the mesh")
+
+def _add_peers(peers: argparse.ArgumentParser) -> None:
     peers.add_argument("--json", action="store_true", help="one JSON object per peer and line")
     peers.add_argument(
         "--timeout",
@@ -263,14 +295,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_identity_options(peers, default_session="default: a one-shot session of its own")
     peers.set_defaults(run="peers")
 
-    keygen = command("keygen", "create an ed25519 key pair (to register in a members file)")
+
+def _add_keygen(keygen: argparse.ArgumentParser) -> None:
     keygen.add_argument("--out", metavar="FILE", help="where (default: <config dir>/identity.json)")
     keygen.add_argument("--config-dir", metavar="DIR", help="claudemesh config dir")
     keygen.add_argument("--force", action="store_true", help="replace an existing file")
     keygen.add_argument("--json", action="store_true", help="print the result as one JSON object")
     keygen.set_defaults(run="keygen")
 
-    mesh = command("mesh", "manage local meshes for the reference broker", None)
+
+def _add_mesh(mesh: argparse.ArgumentParser) -> None:
     mesh_sub = mesh.add_subparsers(dest="mesh_command", metavar="ACTION", required=True)
     init = mesh_sub.add_parser(
         "init",
@@ -297,9 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--json", action="store_true", help="print the result as one JSON object")
     init.set_defaults(run="mesh-init")
 
-    mcp = command(
-        "mcp", "serve the joined meshes to an AI session: MCP tools and live messages on stdio"
-    )
+
+def _add_mcp(mcp: argparse.ArgumentParser) -> None:
     mcp.add_argument("--config-dir", metavar="DIR", help="claudemesh config dir")
     mcp.add_argument(
         "--mesh", action="append", metavar="SLUG", help="join only this mesh (repeat for several)"
@@ -314,7 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
     mcp.add_argument("--cafile", metavar="PEM", help="CA certificates for a wss:// broker")
     mcp.add_argument("--log-file", metavar="PATH", help="log here instead of to stderr")
     mcp.set_defaults(run="mcp")
-    return parser
 
 
 def _add_broker(broker: _Subparser) -> None:
@@ -547,6 +579,20 @@ def _interrupt_handled() -> None:
     exec("None")  # a constant: the point is the run, not the code
 
 
+def _loaded() -> None:
+    """The command's modules have loaded: freeze what they made, collect garbage again.
+
+    ``meshproto_cli.main`` turned the collector off for the imports.
+    Everything made so far (modules, classes, functions: tens of thousands
+    of objects) lives until exit, where the interpreter's final collections
+    would walk all of it, only to free memory the system takes back anyway.
+    Frozen, those objects are left out of every collection from now on, the
+    ones at exit included; the command's own objects are collected as usual.
+    """
+    gc.freeze()
+    gc.enable()
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
     verbose = 0 if getattr(args, "quiet", False) else getattr(args, "verbose", 0)
     if args.run == "broker":
@@ -637,6 +683,7 @@ def _main(argv: Sequence[str] | None) -> int:
         from ._files import FileProblem  # noqa: PLC0415
         from ._names import NameProblem  # noqa: PLC0415
 
+    _loaded()
     try:
         if args.run == "send":
             _read_body(args)

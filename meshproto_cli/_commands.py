@@ -22,7 +22,6 @@ import string
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +85,8 @@ def _new_id() -> str:
 
 
 def _now_iso() -> str:
+    from datetime import datetime, timezone  # noqa: PLC0415 (mesh init only: not at start)
+
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

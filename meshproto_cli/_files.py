@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +99,8 @@ def make_private_dirs(directory: Path) -> None:
 
 def write_private_json(path: Path, data: Any) -> None:
     """Write ``data`` as JSON readable by the owner only (0600), atomically."""
+    import tempfile  # noqa: PLC0415 (only a write needs it: not at start)
+
     make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timezone
 from typing import Any
 
 from ._output import visible
@@ -22,6 +21,8 @@ __all__ = ["JsonFormatter", "TextFormatter"]
 
 
 def _iso(created: float) -> str:
+    from datetime import datetime, timezone  # noqa: PLC0415 (JSON logs only: not at start)
+
     stamp = datetime.fromtimestamp(created, timezone.utc)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -23,8 +23,10 @@ import json
 import os
 import unicodedata
 from collections.abc import Mapping
-from datetime import datetime, timezone
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from datetime import datetime
 
 __all__ = ["Style", "json_line", "local_time", "use_colour", "visible"]
 
@@ -120,6 +122,8 @@ def local_time(iso: str | None, *, now: datetime | None = None) -> str:
     ``19:21:38`` if it falls on today's local date, else ``2026-12-01
     19:21:38``. A missing or unreadable timestamp gives the current local time.
     """
+    from datetime import datetime, timezone  # noqa: PLC0415 (listen's lines only: not at start)
+
     local_now = (now or datetime.now(timezone.utc)).astimezone()
     when = local_now
     if iso:

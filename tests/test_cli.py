@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -36,6 +37,16 @@ def test_every_subcommand_has_useful_help(command: str) -> None:
     assert result.returncode == 0
     assert f"usage: meshproto {command}" in result.stdout
     assert len(result.stdout.splitlines()) >= 3
+
+
+def test_a_run_builds_the_arguments_of_its_own_command_only() -> None:
+    from meshproto_cli._app import build_parser  # noqa: PLC0415
+
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    args = parser.parse_args(["send", "bob", "hi"])
+    assert (args.run, args.target, args.timeout, args.retry_max) == ("send", "bob", 20.0, 30.0)
+    assert {name for name, sub in commands.choices.items() if not sub.deferred} == {"send"}
 
 
 def test_unknown_subcommand_is_a_usage_error_without_traceback() -> None:

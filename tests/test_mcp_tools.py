@@ -165,6 +165,7 @@ def test_the_mcp_page_has_a_section_per_tool_and_a_row_per_option() -> None:
         assert f"### `{tool.name}`" in page, tool.name
     (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
     mcp = commands.choices["mcp"]
+    mcp.complete()  # a subcommand's arguments are added when it is parsed
     options = {
         name for action in mcp._actions for name in action.option_strings if name.startswith("--")
     } - {"--help"}
