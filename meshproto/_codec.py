@@ -12,7 +12,7 @@ also refuses text that parses but could not be carried onward:
 
 * a string anywhere in the frame (a key or a value, in a known field or an
   unknown one) that is not valid Unicode, i.e. a lone surrogate such as the
-  JSON escape ``"\ud800"``: no later ``encode``, signature, log line or
+  JSON escape ``"\\ud800"``: no later ``encode``, signature, log line or
   store could write it as UTF-8;
 * the literals ``NaN``, ``Infinity`` and ``-Infinity``, which are not JSON;
 * an integer outside the signed 64-bit range in a field the codec types as

@@ -146,3 +146,20 @@ def test_trio_extra_brings_the_trio_backend() -> None:
     (line,) = re.findall(r"^trio = \[.*\]$", pyproject, re.M)
     assert '"meshproto[anyio]"' in line
     assert '"trio>=' in line
+
+
+def test_no_docstring_holds_a_lone_surrogate() -> None:
+    """Python 3.13.0 re-encodes docstrings as it compiles them, and a lone
+    surrogate in one (``"\\ud800"`` written without doubling the backslash)
+    made ``import meshproto`` fail there with UnicodeEncodeError."""
+    import ast  # noqa: PLC0415
+
+    kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    bad = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                doc = ast.get_docstring(node, clean=False) if isinstance(node, kinds) else None
+                if doc and any(0xD800 <= ord(c) <= 0xDFFF for c in doc):
+                    bad.append(f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 1)}")
+    assert bad == []
