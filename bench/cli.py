@@ -35,6 +35,11 @@ websockets (the baseline)
 python -c pass
     The floor: an interpreter that starts and exits (not in the ratio).
 
+Every process runs with bytecode caching on (``PYTHONDONTWRITEBYTECODE`` is
+taken out of its environment), as for an installed package: pip writes the
+baseline's bytecode at install, while an editable install of ours would
+otherwise compile every module again on every run.
+
 One warm-up run of each comes first. Then ``ROUNDS`` rounds, each running
 the three once in an order that alternates; medians are reported, with the
 spread (slowest - fastest). Afterwards, a few runs of the same ``send`` under
@@ -136,6 +141,10 @@ asyncio.run(asyncio.wait_for(main(*sys.argv[1:4]), 20))
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.pop("PYTHONWARNINGS", None)
+    # Bytecode is cached, as for any installed package: with PYTHONDONTWRITEBYTECODE
+    # an editable install compiles every module of ours again on every run, while
+    # the baseline's libraries come with the bytecode pip wrote at install.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env["NO_COLOR"] = "1"
     return env
 
