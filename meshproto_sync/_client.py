@@ -7,11 +7,9 @@ so the connection stays alive (pings answered, liveness kept, reconnects
 made) whatever the application's threads are doing.
 
 Every method may be called from any thread. A call takes the client's lock,
-hands the call to the core, writes the frames it makes to the socket itself
-(:meth:`~meshproto_sync._io.IoThread.carry_out`; anything more goes to the
-I/O thread, which it wakes) and, if it blocks, waits on a condition (or a
-:class:`concurrent.futures.Future`) that the I/O thread fulfils when the
-outcome arrives. Every blocking call takes a
+hands the call to the core, wakes the I/O thread and, if it blocks, waits
+on a condition (or a :class:`concurrent.futures.Future`) that the I/O
+thread fulfils when the outcome arrives. Every blocking call takes a
 ``timeout`` (seconds, ``None`` for no limit) and raises the builtin
 :class:`TimeoutError` when it passes; a Ctrl-C in the main thread raises
 :class:`KeyboardInterrupt` within :data:`~meshproto_sync._wait.MAIN_THREAD_SLICE`
@@ -211,7 +209,7 @@ class Client:
                 target, body, priority, now=time.monotonic(), client_message_id=client_message_id
             )
             self._outcomes.expect_send(handle.id, future)
-            self._io.carry_out()
+            self._io.wake()
         return future
 
     def set_status(self, status: str) -> None:
@@ -219,14 +217,14 @@ class Client:
         with self._lock:
             self._outcomes.check_open()
             self._core.set_status(status, now=time.monotonic())
-            self._io.carry_out()
+            self._io.wake()
 
     def set_summary(self, summary: str) -> None:
         """Set the one-line summary other peers see; kept across reconnects."""
         with self._lock:
             self._outcomes.check_open()
             self._core.set_summary(summary, now=time.monotonic())
-            self._io.carry_out()
+            self._io.wake()
 
     def list_peers(self, timeout: float | None = None) -> tuple[Peer, ...]:
         """Ask the broker for the peers of the mesh.
@@ -241,7 +239,7 @@ class Client:
             self._outcomes.check_open()
             request_id = self._core.list_peers(now=time.monotonic())
             self._outcomes.expect_peers(request_id, future)
-            self._io.carry_out()
+            self._io.wake()
         return self._wait_future(future, timeout, "list_peers")
 
     def receive(self, timeout: float | None = None) -> Message:
@@ -261,7 +259,7 @@ class Client:
             while True:
                 taken = self._core.take_messages(1)
                 if taken:
-                    self._io.carry_out()  # the client_ack, and reading again if it was paused
+                    self._io.wake()  # the client_ack, and reading again if it was paused
                     return taken[0]
                 if self._core.state is ConnectionState.CLOSED:
                     raise self._outcomes.closed_error()

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import selectors
 import socket
 import ssl
@@ -77,7 +76,7 @@ import time
 from collections.abc import Callable
 
 from meshproto import ConnectionState, Event
-from meshproto_ws import ClientDriver, CloseSocket, OpenSocket, SocketCommand, WriteBytes
+from meshproto_ws import ClientDriver, CloseSocket, OpenSocket, WriteBytes
 
 from ._link import LinkData, LinkFailed, LinkOpened, LinkResult, SocketLink
 
@@ -122,12 +121,6 @@ class IoThread:
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._wake_pending = False
-        #: Commands a call from another thread left for this one, in order.
-        self._held: list[SocketCommand] = []
-        #: When the current ``select()`` ends by itself (``inf``: never).
-        self._sleep_until = math.inf
-        #: Whether a call wrote from its own thread since this one last flushed.
-        self._wrote_since_select = False
         self._links: dict[int, SocketLink] = {}
         self._stop_by: float | None = None
         #: What made the loop fail, if it did (a bug: reported as the close reason).
@@ -147,57 +140,6 @@ class IoThread:
         # OSError: full (a wake-up is pending anyway) or closed (thread gone).
         with contextlib.suppress(OSError):
             self._wake_w.send(b"\0")
-
-    def carry_out(self) -> None:
-        """After an application's call (lock held): write what it wrote, now.
-
-        The call's frames are written from the calling thread, under the lock
-        that every socket operation takes, so a send leaves without waiting
-        for this thread to wake. Only the first call between two of this
-        thread's turns writes so; the frames of the calls after it are
-        buffered and written by this thread, together (a burst of sends is
-        a few system calls, not one each). Whatever else the call led to (a socket to
-        open or close, a write the link cannot take, bytes the kernel did not
-        take at once, events, a deadline earlier than the one this thread
-        sleeps until, reading to pause or resume) is left to this thread, in
-        order, and wakes it.
-        """
-        driver = self._driver
-        now = time.monotonic()
-        commands = driver.drain_commands(now=now)
-        wake = bool(self._held)
-        if wake:
-            self._held.extend(commands)
-            commands = []
-        links = self._links
-        for index, command in enumerate(commands):
-            link = links.get(command.socket_id) if isinstance(command, WriteBytes) else None
-            if link is None or not isinstance(command, WriteBytes) or not link.write(command.data):
-                self._held = commands[index:]
-                wake = True
-                break
-            if self._wrote_since_select:
-                wake = True  # a burst: this thread hands it over in one write
-                continue
-            self._wrote_since_select = True
-            failed = link.flush()
-            if failed is not None:
-                del links[link.socket_id]
-                driver.socket_failed(link.socket_id, now=now, reason=failed.reason)
-                wake = True
-            elif link.buffered:
-                wake = True  # the rest waits for the socket to be writable
-        for event in driver.drain_events():
-            self._deliver(event)
-            wake = True  # its outcome is settled by this thread, outside the lock
-        due = driver.next_deadline()
-        paused = driver.paused_socket
-        if (
-            wake
-            or (due is not None and due < self._sleep_until)
-            or any(link.paused != (link.socket_id == paused) for link in links.values())
-        ):
-            self.wake()
 
     @property
     def in_io_thread(self) -> bool:
@@ -245,8 +187,6 @@ class IoThread:
                     if self._finished(now):
                         return
                     timeout = self._timeout(now)
-                    self._sleep_until = math.inf if timeout is None else now + timeout
-                    self._wrote_since_select = False  # _apply flushed every link
                     for link in self._links.values():
                         link.sync_interest()
                 self._settle()
@@ -324,9 +264,6 @@ class IoThread:
         links = self._links
         while True:
             commands = driver.drain_commands(now=now)
-            if self._held:  # left by a call from another thread: they come first
-                commands = [*self._held, *commands]
-                self._held = []
             for command in commands:
                 if isinstance(command, WriteBytes):
                     link = links.get(command.socket_id)
