@@ -4,14 +4,14 @@ The client core decides everything (when to connect, what to write, when to
 ping, give up, reconnect); :class:`~meshproto_ws.ClientDriver` turns its
 decisions into socket commands. This module only carries them out:
 
-* a task per socket opens it and waits until it is gone. A ``ws://``
-  socket on asyncio is a :class:`~meshproto_anyio._protocol_link.ProtocolLink`
-  (``loop.create_connection``): a write goes straight into the transport,
-  and bytes are fed to the driver in the callback that reads them, with no
-  task hop either way. Otherwise (trio, or TLS for ``wss://``) it is
-  ``anyio.connect_tcp`` owned as a :class:`~meshproto_anyio._link.SocketLink`,
-  whose reader and writer tasks do the same. Either way bytes, EOF and
-  errors go back to the driver;
+* a task per socket opens it and waits until it is gone. On asyncio the
+  socket is a :class:`~meshproto_anyio._protocol_link.ProtocolLink`
+  (``loop.create_connection``, then ``loop.start_tls`` for ``wss://``): a
+  write goes straight into the transport, and bytes are fed to the driver
+  in the callback that reads them, with no task hop either way. On trio it
+  is ``anyio.connect_tcp`` (TLS for ``wss://``) owned as a
+  :class:`~meshproto_anyio._link.SocketLink`, whose reader and writer tasks
+  do the same. Either way bytes, EOF and errors go back to the driver;
 * one timer task calls ``handle_timer`` at the driver's ``next_deadline()``,
   on anyio's clock (``anyio.current_time()``, read straight from the loop on
   asyncio); it is re-armed after every
@@ -359,7 +359,7 @@ class Client:
         scope = self._opening.get(socket_id)
         if scope is None:  # pragma: no cover - abandoned before this task ran
             return
-        if on_asyncio() and not address.secure:
+        if on_asyncio():
             await self._run_protocol_socket(socket_id, address, scope)
             return
         stream: ByteStream | None = None
@@ -412,11 +412,11 @@ class Client:
     async def _run_protocol_socket(
         self, socket_id: int, address: WsAddress, scope: anyio.CancelScope
     ) -> None:
-        """A ``ws://`` socket on asyncio's protocol API: opened, then waited on until gone.
+        """A socket on asyncio's protocol API: opened, then waited on until gone.
 
-        ``wss://`` keeps anyio's TLS stream (:meth:`_open_stream`): it tells a
-        failed TLS handshake from a failed connect, which asyncio's
-        ``create_connection`` does not.
+        For ``wss://`` the TCP connection is made first and TLS started on it
+        (``loop.start_tls``), so that a failed connect and a failed TLS
+        handshake are told apart, as anyio's TLS stream tells them.
         """
         gone = anyio.Event()
         link = ProtocolLink(
@@ -426,19 +426,40 @@ class Client:
             on_gone=lambda _socket_id: gone.set(),
             close_timeout=self._driver.close_timeout,
             max_buffered=self._max_send_buffer,
+            tls=address.secure,
             turn=self._write_turn,
+            tls_after_connect=address.secure,
         )
         loop = asyncio.get_running_loop()
+        stage = "connect"
         try:
             with scope:
-                await loop.create_connection(lambda: link, address.host, address.port)
-        except OSError as exc:  # ssl.SSLError and connection refusals are OSErrors
+                transport, _ = await loop.create_connection(
+                    lambda: link, address.host, address.port
+                )
+                if address.secure:
+                    stage = "tls"
+                    try:
+                        secured = await loop.start_tls(
+                            transport, link, self._tls_context(), server_hostname=address.host
+                        )
+                    except BaseException:
+                        link.abandon()
+                        raise
+                    if secured is None:  # pragma: no cover - closed while starting
+                        raise ConnectionResetError("the connection closed during the TLS handshake")
+                    link.upgraded(secured)
+        except ssl.SSLError as exc:  # a certificate refused, a protocol mismatch: as anyio says
             self._connect_failed(socket_id, address, exc)
+            return
+        except OSError as exc:  # a refusal; or the server hung up during the TLS handshake
+            self._connect_failed(socket_id, address, exc, during_tls=stage == "tls")
             return
         finally:
             self._opening.pop(socket_id, None)
             self._sockets_pulse.fire()
         if scope.cancel_called:  # abandoned while opening
+            link.abandon()
             link.abort()
             self._links.pop(socket_id, None)
             return
@@ -462,8 +483,10 @@ class Client:
             )
         return socket_id
 
-    def _connect_failed(self, socket_id: int, address: WsAddress, exc: Exception) -> None:
-        if isinstance(exc, OSError):  # a refusal, a name that does not resolve, TLS
+    def _connect_failed(
+        self, socket_id: int, address: WsAddress, exc: Exception, *, during_tls: bool = False
+    ) -> None:
+        if isinstance(exc, OSError) and not during_tls:  # a refusal, a bad name, a certificate
             why = f"could not connect to {address.url}: {connect_error_text(exc)}"
         else:  # the TLS handshake broke, or the server hung up during it
             cause = f"{exc!r} ({exc.__cause__!r})" if exc.__cause__ else repr(exc)

@@ -128,7 +128,9 @@ class ProtocolLink(asyncio.BufferedProtocol):
         "_on_gone",
         "_on_open",
         "_paused",
+        "_plain",
         "_tls",
+        "_tls_pending",
         "_transport",
         "_turn",
         "socket_id",
@@ -145,6 +147,7 @@ class ProtocolLink(asyncio.BufferedProtocol):
         max_buffered: int | None = None,
         tls: bool = False,
         turn: WriteTurn | None = None,
+        tls_after_connect: bool = False,
     ) -> None:
         self.socket_id = 0  # the owner's id for it, from on_open
         self._on_open = on_open
@@ -160,6 +163,10 @@ class ProtocolLink(asyncio.BufferedProtocol):
         self._paused = False
         self._closer: asyncio.TimerHandle | None = None
         self._turn = turn if turn is not None else WriteTurn()
+        # A client's wss:// link: TCP first, then TLS (``upgraded``); nothing
+        # reaches the owner before TLS is up.
+        self._tls_pending = tls_after_connect
+        self._plain: asyncio.Transport | None = None
         self._in_turn = False  # this turn's first write went out: hold the rest
         self._held: list[bytes] = []
         self._held_size = 0
@@ -252,9 +259,29 @@ class ProtocolLink(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        if self._tls_pending:  # TCP only: TLS comes next, through ``upgraded``
+            self._plain = transport
+            return
         self._transport = transport
         self._done = False
         _declared(self._opened)
+
+    def upgraded(self, transport: asyncio.Transport) -> None:
+        """TLS is up on the connection (``loop.start_tls``): the link opens on ``transport``.
+
+        For a link made with ``tls_after_connect``: until now nothing was
+        read or written, and ``on_open`` had not been called.
+        """
+        self._tls_pending = False
+        self._plain = None
+        self.connection_made(transport)
+
+    def abandon(self) -> None:
+        """Close a connection whose TLS never came up (``tls_after_connect``)."""
+        self._done = True
+        self._closing = True
+        if self._plain is not None:
+            self._plain.abort()
 
     def _opened(self) -> None:
         self.socket_id = self._on_open(self)
