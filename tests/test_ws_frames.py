@@ -63,8 +63,7 @@ class RawFrame:
 
 
 #: Close codes: those a peer may send, the reserved and local-only ones, the edges.
-CLOSE_CODES = [1000, 1001, 1002, 1003, 1004, 1005, 1006, 1007, 1011, 1012, 1013, 1014, 1015]
-CLOSE_CODES += [1016, 999, 2999, 3000, 3999, 4000, 4999, 5000, 0, 65535]
+CLOSE_CODES = [*range(999, 1017), 2999, 3000, 3999, 4000, 4999, 5000, 0, 65535]
 
 
 def close_payloads() -> st.SearchStrategy[bytes]:
@@ -237,3 +236,9 @@ def test_a_close_reason_is_cut_to_fit_at_a_character_boundary() -> None:
 
 def test_a_close_without_status_is_sent_empty() -> None:
     assert close_payload(1005, "ignored") == b""
+
+
+def test_every_close_code_is_taken_or_refused_as_wsproto_does() -> None:
+    for code in range(65_536):
+        frame = encode_frame(OP_CLOSE, struct.pack("!H", code) + b"why", masked=False)
+        check_frame_reader([frame], peer_masks=False)
