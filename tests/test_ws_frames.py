@@ -242,3 +242,20 @@ def test_every_close_code_is_taken_or_refused_as_wsproto_does() -> None:
     for code in range(65_536):
         frame = encode_frame(OP_CLOSE, struct.pack("!H", code) + b"why", masked=False)
         check_frame_reader([frame], peer_masks=False)
+
+
+@pytest.mark.parametrize("peer_masks", [False, True])
+def test_every_two_byte_frame_header_is_read_as_wsproto_reads_it(peer_masks: bool) -> None:
+    """All 65,536 first two bytes of a frame, each completed with a payload that fits
+    (an extended length of 200 for 126, a non-minimal 8-byte one for 127)."""
+    for first in range(256):
+        for second in range(256):
+            length = second & 0x7F
+            extended = b""
+            if length == 126:
+                length, extended = 200, struct.pack("!H", 200)
+            elif length == 127:
+                length, extended = 10, struct.pack("!Q", 10)
+            key = b"\x01\x02\x03\x04" if second & 0x80 else b""
+            frame = bytes((first, second)) + extended + key + b"a" * length
+            check_frame_reader([frame], peer_masks=peer_masks)
