@@ -5,13 +5,14 @@ Everything binds 127.0.0.1 port 0 and every wait is bounded.
 
 from __future__ import annotations
 
+import errno
 import json
 import random
 import time
 import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -33,7 +34,7 @@ from meshproto import (
     WriteFrame,
 )
 from meshproto.testing import FakeSigner
-from meshproto_anyio import Client, connect
+from meshproto_anyio import BrokerServer, Client, connect, running_broker
 from meshproto_ws import (
     Closed,
     Opened,
@@ -244,3 +245,41 @@ async def answer_hello(peer: WsPeer) -> dict[str, Any]:
     assert hello["type"] == "hello"
     await peer.send_json({"type": "hello_ack", "presenceId": f"p-{hello['sessionId']}"})
     return hello
+
+
+#: How often :func:`running_broker_on` tries to bind a port again (0.05 s apart).
+BIND_ATTEMPTS = 100
+
+
+def address_in_use(exc: BaseException) -> bool:
+    """Whether ``exc`` (or every error of the group it is) says the port is taken."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.EADDRINUSE
+    inner = getattr(exc, "exceptions", None)
+    return bool(inner) and all(address_in_use(e) for e in inner)
+
+
+@asynccontextmanager
+async def running_broker_on(
+    broker: Broker, port: int, **options: Any
+) -> AsyncIterator[BrokerServer]:
+    """``running_broker`` on ``port``, which a broker before it held (a restart).
+
+    In the gap between two brokers, a client's reconnect can hold the port
+    for a moment (a connect to a port nobody listens on may be given that
+    very port, and connect to itself), so the bind is retried for up to
+    :data:`BIND_ATTEMPTS` x 0.05 s before it counts as a failure.
+    """
+    async with AsyncExitStack() as stack:
+        for attempt in range(BIND_ATTEMPTS):
+            try:
+                server = await stack.enter_async_context(
+                    running_broker(broker, port=port, **options)
+                )
+            except Exception as exc:
+                if port == 0 or attempt == BIND_ATTEMPTS - 1 or not address_in_use(exc):
+                    raise
+                await anyio.sleep(0.05)
+            else:
+                break
+        yield server

@@ -15,7 +15,7 @@ import random
 import sys
 
 import anyio
-from anyio_helpers import MESH, member
+from anyio_helpers import BIND_ATTEMPTS, MESH, address_in_use, member
 
 from meshproto import AcceptingVerifier, Broker, BrokerOptions, StaticRegistry
 from meshproto_anyio import serve_broker
@@ -30,11 +30,21 @@ async def main(db: str, port: int) -> None:
         rng=random.SystemRandom(),
         options=BrokerOptions(rate_burst=100_000, rate_per_minute=6e6),
     )
-    async with anyio.create_task_group() as tasks:
-        server = await tasks.start(
-            lambda task_status: serve_broker(broker, port=port, task_status=task_status)
-        )
-        print(f"listening {server.port}", flush=True)
+    serving = False
+    for attempt in range(BIND_ATTEMPTS):  # a restart binds its predecessor's port again
+        try:
+            async with anyio.create_task_group() as tasks:
+                server = await tasks.start(
+                    lambda task_status: serve_broker(broker, port=port, task_status=task_status)
+                )
+                serving = True
+                print(f"listening {server.port}", flush=True)
+            return
+        except Exception as exc:
+            last = attempt == BIND_ATTEMPTS - 1
+            if serving or port == 0 or last or not address_in_use(exc):
+                raise
+        await anyio.sleep(0.05)
 
 
 if __name__ == "__main__":

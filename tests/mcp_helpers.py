@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from anyio_helpers import running_broker_on
 from mcp import types
 from mcp.client.extension import NotificationBinding
 from mcp.client.session import ClientSession
@@ -30,7 +31,7 @@ from pydantic import BaseModel
 
 from meshproto import Backoff, Broker, BrokerOptions, ClientOptions, Group, Member, StaticRegistry
 from meshproto._store import Store
-from meshproto_anyio import BrokerServer, running_broker
+from meshproto_anyio import BrokerServer
 from meshproto_cli._files import JoinedMesh, save_joined_meshes
 from meshproto_cli._identity import Identity, load_identity
 from meshproto_cli._mcp import McpMesh, McpOptions, serve_mcp
@@ -144,7 +145,7 @@ def signed_broker(*meshes: SignedMesh, store: Store | None = None, **options: An
 
 @asynccontextmanager
 async def serving(broker: Broker, port: int = 0) -> AsyncIterator[BrokerServer]:
-    async with running_broker(broker, port=port) as server:
+    async with running_broker_on(broker, port) as server:
         yield server
 
 

@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from anyio_helpers import MESH, make_broker, signer
+from anyio_helpers import MESH, make_broker, running_broker_on, signer
 
 from meshproto import Backoff, Broker, ClientOptions, Event
-from meshproto_anyio import BrokerServer, running_broker
+from meshproto_anyio import BrokerServer
 from meshproto_sync import Client, connect
 
 T = TypeVar("T")
@@ -62,7 +62,8 @@ class ServedBroker:
 @contextmanager
 def served(portal: BlockingPortal, broker: Broker, **kwargs: Any) -> Iterator[ServedBroker]:
     """Serve ``broker`` from ``portal``'s thread until the block ends (then close gracefully)."""
-    with portal.wrap_async_context_manager(running_broker(broker, **kwargs)) as server:
+    port = kwargs.pop("port", 0)
+    with portal.wrap_async_context_manager(running_broker_on(broker, port, **kwargs)) as server:
         yield ServedBroker(portal, server)
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import TaskStatus
-from anyio_helpers import MESH, anyio_backend, eventually, join, member, signer
+from anyio_helpers import MESH, anyio_backend, eventually, join, member, running_broker_on, signer
 
 from meshproto import AcceptingVerifier, Broker, BrokerOptions, MessageReceived, StaticRegistry
-from meshproto_anyio import BrokerServer, running_broker
+from meshproto_anyio import BrokerServer
 from meshproto_anyio.sqlite_store import SqliteStore
 
 pytestmark = pytest.mark.anyio
@@ -43,7 +43,7 @@ async def serve_until(
             rng=random.Random(),
             options=BrokerOptions(rate_burst=1000, rate_per_minute=60_000.0),
         )
-        async with running_broker(broker, port=port) as server:
+        async with running_broker_on(broker, port) as server:
             task_status.started(server)
             await stop.wait()
 

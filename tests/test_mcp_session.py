@@ -8,7 +8,6 @@ asyncio and trio.
 
 from __future__ import annotations
 
-import errno
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import TaskStatus
-from anyio_helpers import anyio_backend
+from anyio_helpers import anyio_backend, running_broker_on
 from mcp_helpers import (
     FAST,
     SignedMesh,
@@ -29,7 +28,7 @@ from mcp_helpers import (
 )
 
 from meshproto import Backoff, ConnectionState
-from meshproto_anyio import BrokerServer, running_broker
+from meshproto_anyio import BrokerServer
 from meshproto_anyio.sqlite_store import SqliteStore
 from meshproto_cli._mcp import McpMesh
 from meshproto_cli._mcp_session import lease_session
@@ -214,40 +213,12 @@ async def _serve_until(
     *,
     task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """One broker's life on ``db``: serve ``port`` until ``stop`` is set.
-
-    A restart binds its predecessor's port again. In the gap, a client's
-    reconnect can take that port for a moment (a connect to a port nobody
-    listens on may be given that very port, and connect to itself), so the
-    bind is retried for a few seconds before it counts as a failure.
-    """
+    """One broker's life on ``db``: serve ``port`` until ``stop`` is set."""
     with SqliteStore(db) as store:
         broker = signed_broker(mesh, store=store, rate_burst=1000, rate_per_minute=60_000.0)
-        serving = False
-        for attempt in range(BIND_ATTEMPTS):
-            try:
-                async with running_broker(broker, port=port) as server:
-                    serving = True
-                    task_status.started(server)
-                    await stop.wait()
-                return
-            except Exception as exc:
-                last = attempt == BIND_ATTEMPTS - 1
-                if serving or port == 0 or last or not _address_in_use(exc):
-                    raise
-            await anyio.sleep(0.05)
-
-
-#: How often a restart tries to bind its predecessor's port (0.05 s apart).
-BIND_ATTEMPTS = 100
-
-
-def _address_in_use(exc: BaseException) -> bool:
-    """Whether ``exc`` (or every error of the group it is) says the port is taken."""
-    if isinstance(exc, OSError):
-        return exc.errno == errno.EADDRINUSE
-    inner = getattr(exc, "exceptions", None)
-    return bool(inner) and all(_address_in_use(e) for e in inner)
+        async with running_broker_on(broker, port) as server:
+            task_status.started(server)
+            await stop.wait()
 
 
 #: Reconnect exactly 0.25 s after a drop: never while the stopping broker's

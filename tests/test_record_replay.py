@@ -21,7 +21,16 @@ from typing import Any
 import anyio
 import pytest
 from anyio.abc import TaskStatus
-from anyio_helpers import FAST, MESH, anyio_backend, eventually, join, member, signer
+from anyio_helpers import (
+    FAST,
+    MESH,
+    anyio_backend,
+    eventually,
+    join,
+    member,
+    running_broker_on,
+    signer,
+)
 from inmemory import Wire
 from sync_helpers import broker, no_io_thread_outlives_the_test, portal
 from sync_helpers import join as sync_join
@@ -46,7 +55,7 @@ from meshproto.replay import (
     replay,
 )
 from meshproto.testing import FakeSigner
-from meshproto_anyio import BrokerServer, running_broker
+from meshproto_anyio import BrokerServer
 from meshproto_anyio.sqlite_store import SqliteStore
 from meshproto_crypto import BoxSealer, Ed25519Signer, KeyPair
 from meshproto_ws import RECORD_BODIES_ENV, RECORD_ENV, Recording, client_driver
@@ -241,7 +250,7 @@ async def serve_until(
             rng=random.Random(),
             options=BrokerOptions(rate_burst=1000, rate_per_minute=60_000.0),
         )
-        async with running_broker(broker, port=port) as server:
+        async with running_broker_on(broker, port) as server:
             task_status.started(server)
             await stop.wait()
 
