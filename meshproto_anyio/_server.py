@@ -425,10 +425,24 @@ async def serve_broker(
 
         server = await task_group.start(serve_broker, broker)
 
-    Runs until cancelled.
+    Runs until cancelled. An address that cannot be bound (a port in use)
+    raises the :class:`OSError` itself, before anything is reported.
     """
-    options = options if options is not None else ServerOptions()
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    await _serve_listener(broker, listener, host, ssl_context, options, task_status=task_status)
+
+
+async def _serve_listener(
+    broker: Broker,
+    listener: MultiListener[SocketStream],
+    host: str,
+    ssl_context: ssl.SSLContext | None,
+    options: ServerOptions | None,
+    *,
+    task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``broker`` on a bound ``listener`` (see :func:`serve_broker`)."""
+    options = options if options is not None else ServerOptions()
     bound = listener.extra(SocketAttribute.local_port)
     address = BrokerAddress(host, bound, ssl_context is not None)
     async with listener, anyio.create_task_group() as tasks:
@@ -454,10 +468,18 @@ async def running_broker(
     options: ServerOptions | None = None,
 ) -> AsyncIterator[BrokerServer]:
     """``async with running_broker(broker) as server:`` serves until the block ends,
-    then closes gracefully (:meth:`BrokerServer.aclose`)."""
+    then closes gracefully (:meth:`BrokerServer.aclose`).
+
+    An address that cannot be bound (a port in use) raises the
+    :class:`OSError` itself on entry, not wrapped in an exception group.
+    """
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     body_error: Exception | None = None
-    async with anyio.create_task_group() as tasks:
-        server: BrokerServer = await tasks.start(_serve, broker, host, port, ssl_context, options)
+    # The listener is closed by the server, and here too should it never start.
+    async with listener, anyio.create_task_group() as tasks:
+        server: BrokerServer = await tasks.start(
+            _serve, broker, listener, host, ssl_context, options
+        )
         try:
             yield server
         except Exception as exc:
@@ -471,18 +493,11 @@ async def running_broker(
 
 async def _serve(
     broker: Broker,
+    listener: MultiListener[SocketStream],
     host: str,
-    port: int,
     ssl_context: ssl.SSLContext | None,
     options: ServerOptions | None,
     *,
     task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    await serve_broker(
-        broker,
-        host=host,
-        port=port,
-        ssl_context=ssl_context,
-        options=options,
-        task_status=task_status,
-    )
+    await _serve_listener(broker, listener, host, ssl_context, options, task_status=task_status)

@@ -3,8 +3,10 @@ Loopback sockets only, on asyncio and on trio."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import ssl
+from functools import partial
 
 import anyio
 import pytest
@@ -310,6 +312,21 @@ async def test_serve_broker_reports_the_bound_port() -> None:
         assert server.port > 0 and server.url == f"ws://127.0.0.1:{server.port}/ws"
         await round_trip(server.url, server)
         tasks.cancel_scope.cancel()
+
+
+async def test_a_port_in_use_is_a_plain_oserror_from_running_broker() -> None:
+    async with running_broker(make_broker()) as first:
+        with pytest.raises(OSError) as taken:
+            async with running_broker(make_broker(), port=first.port):
+                pytest.fail("a second broker bound a port in use")
+        assert taken.value.errno == errno.EADDRINUSE
+
+
+async def test_a_port_in_use_is_a_plain_oserror_from_serve_broker() -> None:
+    async with running_broker(make_broker()) as first, anyio.create_task_group() as tasks:
+        with pytest.raises(OSError) as taken:
+            await tasks.start(partial(serve_broker, make_broker(), port=first.port))
+        assert taken.value.errno == errno.EADDRINUSE
 
 
 async def test_wss_to_a_server_that_hangs_up_at_once_keeps_retrying(
