@@ -13,11 +13,12 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import ByteStream
+from anyio.abc import ByteStream, TaskStatus
 
 from meshproto import (
     AcceptingVerifier,
@@ -31,10 +32,12 @@ from meshproto import (
     LocalProtocolError,
     Member,
     StaticRegistry,
+    Store,
     WriteFrame,
 )
 from meshproto.testing import FakeSigner
 from meshproto_anyio import BrokerServer, Client, connect, running_broker
+from meshproto_anyio.sqlite_store import SqliteStore
 from meshproto_ws import (
     Closed,
     Opened,
@@ -283,3 +286,33 @@ async def running_broker_on(
             else:
                 break
         yield server
+
+
+def restart_broker(store: Store) -> Broker:
+    """The broker of the restart tests: alice and bob in an open mesh, on ``store``."""
+    return Broker(
+        StaticRegistry([member("alice"), member("bob")], open_mesh=MESH),
+        verifier=AcceptingVerifier(),
+        store=store,
+        rng=random.Random(),
+        options=BrokerOptions(rate_burst=1000, rate_per_minute=60_000.0),
+    )
+
+
+async def serve_until(
+    db: Path,
+    port: int,
+    stop: anyio.Event,
+    *,
+    make: Callable[[Store], Broker] = restart_broker,
+    task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """One broker's life: ``make`` it on the SQLite ``db``, serve ``port`` until ``stop``.
+
+    A second life on the same ``db`` and port is a broker restart
+    (:func:`running_broker_on` binds the port again).
+    """
+    with SqliteStore(db) as store:
+        async with running_broker_on(make(store), port) as server:
+            task_status.started(server)
+            await stop.wait()

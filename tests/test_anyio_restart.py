@@ -8,44 +8,19 @@ the first broker had stored but not delivered reaches the receiver.
 
 from __future__ import annotations
 
-import random
 from collections import Counter
 from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import TaskStatus
-from anyio_helpers import MESH, anyio_backend, eventually, join, member, running_broker_on, signer
+from anyio_helpers import anyio_backend, eventually, join, serve_until, signer
 
-from meshproto import AcceptingVerifier, Broker, BrokerOptions, MessageReceived, StaticRegistry
-from meshproto_anyio import BrokerServer
-from meshproto_anyio.sqlite_store import SqliteStore
+from meshproto import MessageReceived
 
 pytestmark = pytest.mark.anyio
 __all__ = ["anyio_backend"]  # the fixture: run on asyncio and trio
 
 STREAM = 60
-
-
-async def serve_until(
-    db: Path,
-    port: int,
-    stop: anyio.Event,
-    *,
-    task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """One broker's life: serve ``db`` on ``port`` until ``stop`` is set."""
-    with SqliteStore(db) as store:
-        broker = Broker(
-            StaticRegistry([member("alice"), member("bob")], open_mesh=MESH),
-            verifier=AcceptingVerifier(),
-            store=store,
-            rng=random.Random(),
-            options=BrokerOptions(rate_burst=1000, rate_per_minute=60_000.0),
-        )
-        async with running_broker_on(broker, port) as server:
-            task_status.started(server)
-            await stop.wait()
 
 
 async def test_broker_restart_on_sqlite_loses_nothing_and_duplicates_nothing(

@@ -9,13 +9,14 @@ asyncio and trio.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import TaskStatus
-from anyio_helpers import anyio_backend, running_broker_on
+from anyio_helpers import anyio_backend, serve_until
 from mcp_helpers import (
     FAST,
     SignedMesh,
@@ -27,9 +28,7 @@ from mcp_helpers import (
     text,
 )
 
-from meshproto import Backoff, ConnectionState
-from meshproto_anyio import BrokerServer
-from meshproto_anyio.sqlite_store import SqliteStore
+from meshproto import Backoff, Broker, ConnectionState, Store
 from meshproto_cli._mcp import McpMesh
 from meshproto_cli._mcp_session import lease_session
 
@@ -205,20 +204,13 @@ async def test_a_next_message_to_a_working_peer_is_held_until_it_turns_idle(
         assert [m["text"] for m in await bob.messages()] == ["when you have a minute"]
 
 
-async def _serve_until(
-    mesh: SignedMesh,
-    db: Path,
-    port: int,
-    stop: anyio.Event,
-    *,
-    task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    """One broker's life on ``db``: serve ``port`` until ``stop`` is set."""
-    with SqliteStore(db) as store:
-        broker = signed_broker(mesh, store=store, rate_burst=1000, rate_per_minute=60_000.0)
-        async with running_broker_on(broker, port) as server:
-            task_status.started(server)
-            await stop.wait()
+def _serve_until(mesh: SignedMesh) -> Callable[..., Awaitable[None]]:
+    """``serve_until`` with the signed broker of ``mesh``."""
+
+    def make(store: Store) -> Broker:
+        return signed_broker(mesh, store=store, rate_burst=1000, rate_per_minute=60_000.0)
+
+    return partial(serve_until, make=make)
 
 
 #: Reconnect exactly 0.25 s after a drop: never while the stopping broker's
@@ -234,7 +226,7 @@ async def test_a_broker_restart_in_the_middle_loses_nothing(tmp_path: Path) -> N
     with anyio.fail_after(45):
         async with anyio.create_task_group() as brokers:
             first_stop = anyio.Event()
-            server = await brokers.start(_serve_until, mesh, db, 0, first_stop)
+            server = await brokers.start(_serve_until(mesh), db, 0, first_stop)
             async with (
                 mcp_session([mesh.identity("alice")], url=server.url, options=STEADY) as alice,
                 mcp_session([mesh.identity("bob")], url=server.url, options=STEADY) as bob,
@@ -258,7 +250,7 @@ async def test_a_broker_restart_in_the_middle_loses_nothing(tmp_path: Path) -> N
                     )
                 )
                 second_stop = anyio.Event()
-                await brokers.start(_serve_until, mesh, db, server.port, second_stop)
+                await brokers.start(_serve_until(mesh), db, server.port, second_stop)
                 await bob.wait_open()  # "bob" names a live session again
                 for i in range(9, 12):  # each waits briefly for alice's reconnect
                     await alice.ok("send_message", to="bob", message=f"m{i}", priority="now")

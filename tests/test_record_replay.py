@@ -20,15 +20,13 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import TaskStatus
 from anyio_helpers import (
     FAST,
     MESH,
     anyio_backend,
     eventually,
     join,
-    member,
-    running_broker_on,
+    serve_until,
     signer,
 )
 from inmemory import Wire
@@ -39,7 +37,6 @@ from meshproto import (
     AcceptingVerifier,
     Backoff,
     Broker,
-    BrokerOptions,
     ClientConfig,
     ClientOptions,
     Event,
@@ -55,8 +52,6 @@ from meshproto.replay import (
     replay,
 )
 from meshproto.testing import FakeSigner
-from meshproto_anyio import BrokerServer
-from meshproto_anyio.sqlite_store import SqliteStore
 from meshproto_crypto import BoxSealer, Ed25519Signer, KeyPair
 from meshproto_ws import RECORD_BODIES_ENV, RECORD_ENV, Recording, client_driver
 
@@ -233,26 +228,6 @@ STREAM = 30
 #: broker's listener just as it closes makes asyncio's sock_accept raise
 #: InvalidStateError in the loop (python/cpython#153761), which fails the test.
 PATIENT = dataclasses.replace(FAST, backoff=Backoff(caps=(0.3,), jitter=False))
-
-
-async def serve_until(
-    db: Path,
-    port: int,
-    stop: anyio.Event,
-    *,
-    task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    with SqliteStore(db) as store:
-        broker = Broker(
-            StaticRegistry([member("alice"), member("bob")], open_mesh=MESH),
-            verifier=AcceptingVerifier(),
-            store=store,
-            rng=random.Random(),
-            options=BrokerOptions(rate_burst=1000, rate_per_minute=60_000.0),
-        )
-        async with running_broker_on(broker, port) as server:
-            task_status.started(server)
-            await stop.wait()
 
 
 @pytest.mark.anyio
