@@ -478,7 +478,7 @@ async def running_broker(
     # The listener is closed by the server, and here too should it never start.
     async with listener, anyio.create_task_group() as tasks:
         server: BrokerServer = await tasks.start(
-            _serve, broker, listener, host, ssl_context, options
+            _serve_listener, broker, listener, host, ssl_context, options
         )
         try:
             yield server
@@ -489,15 +489,3 @@ async def running_broker(
             tasks.cancel_scope.cancel()
     if body_error is not None:
         raise body_error
-
-
-async def _serve(
-    broker: Broker,
-    listener: MultiListener[SocketStream],
-    host: str,
-    ssl_context: ssl.SSLContext | None,
-    options: ServerOptions | None,
-    *,
-    task_status: TaskStatus[BrokerServer] = anyio.TASK_STATUS_IGNORED,
-) -> None:
-    await _serve_listener(broker, listener, host, ssl_context, options, task_status=task_status)
