@@ -14,8 +14,8 @@ decisions into socket commands. This module only carries them out:
   do the same. Either way bytes, EOF and errors go back to the driver;
 * one timer task calls ``handle_timer`` at the driver's ``next_deadline()``,
   on anyio's clock (``anyio.current_time()``, read straight from the loop on
-  asyncio); it is re-armed after every
-  input, so every wait is bounded by the core's own timers;
+  asyncio); it is re-armed after every input, so every wait is bounded by
+  the core's own timers;
 * user calls go to the core, then the resulting commands are carried out
   and the resulting events delivered, all synchronously, so nothing
   interleaves with a half-applied input.
@@ -444,7 +444,7 @@ class Client:
                             transport, link, self._tls_context(), server_hostname=address.host
                         )
                     except BaseException:
-                        link.abandon()
+                        link.abort()  # the plain connection TLS never came up on
                         raise
                     if secured is None:  # pragma: no cover - closed while starting
                         raise ConnectionResetError("the connection closed during the TLS handshake")
@@ -459,7 +459,6 @@ class Client:
             self._opening.pop(socket_id, None)
             self._sockets_pulse.fire()
         if scope.cancel_called:  # abandoned while opening
-            link.abandon()
             link.abort()
             self._links.pop(socket_id, None)
             return

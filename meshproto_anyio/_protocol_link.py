@@ -247,13 +247,14 @@ class ProtocolLink(asyncio.BufferedProtocol):
             )
 
     def abort(self) -> None:
-        """Close the socket now; whatever is buffered is dropped."""
+        """Close the socket now (TLS up or not); whatever is buffered is dropped."""
         self._done = True
         self._closing = True
         self._held.clear()
         self._held_size = 0
-        if self._transport is not None:
-            self._transport.abort()
+        for transport in (self._transport, self._plain):
+            if transport is not None:
+                transport.abort()
 
     # --- what asyncio calls ----------------------------------------------------------
 
@@ -275,13 +276,6 @@ class ProtocolLink(asyncio.BufferedProtocol):
         self._tls_pending = False
         self._plain = None
         self.connection_made(transport)
-
-    def abandon(self) -> None:
-        """Close a connection whose TLS never came up (``tls_after_connect``)."""
-        self._done = True
-        self._closing = True
-        if self._plain is not None:
-            self._plain.abort()
 
     def _opened(self) -> None:
         self.socket_id = self._on_open(self)
