@@ -103,8 +103,6 @@ CLOSE_MESSAGE_TOO_BIG = 1009
 #: Where an HTTP head ends, by h11's own rule (a line feed, an optional
 #: carriage return, a line feed): what follows it is the first frames.
 _END_OF_HEAD = re.compile(rb"\n\r?\n")
-#: Close codes never sent on the wire (RFC 6455 §7.4.1); closing with one sends 1000.
-_LOCAL_ONLY_CODES = frozenset((1006, 1015))
 
 
 class Role(enum.Enum):
@@ -394,8 +392,6 @@ class WsConnection:
         return [Closed(None, "connection closed without a close frame", True)]
 
     def _send_close(self, code: int, reason: str) -> None:
-        if code in _LOCAL_ONLY_CODES:
-            code = 1000
         self._queue(encode_frame(OP_CLOSE, close_payload(code, reason), masked=self._masked))
         self._state = WsState.CLOSING
 

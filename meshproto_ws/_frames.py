@@ -83,12 +83,17 @@ OP_PONG: Final = 0xA
 
 #: RFC 6455 §5.5: a control frame's payload is at most 125 bytes.
 MAX_CONTROL_PAYLOAD: Final = 125
-#: Close codes below 3000 a peer may send (RFC 6455 §7.4.1 and the IANA
-#: registry: 1004 is reserved; 1005, 1006 and 1015 are never on the wire).
-_PEER_CLOSE_CODES: Final = frozenset((1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011))
-_EXTRA_CLOSE_CODES: Final = frozenset((1012, 1013))  # registered since RFC 6455
+#: Close codes below 3000 a peer may send (RFC 6455 §7.4.1, and 1012 and 1013
+#: from the IANA registry): 1004 is reserved; 1005, 1006 and 1015 are never
+#: on the wire.
+_PEER_CLOSE_CODES: Final = frozenset(
+    (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013)
+)
 #: "No status code was present" (RFC 6455 §7.1.5): a close with no payload.
 CLOSE_NO_STATUS: Final = 1005
+#: Codes that only report a connection lost without a close (1006) or a
+#: failed TLS handshake (1015): closing "with" one sends 1000.
+_LOCAL_ONLY_CODES: Final = frozenset((1006, 1015))
 
 _CLOSE_PROTOCOL_ERROR: Final = 1002
 _CLOSE_INVALID_DATA: Final = 1007
@@ -168,10 +173,13 @@ def close_payload(code: int, reason: str) -> bytes:
     """The payload of a close frame: the code, then the reason cut to fit 125 bytes.
 
     Code 1005 ("no status") is sent as an empty payload, as RFC 6455 §7.1.5
-    means it; a reason is cut at a character boundary.
+    means it; 1006 and 1015, which no frame may carry, are sent as 1000; a
+    reason is cut at a character boundary.
     """
     if code == CLOSE_NO_STATUS:
         return b""
+    if code in _LOCAL_ONLY_CODES:
+        code = 1000
     data = reason.encode("utf-8")
     if len(data) > MAX_CONTROL_PAYLOAD - 2:
         data = data[: MAX_CONTROL_PAYLOAD - 2].decode("utf-8", "ignore").encode("utf-8")
@@ -184,7 +192,7 @@ def _parse_close(payload: bytes) -> tuple[int, str]:
     if len(payload) == 1:
         raise FrameError(_CLOSE_PROTOCOL_ERROR, "close frame with a 1-byte payload")
     code = int.from_bytes(payload[:2], "big")
-    if not (code in _PEER_CLOSE_CODES or code in _EXTRA_CLOSE_CODES or 3000 <= code <= 4999):
+    if not (code in _PEER_CLOSE_CODES or 3000 <= code <= 4999):
         raise FrameError(
             _CLOSE_PROTOCOL_ERROR, f"close frame with code {code}, which a peer may not send"
         )

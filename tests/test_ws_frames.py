@@ -238,6 +238,11 @@ def test_a_close_without_status_is_sent_empty() -> None:
     assert close_payload(1005, "ignored") == b""
 
 
+@pytest.mark.parametrize("code", [1006, 1015])
+def test_a_close_with_a_code_no_frame_may_carry_is_sent_as_1000(code: int) -> None:
+    assert close_payload(code, "gone") == b"\x03\xe8gone"
+
+
 def test_every_close_code_is_taken_or_refused_as_wsproto_does() -> None:
     for code in range(65_536):
         frame = encode_frame(OP_CLOSE, struct.pack("!H", code) + b"why", masked=False)
