@@ -8,7 +8,7 @@ starts no thread and depends on nothing outside the standard library.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._backoff import BACKOFF_CAPS, Backoff
 from ._client import (
@@ -76,6 +76,7 @@ from ._frames import (
     SetSummary,
     UnknownFrame,
 )
+from ._lazy import lazy_names
 from ._reasons import FailureReason, classify_ack_error, classify_error_frame
 from ._seams import (
     OpenError,
@@ -245,17 +246,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """A broker-side name: import its module, and keep the name as a global from now on."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib  # noqa: PLC0415 (only the first use of a broker-side name needs it)
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

@@ -13,7 +13,7 @@ Needs the ``anyio`` extra: ``pip install 'meshproto[anyio]'``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 try:
     import anyio as _anyio  # noqa: F401
@@ -23,6 +23,8 @@ except ImportError as _exc:
         f"meshproto_anyio needs the 'anyio' extra ({_exc.name} is missing): "
         "pip install 'meshproto[anyio]'"
     ) from _exc
+
+from meshproto._lazy import lazy_names
 
 from ._client import SYSTEM_MESSAGE_LIMIT, Client, connect
 
@@ -53,16 +55,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """A server-side name: import :mod:`meshproto_anyio._server`, keep the name from now on."""
-    if name not in _SERVER_NAMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from . import _server  # noqa: PLC0415 (the point: only a server needs it)
-
-    value = getattr(_server, name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_SERVER_NAMES})
+__getattr__, __dir__ = lazy_names(globals(), dict.fromkeys(_SERVER_NAMES, "_server"))

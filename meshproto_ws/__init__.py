@@ -26,7 +26,7 @@ reads, and calls ``handle_timer`` at ``next_deadline()``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 try:
     import wsproto as _wsproto  # noqa: F401
@@ -35,6 +35,8 @@ except ImportError as _exc:  # pragma: no cover - exercised in a subprocess
         "meshproto_ws needs wsproto, which comes with an adapter extra: "
         "pip install 'meshproto[anyio]' (or 'meshproto[sync]')"
     ) from _exc
+
+from meshproto._lazy import lazy_names
 
 from ._client_driver import DEFAULT_CLOSE_TIMEOUT, ClientDriver, client_driver
 from ._commands import CloseSocket, OpenSocket, SocketCommand, WriteBytes
@@ -123,17 +125,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """A broker-side name: import its module, and keep the name as a global from now on."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib  # noqa: PLC0415 (only the first use of a broker-side name needs it)
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
