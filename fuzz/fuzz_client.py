@@ -16,10 +16,9 @@ the input that caused it.
 
 from __future__ import annotations
 
-import sys
-
 from meshproto import ClientOptions
 from meshproto.testing import ClientHarness
+from meshproto.testing._fuzzing import run_fuzzer
 
 
 def test_one_input(data: bytes) -> None:
@@ -34,15 +33,5 @@ def test_one_input(data: bytes) -> None:
     ClientHarness(seed=seed, options=options).run_bytes(data[3:])
 
 
-def main() -> None:
-    try:
-        import atheris  # type: ignore[import-not-found]  # noqa: PLC0415 (optional)
-    except ImportError:
-        sys.exit("atheris is not installed: pip install atheris (see fuzz/README.md)")
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    run_fuzzer(test_one_input)
