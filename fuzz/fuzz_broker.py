@@ -27,7 +27,8 @@ that caused it.
 
 from __future__ import annotations
 
-from meshproto.testing._fuzzing import run_fuzzer
+import sys
+
 from meshproto_ws.testing import SocketBrokerHarness
 
 
@@ -37,5 +38,15 @@ def test_one_input(data: bytes) -> None:
     SocketBrokerHarness(small=bool(head & 1), seed=head >> 1).run_bytes(data[1:])
 
 
+def main() -> None:
+    try:
+        import atheris  # type: ignore[import-not-found]  # noqa: PLC0415 (optional)
+    except ImportError:
+        sys.exit("atheris is not installed: pip install atheris (see fuzz/README.md)")
+    atheris.instrument_all()
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
 if __name__ == "__main__":
-    run_fuzzer(test_one_input)
+    main()

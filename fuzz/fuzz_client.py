@@ -16,9 +16,10 @@ the input that caused it.
 
 from __future__ import annotations
 
+import sys
+
 from meshproto import ClientOptions
 from meshproto.testing import ClientHarness
-from meshproto.testing._fuzzing import run_fuzzer
 
 
 def test_one_input(data: bytes) -> None:
@@ -33,5 +34,15 @@ def test_one_input(data: bytes) -> None:
     ClientHarness(seed=seed, options=options).run_bytes(data[3:])
 
 
+def main() -> None:
+    try:
+        import atheris  # type: ignore[import-not-found]  # noqa: PLC0415 (optional)
+    except ImportError:
+        sys.exit("atheris is not installed: pip install atheris (see fuzz/README.md)")
+    atheris.instrument_all()
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
 if __name__ == "__main__":
-    run_fuzzer(test_one_input)
+    main()

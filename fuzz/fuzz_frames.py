@@ -17,8 +17,8 @@ before the reader, which waits for the whole frame; the oracle allows that).
 from __future__ import annotations
 
 import itertools
+import sys
 
-from meshproto.testing._fuzzing import run_fuzzer
 from meshproto_ws.testing import check_frame_reader
 
 
@@ -38,5 +38,15 @@ def test_one_input(data: bytes) -> None:
     check_frame_reader(chunks, peer_masks=bool(head & 1))
 
 
+def main() -> None:
+    try:
+        import atheris  # type: ignore[import-not-found]  # noqa: PLC0415 (optional)
+    except ImportError:
+        sys.exit("atheris is not installed: pip install atheris (see fuzz/README.md)")
+    atheris.instrument_all()
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
 if __name__ == "__main__":
-    run_fuzzer(test_one_input)
+    main()
