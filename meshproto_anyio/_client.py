@@ -18,7 +18,13 @@ decisions into socket commands. This module only carries them out:
   the core's own timers;
 * user calls go to the core, then the resulting commands are carried out
   and the resulting events delivered, all synchronously, so nothing
-  interleaves with a half-applied input.
+  interleaves with a half-applied input. On asyncio, only the first user
+  call of a loop turn is carried out at once (so a lone send leaves without
+  delay); the calls after it in the same turn, typically the sends of many
+  tasks woken by one read of acks, are carried out together in one pass at
+  the end of the turn. Any pass carries out everything pending, in the
+  core's order, so this changes when frames leave, never which or in what
+  order.
 
 Events reach the application three ways: ``await send()`` and
 ``await list_peers()`` return (or raise) when their outcome arrives;
@@ -69,7 +75,7 @@ from meshproto_ws import (
     client_driver,
 )
 
-from ._client_parts import Outcome, Pulse, connect_error_text
+from ._client_parts import Outcome, Pulse, Signal, connect_error_text, new_signal
 from ._link import SocketLink
 from ._protocol_link import ProtocolLink, WriteTurn, on_asyncio
 
@@ -113,10 +119,14 @@ class Client:
         self._clock: Callable[[], float] = anyio.current_time
         # The deadline the timer task sleeps until: it is woken only for an earlier one.
         self._armed = math.inf
-        self._messages_pulse = Pulse()
-        self._system_pulse = Pulse()
-        self._state_pulse = Pulse()
-        self._sockets_pulse = Pulse()
+        # On asyncio, user calls after the first of a loop turn are carried out at its end.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._turn_open = False
+        self._owed = False
+        self._messages_pulse = Pulse(self._new_signal)
+        self._system_pulse = Pulse(self._new_signal)
+        self._state_pulse = Pulse(self._new_signal)
+        self._sockets_pulse = Pulse(self._new_signal)
         self._pulses = {
             Wake.MESSAGES: self._messages_pulse,
             Wake.SYSTEM: self._system_pulse,
@@ -192,22 +202,22 @@ class Client:
         handle = self._core.send(
             target, body, priority, now=now, client_message_id=client_message_id
         )
-        outcome: Outcome[str] = Outcome()
+        outcome: Outcome[str] = Outcome(self._new_signal())
         self._outcomes.expect_send(handle.id, outcome)
-        self._apply(now)
+        self._carry_out(now)
         return await outcome.wait()
 
     async def set_status(self, status: str) -> None:
         """Set presence (``idle``, ``working``, ``dnd``); kept across reconnects."""
         self._outcomes.check_open()
         self._core.set_status(status, now=self._clock())
-        self._apply()
+        self._carry_out()
 
     async def set_summary(self, summary: str) -> None:
         """Set the one-line summary other peers see; kept across reconnects."""
         self._outcomes.check_open()
         self._core.set_summary(summary, now=self._clock())
-        self._apply()
+        self._carry_out()
 
     async def list_peers(self) -> tuple[Peer, ...]:
         """Ask the broker for the peers of the mesh.
@@ -216,9 +226,9 @@ class Client:
         """
         self._outcomes.check_open()
         request_id = self._core.list_peers(now=self._clock())
-        outcome: Outcome[tuple[Peer, ...]] = Outcome()
+        outcome: Outcome[tuple[Peer, ...]] = Outcome(self._new_signal())
         self._outcomes.expect_peers(request_id, outcome)
-        self._apply()
+        self._carry_out()
         return await outcome.wait()
 
     def messages(self) -> AsyncIterator[Message]:
@@ -263,7 +273,8 @@ class Client:
         self._tasks = tasks
         tasks.start_soon(self._run_timer)
         if on_asyncio():  # the same clock, without asking which loop runs each time
-            self._clock = asyncio.get_running_loop().time
+            self._loop = asyncio.get_running_loop()
+            self._clock = self._loop.time
         self._driver.start(self._clock())
         self._apply()
 
@@ -312,12 +323,33 @@ class Client:
         self._core.drain_actions()
         self._rearm.set()
 
+    def _new_signal(self) -> Signal:
+        return new_signal(self._loop is not None)
+
+    def _carry_out(self, now: float | None = None) -> None:
+        """Carry out a user call: at once if it is the first of this loop turn (or on trio),
+        otherwise in one pass at the end of the turn (see the module docstring)."""
+        if self._turn_open:
+            self._owed = True
+            return
+        self._apply(now)
+        if self._loop is not None:
+            self._turn_open = True
+            self._loop.call_soon(self._end_turn)
+
+    def _end_turn(self) -> None:
+        self._turn_open = False
+        if self._owed:
+            self._guarded("the calls of a loop turn", _nothing_more, self._clock())
+
     def _apply(self, now: float | None = None) -> None:
         """Carry out the driver's commands until there are none, then deliver the events.
 
         ``now`` is the time the caller just read, if it has one (the clock is
-        read once per input, not once per step).
+        read once per input, not once per step). Whatever a user call left
+        owed (:meth:`_carry_out`) is carried out with the rest.
         """
+        self._owed = False
         driver = self._driver
         if now is None:
             now = self._clock()
@@ -552,11 +584,15 @@ class _Messages:
         while True:
             taken = client._core.take_messages(1)
             if taken:
-                client._apply()  # the client_ack, and reading again if it was paused
+                client._carry_out()  # the client_ack, and reading again if it was paused
                 return taken[0]
             if client._core.state is ConnectionState.CLOSED:
                 raise StopAsyncIteration
             await client._messages_pulse.wait()
+
+
+def _nothing_more(now: float) -> None:
+    """The input of a pass that only carries out what is pending."""
 
 
 class _SystemMessages:

@@ -6,16 +6,39 @@ the client itself: these have no state of the client's.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import ssl
-from typing import Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 import anyio
+import anyio.lowlevel
 
-__all__ = ["Outcome", "Pulse", "connect_error_text"]
+__all__ = ["Outcome", "Pulse", "Signal", "connect_error_text", "new_signal"]
 
 T = TypeVar("T")
+
+
+class Signal(Protocol):
+    """What a wait needs of an event: :class:`anyio.Event` and :class:`asyncio.Event` alike."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> object: ...
+
+
+def new_signal(on_asyncio: bool) -> Signal:
+    """An event for one wait: asyncio's own on asyncio, anyio's elsewhere (trio).
+
+    On asyncio, :class:`anyio.Event` is a wrapper around :class:`asyncio.Event`
+    that asks which library runs (sniffio) each time one is made; there is
+    one per send, so the client makes asyncio's directly.
+    """
+    return asyncio.Event() if on_asyncio else anyio.Event()
 
 
 def connect_error_text(exc: OSError) -> str:
@@ -51,14 +74,15 @@ def connect_error_text(exc: OSError) -> str:
 class Pulse:
     """Wakes every task waiting on it; re-armed by each ``fire``.
 
-    The event is made by the first waiter, so a fire with nobody waiting
-    (most of them) costs nothing.
+    The event is made by the first waiter (with ``new_event``), so a fire
+    with nobody waiting (most of them) costs nothing.
     """
 
-    __slots__ = ("_event",)
+    __slots__ = ("_event", "_new_event")
 
-    def __init__(self) -> None:
-        self._event: anyio.Event | None = None
+    def __init__(self, new_event: Callable[[], Signal] = anyio.Event) -> None:
+        self._new_event = new_event
+        self._event: Signal | None = None
 
     def fire(self) -> None:
         event = self._event
@@ -69,7 +93,7 @@ class Pulse:
     async def wait(self) -> None:
         event = self._event
         if event is None:
-            event = self._event = anyio.Event()
+            event = self._event = self._new_event()
         await event.wait()
 
 
@@ -77,12 +101,13 @@ class Outcome(Generic[T]):
     """The one outcome of a send or a request: a value or an error.
 
     A :class:`~meshproto_ws.Waiter`: :class:`~meshproto_ws.Outcomes` settles it.
+    ``done`` is the event it sets (see :func:`new_signal`).
     """
 
     __slots__ = ("_done", "_error", "_value")
 
-    def __init__(self) -> None:
-        self._done = anyio.Event()
+    def __init__(self, done: Signal | None = None) -> None:
+        self._done: Signal = anyio.Event() if done is None else done
         self._value: T | None = None
         self._error: BaseException | None = None
 
@@ -95,7 +120,10 @@ class Outcome(Generic[T]):
         self._done.set()
 
     async def wait(self) -> T:
-        await self._done.wait()
+        if self._done.is_set():  # settled already: still a checkpoint, as anyio's wait is
+            await anyio.lowlevel.checkpoint()
+        else:
+            await self._done.wait()
         if self._error is not None:
             raise self._error
         assert self._value is not None

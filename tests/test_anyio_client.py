@@ -34,7 +34,7 @@ from meshproto import (
     SendError,
     encode,
 )
-from meshproto_anyio import running_broker
+from meshproto_anyio import Client, running_broker
 from meshproto_ws import CLIENT_MAX_MESSAGE_BYTES
 from meshproto_ws import Closed as WsClosed
 
@@ -60,6 +60,36 @@ async def test_send_is_acked_and_pushed_to_the_target() -> None:
     assert received.text == "hello b"
     assert received.sender_pubkey == a.public_key
     assert b.counters.frames_in >= 2
+
+
+async def test_sends_from_many_tasks_in_one_turn_arrive_in_the_order_they_were_made() -> None:
+    # Every task runs in the same loop turn: on asyncio the first send leaves
+    # at once and the rest in one pass at the end of the turn.
+    order: list[str] = []
+
+    async def send(client: Client, target: str, text: str) -> None:
+        order.append(text)
+        await client.send(target, text, "now")
+
+    async with (
+        running_broker(make_broker()) as server,
+        join(server.url, "a") as a,
+        join(server.url, "b") as b,
+    ):
+        with anyio.fail_after(5):
+            await a.wait_state(OPEN)
+            await b.wait_state(OPEN)
+            async with anyio.create_task_group() as tasks:
+                for index in range(8):  # within the broker's burst of 10
+                    tasks.start_soon(send, a, b.public_key, f"message {index}")
+            received: list[str] = []
+            async for message in b.messages():
+                assert isinstance(message, MessageReceived)
+                received.append(message.text)
+                if len(received) == len(order):
+                    break
+    assert received == order
+    assert len(set(order)) == 8
 
 
 async def test_broadcast_reaches_everyone_else() -> None:

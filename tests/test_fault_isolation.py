@@ -195,6 +195,62 @@ async def test_anyio_client_turns_a_bug_into_an_event_and_reconnects(
         assert alice.counters.reconnects >= 1
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_bug_in_the_end_of_turn_pass_becomes_an_event_and_loses_no_send(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # On asyncio the sends after the first of a loop turn are carried out by a
+    # loop callback at the end of the turn; a bug there must not reach the loop.
+    events: list[Event] = []
+    async with (
+        running_broker(make_broker("bob"), port=0) as server,
+        join(server.url, "alice", events=events) as alice,
+        join(server.url, "bob") as bob,
+    ):
+        await eventually(lambda: alice.state == "open" and bob.state == "open")
+        ending = [False]
+        end_turn = alice._end_turn
+
+        def observed_end_turn() -> None:
+            ending[0] = True
+            try:
+                end_turn()
+            finally:
+                ending[0] = False
+
+        monkeypatch.setattr(alice, "_end_turn", observed_end_turn)
+        drain = alice._driver.drain_commands
+        planted = [1]
+
+        def failing_drain(*, now: float) -> Any:
+            if ending[0] and planted[0]:
+                planted[0] = 0
+                raise RuntimeError("planted end-of-turn bug")
+            return drain(now=now)
+
+        monkeypatch.setattr(alice._driver, "drain_commands", failing_drain)
+        acked: list[str] = []
+
+        async def send(text: str) -> None:
+            acked.append(await alice.send(bob.public_key, text, "now"))
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tasks:
+                for index in range(3):  # one turn: the second and third are deferred
+                    tasks.start_soon(send, f"message {index}")
+            texts: set[str] = set()
+            async for message in bob.messages():
+                texts.add(getattr(message, "text", ""))
+                if len(texts) == 3:
+                    break
+    assert planted == [0]
+    assert len(acked) == 3
+    assert texts == {"message 0", "message 1", "message 2"}
+    assert any(isinstance(e, InternalError) and "loop turn" in e.during for e in events)
+    assert _tracebacks(caplog, "planted end-of-turn bug") == 1
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+
+
 def test_sync_client_turns_a_bug_into_an_event_and_keeps_its_thread(
     monkeypatch: pytest.MonkeyPatch, portal: BlockingPortal
 ) -> None:
