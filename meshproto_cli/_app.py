@@ -16,7 +16,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,10 +34,6 @@ from ._errors import (
 __all__ = ["build_parser", "main"]
 
 _EXTRA_HINT = "pip install 'meshproto[all]'"
-#: Commands that stop by themselves on the first Ctrl-C or SIGTERM.
-_GRACEFUL = frozenset({"broker", "listen"})
-#: How long they may take before they are cancelled.
-STOP_GRACE = 5.0
 _TEXT_LOG = "%(levelname)s %(name)s: %(message)s"
 _BROKER_TEXT_LOG = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -411,113 +407,22 @@ def _add_broker_limits(broker: argparse.ArgumentParser) -> None:
 # --- running -----------------------------------------------------------------------------
 
 
-def _runner(name: str) -> Callable[[argparse.Namespace], Awaitable[int]]:
-    if name == "broker":  # the only command that imports the reference broker
-        from ._broker_command import cmd_broker  # noqa: PLC0415 (needs the optional extras)
+def _command(name: str) -> Callable[[argparse.Namespace], int]:
+    """Command ``name``, its modules imported (:class:`ImportError` for a missing extra).
 
-        return cmd_broker
-    from . import _commands  # noqa: PLC0415 (needs the optional extras)
-
-    if name == "demo":
-        from ._demo import run_demo  # noqa: PLC0415
-
-        async def demo(_: argparse.Namespace) -> int:
-            return await run_demo()
-
-        return demo
-    if name == "mcp":
-        from ._mcp import cmd_mcp  # noqa: PLC0415 (needs the mcp extra)
-
-        return cmd_mcp
-    return {
-        "send": _commands.cmd_send,
-        "listen": _commands.cmd_listen,
-        "peers": _commands.cmd_peers,
-        "keygen": _commands.cmd_keygen,
-        "mesh-init": _commands.cmd_mesh_init,
-    }[name]
-
-
-class StopRequest:
-    """The first Ctrl-C or SIGTERM, for a command that stops by itself (``args.stop_requested``).
-
-    ``await wait()`` returns once it came; ``watch(scope)`` cancels ``scope``
-    when it comes (at once if it already has).
+    ``send`` and ``peers`` run in the main thread, on the blocking client:
+    no event loop, so neither ``asyncio`` nor ``anyio`` is imported, and a
+    Ctrl-C or SIGTERM (:func:`_terminate_cleanly`) raises where the command
+    waits. Every other command runs under ``anyio.run``
+    (:mod:`meshproto_cli._running`).
     """
+    if name in ("send", "peers"):
+        from . import _oneshot  # noqa: PLC0415 (needs the optional extras)
 
-    def __init__(self) -> None:
-        import anyio  # noqa: PLC0415 (needs the optional extras)
+        return _oneshot.cmd_send if name == "send" else _oneshot.cmd_peers
+    from ._running import loop_command  # noqa: PLC0415 (needs the optional extras)
 
-        self._event = anyio.Event()
-        self._scopes: list[Any] = []
-
-    def set(self) -> None:
-        self._event.set()
-        for scope in self._scopes:
-            scope.cancel()
-
-    def watch(self, scope: Any) -> None:
-        self._scopes.append(scope)
-        if self._event.is_set():
-            scope.cancel()
-
-    async def wait(self) -> None:
-        await self._event.wait()
-
-
-async def _until_interrupted(
-    runner: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace
-) -> int:
-    """Run the command until SIGINT or SIGTERM, which raise ``KeyboardInterrupt``, ``Terminated``.
-
-    Handling the signals here, inside the event loop, makes Ctrl-C behave the
-    same on asyncio and trio and on every Python (3.10's asyncio would
-    otherwise surface it as a bare ``CancelledError``). ``broker`` and
-    ``listen`` stop gracefully: the first signal sets ``args.stop_requested``
-    (a :class:`StopRequest`), and they finish within :data:`STOP_GRACE` seconds
-    (a broker closes every socket with 1001, a listener says goodbye); a
-    second signal, or the end of the grace, cancels them. Any other command
-    is cancelled at once.
-    """
-    import anyio  # noqa: PLC0415 (needs the optional extras)
-
-    outcome: list[int] = []
-    failure: list[BaseException] = []
-    received: list[int] = []
-    args.stop_requested = stop = StopRequest()
-    graceful = args.run in _GRACEFUL
-    async with anyio.create_task_group() as tasks:
-
-        async def cancel_later() -> None:
-            await anyio.sleep(STOP_GRACE)
-            tasks.cancel_scope.cancel()
-
-        async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    received.append(signum)
-                    stop.set()
-                    if not graceful or len(received) > 1:
-                        tasks.cancel_scope.cancel()
-                        return
-                    tasks.start_soon(cancel_later)
-
-        async def work() -> None:
-            try:
-                outcome.append(await runner(args))
-            except Exception as exc:  # re-raised below, outside the task group
-                failure.append(exc)
-            tasks.cancel_scope.cancel()
-
-        tasks.start_soon(watch_signals)
-        tasks.start_soon(work)
-    if received:
-        if received[0] == signal.SIGTERM:
-            raise Terminated
-        raise KeyboardInterrupt
-    if failure:
-        raise failure[0]
-    return outcome[0]
+    return loop_command(name)
 
 
 def _raise_terminated(signum: int, frame: object) -> None:
@@ -671,10 +576,7 @@ def _main(argv: Sequence[str] | None) -> int:
     with _interrupts_deferred():
         _configure_logging(args)
         try:
-            import anyio  # noqa: PLC0415
-            import anyio._backends._asyncio  # noqa: PLC0415 (anyio.run would load it)
-
-            runner = _runner(args.run)
+            run = _command(args.run)
         except ImportError as exc:
             message = exc.msg if hasattr(exc, "msg") else str(exc)
             return _fail(args, CommandError(f"{message}; install with: {_EXTRA_HINT}"))
@@ -687,7 +589,7 @@ def _main(argv: Sequence[str] | None) -> int:
     try:
         if args.run == "send":
             _read_body(args)
-        return anyio.run(_until_interrupted, runner, args)
+        return run(args)
     except CommandError as exc:
         return _fail(args, exc)
     except FileProblem as exc:

@@ -1,12 +1,15 @@
-"""The subcommands other than ``demo`` and ``broker``: send, listen, peers, keygen, mesh init.
+"""The subcommands that run on the event loop: listen, keygen, mesh init.
 
 Each is an ``async`` function of parsed arguments that returns an exit
 status. Problems the user can fix raise :class:`CommandError` (or one of
 its kinds in :mod:`meshproto_cli._errors`, which carry their exit status);
 the entry point prints it as one line and exits with that status.
 
-``send``, ``listen`` and ``peers`` share how they connect: the identity and
-session of :func:`~meshproto_cli._identity.command_identity`, a
+``listen`` runs on the anyio client: it waits on messages, system pushes
+and the peer list at once. The one-shot ``send`` and ``peers`` need none of
+that and run on the blocking client (:mod:`meshproto_cli._oneshot`); all
+three connect the same way (:mod:`meshproto_cli._connecting`): the identity
+and session of :func:`~meshproto_cli._identity.command_identity`, a
 :class:`~meshproto_cli._status.ConnectionReporter` on stderr, a reconnect
 backoff capped at ``--retry-max``, and a refusal reported as
 :class:`~meshproto_cli._errors.Refused` (status 1).
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import secrets
-import ssl
 import string
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -28,24 +30,26 @@ from typing import Any
 import anyio
 
 from meshproto import (
-    BACKOFF_CAPS,
-    Backoff,
-    ClientOptions,
     ConnectionState,
     Event,
     HandshakeComplete,
     MessageReceived,
     RequestError,
-    SendAcked,
-    SendError,
-    SendOutcomeUnknown,
-    SendOutcomeUnknownError,
     UnreadableMessage,
 )
 from meshproto_anyio import Client, connect
 from meshproto_crypto import KeyPair
 
-from ._errors import CommandError, OutcomeUnknown, Refused, TimedOut
+from ._connecting import (
+    client_options,
+    client_ssl,
+    new_reporter,
+    print_line,
+    refused,
+    stderr_line,
+    verbosity,
+)
+from ._errors import CommandError, TimedOut
 from ._files import (
     FileProblem,
     JoinedMesh,
@@ -58,21 +62,13 @@ from ._files import (
     save_members_file,
     write_private_json,
 )
-from ._formats import MessageFormat, peer_record, peer_table
+from ._formats import MessageFormat
 from ._identity import Identity, command_identity
-from ._names import NameProblem, is_target_spec, resolve_target
-from ._output import Style, json_line, visible
+from ._output import Style, json_line
 from ._roster import Roster
-from ._status import SLOW_CONNECT, ConnectionReporter, describe_refusal, refusal_code
+from ._status import SLOW_CONNECT, ConnectionReporter
 
-__all__ = [
-    "CommandError",
-    "cmd_keygen",
-    "cmd_listen",
-    "cmd_mesh_init",
-    "cmd_peers",
-    "cmd_send",
-]
+__all__ = ["CommandError", "cmd_keygen", "cmd_listen", "cmd_mesh_init"]
 
 logger = logging.getLogger("meshproto.cli")
 _BASE62 = string.ascii_letters + string.digits
@@ -90,36 +86,7 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _client_ssl(args: argparse.Namespace) -> ssl.SSLContext | None:
-    if getattr(args, "cafile", None):
-        try:
-            return ssl.create_default_context(cafile=args.cafile)
-        except (OSError, ssl.SSLError) as exc:
-            raise CommandError(f"cannot read --cafile {args.cafile}: {exc}") from None
-    return None
-
-
-def _verbosity(args: argparse.Namespace) -> int:
-    """0 with ``--quiet``, 1 by default, 2 and more with ``-v``."""
-    if getattr(args, "quiet", False):
-        return 0
-    return 1 + getattr(args, "verbose", 0)
-
-
-def _stderr_line(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _print(text: str) -> None:
-    print(text, flush=True)
-
-
 # --- connecting ------------------------------------------------------------------------
-
-
-def _client_options(args: argparse.Namespace, *, accept_messages: bool) -> ClientOptions:
-    caps = tuple(min(cap, args.retry_max) for cap in BACKOFF_CAPS)
-    return ClientOptions(accept_messages=accept_messages, backoff=Backoff(caps=caps))
 
 
 @asynccontextmanager
@@ -127,42 +94,24 @@ async def _connected(
     args: argparse.Namespace,
     identity: Identity,
     *,
-    announce: bool,
-    accept_messages: bool,
-    suffix: str = "",
-    also: Callable[[Event], None] | None = None,
+    suffix: str,
+    also: Callable[[Event], None],
 ) -> AsyncIterator[tuple[Client, ConnectionReporter]]:
-    """A client of ``identity``, its connection state reported on stderr."""
+    """A client of ``identity`` that takes messages, its connection state reported on stderr."""
     kwargs = identity.connect_kwargs(args.url, args.name)
-    reporter = ConnectionReporter(
-        kwargs["url"],
-        write=_stderr_line,
-        verbosity=_verbosity(args),
-        announce=announce,
-        name=args.name,
-        key=identity.session.pubkey,
-        suffix=suffix,
-        style=Style.for_stream(sys.stderr),
-    )
+    reporter = new_reporter(args, identity, kwargs["url"], announce=True, suffix=suffix)
 
     def on_event(event: Event) -> None:
         reporter.on_event(event)
-        if also is not None:
-            also(event)
+        also(event)
 
     async with connect(
         **kwargs,
-        ssl_context=_client_ssl(args),
-        options=_client_options(args, accept_messages=accept_messages),
+        ssl_context=client_ssl(args),
+        options=client_options(args, accept_messages=True),
         on_event=on_event,
     ) as client:
         yield client, reporter
-
-
-def _refused(reporter: ConnectionReporter) -> Refused:
-    closed = reporter.closed
-    assert closed is not None
-    return Refused(describe_refusal(closed), reason=refusal_code(closed), closeCode=closed.code)
 
 
 async def _wait_open(client: Client, reporter: ConnectionReporter) -> None:
@@ -173,118 +122,15 @@ async def _wait_open(client: Client, reporter: ConnectionReporter) -> None:
         reporter.still_connecting()
         state = await client.wait_state(ConnectionState.OPEN, ConnectionState.CLOSED)
     if state is ConnectionState.CLOSED:
-        raise _refused(reporter)
-
-
-# --- send ------------------------------------------------------------------------------
-
-
-async def _resolve_target(client: Client, identity: Identity, target: str) -> str:
-    """A target spec as given, or the live session key of the peer with that display name."""
-    if is_target_spec(target):
-        return target
-    peers = await client.list_peers()
-    try:
-        resolution = resolve_target(
-            target, peers, own_keys=(identity.session.pubkey, identity.member.pubkey)
-        )
-    except NameProblem as exc:
-        raise CommandError(visible(str(exc)), code="no_such_peer") from None
-    if resolution.note:
-        logger.info("%s", visible(resolution.note))
-    return resolution.target
-
-
-def _unknown_outcome(
-    client_message_id: str, code: str, detail: str, *, after: str = ""
-) -> OutcomeUnknown:
-    why = f"{code}: {visible(detail)}" if detail else code
-    return OutcomeUnknown(
-        f"outcome unknown{after} ({why}): the message may have been delivered; to retry "
-        f"without risking a second copy, send it again with --client-message-id "
-        f"{client_message_id}",
-        reason=code,
-        detail=detail,
-        clientMessageId=client_message_id,
-    )
-
-
-async def cmd_send(args: argparse.Namespace) -> int:
-    body: str = getattr(args, "body", args.message)
-    directory = config_dir(args.config_dir)
-    with command_identity(directory, args.mesh, command="send", session=args.session) as identity:
-        target: str | None = None
-        message_id: str | None = None
-        failure: SendError | None = None
-        async with _connected(args, identity, announce=False, accept_messages=False) as (
-            client,
-            reporter,
-        ):
-            with anyio.move_on_after(args.timeout):
-                await _wait_open(client, reporter)
-                target = await _resolve_target(client, identity, args.target)
-                try:
-                    message_id = await client.send(
-                        target, body, args.priority, client_message_id=args.client_message_id
-                    )
-                except SendError as exc:
-                    failure = exc
-        # The client has closed: every event about the send has arrived.
-        outcome = reporter.send_outcomes[-1] if reporter.send_outcomes else None
-    if isinstance(failure, SendOutcomeUnknownError):
-        reason = failure.reason
-        raise _unknown_outcome(failure.client_message_id, reason.code, reason.detail)
-    if failure is not None:
-        reason = failure.reason
-        raise CommandError(
-            f"not delivered: {visible(str(reason))}",
-            code="not_delivered",
-            reason=reason.code,
-            retryable=reason.retryable,
-            detail=reason.detail,
-        )
-    if message_id is None:  # --timeout ran out
-        if isinstance(outcome, SendAcked):  # acknowledged as the client closed
-            message_id = outcome.message_id
-        elif isinstance(outcome, SendOutcomeUnknown):
-            raise _unknown_outcome(
-                outcome.client_message_id,
-                "timeout",
-                f"no ack within --timeout {args.timeout:g} s",
-                after=f" after {args.timeout:g} s",
-            )
-        else:
-            waiting_for = "the broker's ack" if target is not None else "the peer list"
-            raise TimedOut(
-                reporter.timeout_message(args.timeout, waiting_for) + "; nothing was sent"
-            )
-    acked = [o for o in reporter.send_outcomes if isinstance(o, SendAcked)]
-    client_message_id = args.client_message_id or (acked[-1].send_id if acked else None)
-    if args.json:
-        _print(
-            json_line(
-                {
-                    "type": "sent",
-                    "messageId": message_id,
-                    "clientMessageId": client_message_id,
-                    "target": args.target,
-                    "targetSpec": target,
-                    "priority": args.priority,
-                    "mesh": identity.mesh.slug,
-                    "meshId": identity.mesh.mesh_id,
-                }
-            )
-        )
-    else:
-        _print(f"sent {message_id}")
-    return 0
+        assert reporter.closed is not None
+        raise refused(reporter.closed)
 
 
 # --- listen ----------------------------------------------------------------------------
 
 
 def _stop_on_signal(args: argparse.Namespace, scope: anyio.CancelScope) -> None:
-    """End ``scope`` at the first Ctrl-C or SIGTERM (``_app.StopRequest``)."""
+    """End ``scope`` at the first Ctrl-C or SIGTERM (``_running.StopRequest``)."""
     stop = getattr(args, "stop_requested", None)
     if stop is not None:
         stop.watch(scope)
@@ -321,7 +167,7 @@ async def _follow_system_messages(
     async for system in client.system_messages():
         roster.note(system)
         if show:
-            _print(
+            print_line(
                 json_line(formats.system_record(system)) if as_json else formats.system_line(system)
             )
 
@@ -339,12 +185,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
                 roster.stale = True  # pushes may have been missed while away
 
         async with _connected(
-            args,
-            identity,
-            announce=True,
-            accept_messages=True,
-            suffix="listening (Ctrl-C to stop)",
-            also=on_event,
+            args, identity, suffix="listening (Ctrl-C to stop)", also=on_event
         ) as (client, reporter):
             if args.status:
                 await client.set_status(args.status)
@@ -355,12 +196,12 @@ async def cmd_listen(args: argparse.Namespace) -> int:
                 async with anyio.create_task_group() as tasks:
                     tasks.start_soon(
                         lambda: _follow_system_messages(
-                            client, roster, formats, show=_verbosity(args) >= 2, as_json=args.json
+                            client, roster, formats, show=verbosity(args) >= 2, as_json=args.json
                         )
                     )
                     async for message in client.messages():
                         await _know_sender(client, roster, message)
-                        _print(
+                        print_line(
                             json_line(formats.record(message))
                             if args.json
                             else formats.line(message)
@@ -370,40 +211,12 @@ async def cmd_listen(args: argparse.Namespace) -> int:
                             break
                     tasks.cancel_scope.cancel()
             if reporter.closed is not None:
-                raise _refused(reporter)
+                raise refused(reporter.closed)
         if timer.cancelled_caught and (received == 0 or received < args.count):
             if not reporter.connections:
                 raise TimedOut(reporter.timeout_message(args.timeout, "a message"))
             wanted = f"{received} of {args.count} messages" if args.count else "no message"
             raise TimedOut(f"{wanted} within --timeout {args.timeout:g} s", received=received)
-    return 0
-
-
-# --- peers -----------------------------------------------------------------------------
-
-
-async def cmd_peers(args: argparse.Namespace) -> int:
-    directory = config_dir(args.config_dir)
-    with command_identity(directory, args.mesh, command="peers", session=args.session) as identity:
-        peers = None
-        async with _connected(args, identity, announce=False, accept_messages=False) as (
-            client,
-            reporter,
-        ):
-            with anyio.move_on_after(args.timeout):
-                await _wait_open(client, reporter)
-                peers = await client.list_peers()
-        if peers is None:
-            raise TimedOut(reporter.timeout_message(args.timeout, "the peer list"))
-        own = identity.session.pubkey
-    if args.json:
-        for peer in peers:
-            _print(json_line(peer_record(peer, (own,))))
-    elif not peers:
-        _print("no peers")
-    else:
-        for line in peer_table(peers, own, Style.for_stream(sys.stdout)):
-            _print(line)
     return 0
 
 
@@ -417,10 +230,10 @@ async def cmd_keygen(args: argparse.Namespace) -> int:
     keys = KeyPair.generate()
     write_private_json(path, {"pubkey": keys.pubkey, "secretKey": keys.secret_key})
     if args.json:
-        _print(json_line({"type": "key", "pubkey": keys.pubkey, "path": str(path)}))
+        print_line(json_line({"type": "key", "pubkey": keys.pubkey, "path": str(path)}))
     else:
-        _print(keys.pubkey)
-    _stderr_line(
+        print_line(keys.pubkey)
+    stderr_line(
         f"secret key written to {path} (mode 0600). No other subcommand reads it: put the "
         "pubkey in a row of a members file, or both keys in a joined-mesh record "
         "(docs/howto/command.md, 'keygen')"
@@ -471,13 +284,13 @@ async def cmd_mesh_init(args: argparse.Namespace) -> int:
     )
     save_members_file(members_path, MembersFile(mesh_id, args.name, rows))
     if args.json:
-        _print(_mesh_record(args, slug, members_path, directory, records))
+        print_line(_mesh_record(args, slug, members_path, directory, records))
         return 0
-    _print(f"mesh {args.name!r} ({mesh_id}) with {len(rows)} members")
-    _print(f"  members file: {members_path}")
+    print_line(f"mesh {args.name!r} ({mesh_id}) with {len(rows)} members")
+    print_line(f"  members file: {members_path}")
     for name in names:
-        _print(f"  {name}: CLAUDEMESH_CONFIG_DIR={directory / name}")
-    _print(f"serve it with: meshproto broker --mesh {members_path}")
+        print_line(f"  {name}: CLAUDEMESH_CONFIG_DIR={directory / name}")
+    print_line(f"serve it with: meshproto broker --mesh {members_path}")
     return 0
 
 

@@ -57,6 +57,19 @@ TLS_WRITE_CHUNK = 262_144
 _READ = selectors.EVENT_READ
 _WRITE = selectors.EVENT_WRITE
 _IN_PROGRESS = frozenset({0, errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN})
+#: TLS errors that mean the other end went away, not that it was refused.
+_TLS_HANG_UPS = (ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+def _error_text(error: OSError) -> str:
+    """Why a connect failed, for a person (``Connection refused``), as the anyio client says it.
+
+    The system's text for the errno, without ``[Errno 111]``; a resolver's
+    message (``Name or service not known``) as it is.
+    """
+    if isinstance(error, socket.gaierror):
+        return error.strerror or str(error)
+    return os.strerror(error.errno) if error.errno else str(error)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +158,7 @@ class SocketLink:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            return self._fail(f"could not connect to {self.address.url}: {exc}")
+            return self._could_not_connect(_error_text(exc))
         self._addresses = [(info[0], info[4]) for info in infos]
         return self._next_address("no address")
 
@@ -156,7 +169,7 @@ class SocketLink:
             try:
                 sock = socket.socket(family, socket.SOCK_STREAM)
             except OSError as exc:
-                error = str(exc)
+                error = _error_text(exc)
                 continue
             try:
                 sock.setblocking(False)
@@ -164,7 +177,7 @@ class SocketLink:
                 code = sock.connect_ex(sockaddr)
             except OSError as exc:
                 sock.close()
-                error = str(exc)
+                error = _error_text(exc)
                 continue
             if code in _IN_PROGRESS:
                 self._sock = sock
@@ -172,13 +185,13 @@ class SocketLink:
                 return None
             sock.close()
             error = os.strerror(code)
-        return self._fail(f"could not connect to {self.address.url}: {error}")
+        return self._could_not_connect(error)
 
     def _connected(self) -> list[LinkResult]:
         assert self._sock is not None
         code = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if code not in _IN_PROGRESS:
-            failed = self._next_address(f"[Errno {code}] {os.strerror(code)}")
+            failed = self._next_address(os.strerror(code))
             return [failed] if failed is not None else []
         if code != 0:
             return []  # spurious wake-up: still connecting
@@ -193,7 +206,7 @@ class SocketLink:
                 self._sock, server_hostname=self.address.host, do_handshake_on_connect=False
             )
         except (OSError, ValueError) as exc:
-            return [self._fail(f"TLS handshake with {self.address.url} failed: {exc!r}")]
+            return [self._tls_failed(exc)]
         self.state = LinkState.HANDSHAKING
         return self._handshake()
 
@@ -209,7 +222,7 @@ class SocketLink:
             self._handshake_wants = _WRITE
             return []
         except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-            return [self._fail(f"TLS handshake with {self.address.url} failed: {exc!r}")]
+            return [self._tls_failed(exc)]
         self.state = LinkState.OPEN
         return [LinkOpened()]
 
@@ -342,6 +355,19 @@ class SocketLink:
         """Close now; whatever is buffered is dropped."""
         self._buffer.clear()
         self._finish()
+
+    def _could_not_connect(self, why: str) -> LinkFailed:
+        return self._fail(f"could not connect to {self.address.url}: {why}")
+
+    def _tls_failed(self, exc: Exception) -> LinkFailed:
+        """A certificate refused or a protocol mismatch, worded as the anyio client does.
+
+        Those are OpenSSL's verdicts on the broker, said as they are; anything
+        else (the broker hung up during the handshake) names the handshake.
+        """
+        if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_HANG_UPS):
+            return self._could_not_connect(str(exc))
+        return self._fail(f"TLS handshake with {self.address.url} failed: {exc!r}")
 
     def _fail(self, reason: str) -> LinkFailed:
         self.abort()

@@ -356,6 +356,25 @@ def test_a_broker_that_never_answers_is_reported_within_a_second(
     )
 
 
+@pytest.mark.parametrize("command", ["send", "peers"])
+def test_sigterm_and_ctrl_c_end_a_one_shot_command_while_it_waits(
+    mesh: Path, silent_broker: str, command: str
+) -> None:
+    # send and peers wait in the main thread (the blocking client): a signal
+    # raises there, the client closes on the way out, and no traceback shows.
+    target = ("*", "hi") if command == "send" else ()
+    for signum, status, word in (
+        (signal.SIGTERM, 143, "terminated"),
+        (signal.SIGINT, 130, "interrupted"),
+    ):
+        with Running(command, *target, *member(mesh, "alice", silent_broker)) as waiting:
+            waiting.err.wait_for("still connecting")
+            waiting.signal(signum)
+            assert waiting.wait() == status
+        assert waiting.err.text().splitlines()[-1] == word
+        assert "Traceback" not in waiting.err.text()
+
+
 def test_a_send_written_and_never_acknowledged_exits_3_with_the_key_to_retry_under(
     mesh: Path,
 ) -> None:

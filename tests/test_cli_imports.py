@@ -7,6 +7,11 @@ registry, the admission checks), the WebSocket broker driver, the anyio
 server, SQLite, the broker's log or the MCP server may be among them: a
 client has no use for them, and importing them is most of what a short
 command costs. The packages still give the broker-side names, on first use.
+
+The one-shot ``send`` and ``peers`` run on the blocking client, with no
+event loop: they import neither ``asyncio`` nor ``anyio`` (nor the anyio
+client, nor the modules of the commands that run on the loop);
+``listen`` runs on the anyio client.
 """
 
 from __future__ import annotations
@@ -39,6 +44,12 @@ BROKER_SIDE = re.compile(
 #: a session's first run writes its key file, later runs only read it).
 NOT_AT_START = frozenset({"datetime", "_datetime", "tempfile"})
 
+#: What the one-shot commands (send, peers) never import: an event loop and its client.
+EVENT_LOOP = re.compile(
+    r"(asyncio|anyio|sniffio|meshproto_anyio|meshproto_cli\._commands|meshproto_cli\._running)"
+    r"(\..*)?"
+)
+
 #: Runs the command as the console script does, then lists what it imported.
 RUN_AND_LIST = """
 import json, sys
@@ -70,6 +81,10 @@ def broker_side(modules: list[str]) -> list[str]:
     return [name for name in modules if BROKER_SIDE.fullmatch(name)]
 
 
+def event_loop(modules: list[str]) -> list[str]:
+    return [name for name in modules if EVENT_LOOP.fullmatch(name)]
+
+
 @pytest.fixture
 def mesh(tmp_path: Path) -> Path:
     return make_mesh(tmp_path, "alice,bob")
@@ -95,25 +110,44 @@ def test_send_to_a_listening_peer_imports_nothing_of_the_broker(
             )
             assert status == 0, stderr
         bob.out.wait_for(r": hi$")
-    assert "meshproto_anyio._client" in modules  # it did connect
+    assert "meshproto_sync._client" in modules  # it did connect, on the blocking client
+    assert event_loop(modules) == []
     assert broker_side(modules) == []
     assert NOT_AT_START.isdisjoint(modules), sorted(NOT_AT_START & {*modules})
 
 
 @pytest.mark.parametrize(
-    ("args", "expected"),
-    [(("peers",), 0), (("listen", "--timeout", "0.5"), 124)],
+    ("args", "expected", "client"),
+    [
+        (("peers",), 0, "meshproto_sync._client"),
+        (("listen", "--timeout", "0.5"), 124, "meshproto_anyio._client"),
+    ],
     ids=["peers", "listen"],
 )
 def test_peers_and_listen_import_nothing_of_the_broker(
-    tmp_path: Path, mesh: Path, url: str, args: tuple[str, ...], expected: int
+    tmp_path: Path, mesh: Path, url: str, *, args: tuple[str, ...], expected: int, client: str
 ) -> None:
     for _ in range(2):  # the first run writes the session's key file
         status, modules, stderr = imported_by(tmp_path, *args, *member(mesh, "alice", url))
         assert status == expected, stderr
-    assert "meshproto_anyio._client" in modules
+    assert client in modules
+    if args[0] == "peers":
+        assert event_loop(modules) == []
     assert broker_side(modules) == []
     assert NOT_AT_START.isdisjoint(modules), sorted(NOT_AT_START & {*modules})
+
+
+def test_a_send_that_cannot_connect_imports_no_event_loop_either(
+    tmp_path: Path, mesh: Path
+) -> None:
+    # Its error path (the timeout, the last cause) needs no loop either.
+    url = "ws://127.0.0.1:9/ws"
+    status, modules, stderr = imported_by(
+        tmp_path, "send", "bob", "hi", "--timeout", "0.3", *member(mesh, "alice", url)
+    )
+    assert status == 124, stderr
+    assert "without reaching the broker" in stderr
+    assert event_loop(modules) == []
 
 
 def test_the_broker_side_names_still_load_on_first_use(tmp_path: Path) -> None:
