@@ -207,7 +207,12 @@ class BrokerServer:
                 logger.debug("TLS handshake failed: %r", exc)
                 await anyio.aclose_forcefully(stream)
                 return
-        socket_id = self._driver.socket_opened(now=time.time())
+        try:
+            socket_id = self._driver.socket_opened(now=time.time())
+        except Exception:  # a bug: it costs this socket, never the listener's task group
+            logger.exception("unexpected error while accepting a socket; dropping it")
+            await anyio.aclose_forcefully(stream)
+            return
         link = SocketLink(
             socket_id,
             stream,

@@ -1,0 +1,103 @@
+"""Faults of the network and of the peer at each stage of a socket's life, over loopback.
+
+A server that hangs up (or talks plaintext) before a ``wss://`` client has
+started TLS, a bug at the moment the broker accepts a socket, a peer that
+keeps talking after its close frame: each test plants one such fault and
+checks the rule every adapter keeps: the fault gets a clear error at once
+(no wait for a timeout), costs that one socket, and never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import anyio
+import pytest
+import trustme
+from anyio_helpers import (
+    FAST,
+    WsPeer,
+    anyio_backend,
+    eventually,
+    hello_text,
+    join,
+    make_broker,
+)
+
+from meshproto import ClientOptions, ConnectionState
+from meshproto_anyio import running_broker
+from meshproto_ws import BrokerDriver
+
+pytestmark = pytest.mark.anyio
+__all__ = ["anyio_backend"]
+
+OPEN = ConnectionState.OPEN
+#: A connect timeout far longer than any test waits: a failure seen in time
+#: was seen at once, not when the core gave up on the connect.
+PATIENT = ClientOptions(
+    connect_timeout=30.0,
+    hello_timeout=FAST.hello_timeout,
+    ack_timeout=FAST.ack_timeout,
+    request_timeout=FAST.request_timeout,
+    ping_interval=FAST.ping_interval,
+    liveness_timeout=FAST.liveness_timeout,
+    backoff=FAST.backoff,
+)
+
+
+@pytest.fixture(scope="module")
+def client_tls() -> ssl.SSLContext:
+    """A client context that trusts a throwaway CA (no server here needs its certificate)."""
+    context = ssl.create_default_context()
+    trustme.CA().configure_trust(context)
+    return context
+
+
+def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """Records that carry a traceback, or asyncio's word for an exception it caught."""
+    return [
+        r
+        for r in caplog.records
+        if r.exc_info or "Exception in callback" in r.getMessage() or "Fatal" in r.getMessage()
+    ]
+
+
+# --- a bug as the broker accepts a socket ----------------------------------------------
+
+
+async def test_a_bug_as_a_socket_is_accepted_costs_that_socket_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    original = BrokerDriver.socket_opened
+    planted = 0
+
+    def failing(self: BrokerDriver, *, now: float) -> int:
+        nonlocal planted
+        if planted == 0 and self.socket_ids():  # the second socket: bob's is first
+            planted += 1
+            raise RuntimeError("planted accept bug")
+        return original(self, now=now)
+
+    monkeypatch.setattr(BrokerDriver, "socket_opened", failing)
+    with caplog.at_level(logging.ERROR):
+        async with running_broker(make_broker(), port=0) as server, join(server.url, "bob") as bob:
+            await eventually(lambda: bob.state is OPEN)
+            victim = await anyio.connect_tcp("127.0.0.1", server.port)
+            with anyio.fail_after(5):  # the socket it cost is closed, not left hanging
+                while True:
+                    try:
+                        await victim.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                        break
+            await victim.aclose()
+            assert planted == 1
+            assert await bob.send("*", "still served")  # the other socket
+            fresh = await WsPeer.open(server.url)  # and the next connection
+            await fresh.send_text(hello_text("fresh", server.url))
+            assert (await fresh.next_frame())["type"] == "hello_ack"
+            await fresh.aclose()
+            await eventually(lambda: server.socket_count == 1)
+    logged = [r for r in caplog.records if r.exc_text and "planted accept bug" in r.exc_text]
+    assert len(logged) == 1
+    assert not any("Exception in callback" in r.getMessage() for r in caplog.records)
