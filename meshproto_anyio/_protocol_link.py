@@ -41,6 +41,12 @@ escapes an owner's callback (a bug: the owners contain their own) is logged
 and costs that socket, which is aborted; it never reaches asyncio, which
 would log it as the loop's error and leave the socket open, unserved.
 
+A client's ``wss://`` link is made over TCP first and opens only once TLS is
+up (:meth:`ProtocolLink.upgraded`). Bytes that arrive before TLS began are
+no TLS server's (one waits for the client's hello): the link aborts, and
+the owner, which finds the connection closing, fails the connect at once
+rather than start TLS on it and wait for a handshake that cannot come.
+
 Why: a socket served by two tasks costs each write a task wake-up and each
 idle socket two parked tasks, which is most of what a broker with thousands
 of sockets spends, and a client a hop of the event loop each way of every
@@ -300,6 +306,8 @@ class ProtocolLink(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if not self._done:
             _declared(self, self._on_data, self.socket_id, bytes(_READ_BUFFER[:nbytes]))
+        elif self._tls_pending:  # bytes before TLS began: a TLS server waits for our hello
+            self.abort()
 
     def eof_received(self) -> bool:
         if not self._done:

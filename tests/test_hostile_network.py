@@ -9,12 +9,16 @@ checks the rule every adapter keeps: the fault gets a clear error at once
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import anyio
 import pytest
 import trustme
+from anyio.abc import SocketAttribute, SocketStream
 from anyio_helpers import (
     FAST,
     WsPeer,
@@ -25,7 +29,7 @@ from anyio_helpers import (
     make_broker,
 )
 
-from meshproto import ClientOptions, ConnectionState
+from meshproto import ClientOptions, ConnectionState, Event, ReconnectScheduled
 from meshproto_anyio import running_broker
 from meshproto_ws import BrokerDriver
 
@@ -61,6 +65,54 @@ def tracebacks(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
         for r in caplog.records
         if r.exc_info or "Exception in callback" in r.getMessage() or "Fatal" in r.getMessage()
     ]
+
+
+# --- a wss:// client whose server does not wait for TLS ---------------------------------
+
+
+async def _hang_up(stream: SocketStream) -> None:
+    await stream.aclose()
+
+
+async def _talk_plaintext(stream: SocketStream) -> None:
+    await stream.send(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+    await anyio.sleep_forever()  # and wait, as a server that speaks first would
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.parametrize("server", [_hang_up, _talk_plaintext], ids=["hang-up", "plaintext"])
+async def test_wss_fails_at_once_when_the_server_acts_before_tls_began(
+    server: Callable[[SocketStream], Awaitable[None]],
+    client_tls: ssl.SSLContext,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What the server did reaches the client between the TCP connect and
+    # start_tls (a busy loop makes that window; here it is held open): the
+    # client must see it then, not wait for its connect timeout.
+    connect = asyncio.BaseEventLoop.create_connection
+
+    async def slow_connect(self: asyncio.AbstractEventLoop, *args: Any, **kwargs: Any) -> Any:
+        transport, protocol = await connect(self, *args, **kwargs)  # type: ignore[arg-type]
+        for _ in range(100):  # at most 0.5 s: until the link has seen what came
+            if transport.is_closing():
+                break
+            await asyncio.sleep(0.005)
+        return transport, protocol
+
+    monkeypatch.setattr(asyncio.BaseEventLoop, "create_connection", slow_connect)
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(SocketAttribute.local_port)
+    events: list[Event] = []
+    async with listener, anyio.create_task_group() as tasks:
+        tasks.start_soon(listener.serve, server)
+        url = f"wss://127.0.0.1:{port}/ws"
+        async with join(url, "a", ssl_context=client_tls, events=events, options=PATIENT) as a:
+            await eventually(lambda: a.counters.reconnects >= 2, timeout=5.0)
+        tasks.cancel_scope.cancel()
+    causes = [e.cause for e in events if isinstance(e, ReconnectScheduled)]
+    assert causes and all("TLS handshake" in cause for cause in causes), causes
+    assert not tracebacks(caplog)
 
 
 # --- a bug as the broker accepts a socket ----------------------------------------------
