@@ -108,7 +108,9 @@ class WriteTurn:
     """The links of one owner that have written in this turn of the event loop.
 
     The first link to write in a turn schedules the end of the turn, once;
-    then every link that wrote hands over what it held back.
+    then every link that wrote hands over what it held back. A link whose
+    hand-over fails (a bug) is logged and aborted; the others still hand
+    over theirs, and their next turn is a turn like any.
     """
 
     __slots__ = ("_links",)
@@ -124,7 +126,11 @@ class WriteTurn:
     def _end(self) -> None:
         links, self._links = self._links, []
         for link in links:
-            link._end_turn()
+            try:
+                link._end_turn()
+            except Exception:  # that link's fault: it must not strand the others' writes
+                logger.exception("writing to socket %d failed; dropping it", link.socket_id)
+                link.abort()
 
 
 #: Where every link's reads land, one at a time (see the module docstring).
