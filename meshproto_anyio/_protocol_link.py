@@ -291,6 +291,8 @@ class ProtocolLink(asyncio.BufferedProtocol):
             return
         self._transport = transport
         self._done = False
+        if self._paused:  # paused while TLS came up: it holds on the secured transport
+            transport.pause_reading()
         _declared(self, self._opened)
 
     def upgraded(self, transport: asyncio.Transport) -> None:

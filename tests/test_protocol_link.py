@@ -245,6 +245,24 @@ def test_a_link_that_fails_at_the_end_of_a_turn_does_not_hold_up_the_others(
     assert [r for r in caplog.records if r.exc_text and "planted transport bug" in r.exc_text]
 
 
+def test_reading_paused_before_tls_is_up_stays_paused_once_it_is() -> None:
+    async def test() -> None:
+        owner = Owner()
+        link = owner.link(tls=True, tls_after_connect=True)
+        plain = ScriptedTransport()
+        link.connection_made(plain)
+        assert owner.opened == []  # nothing reaches the owner before TLS is up
+        link.pause_reading()
+        secured = ScriptedTransport()
+        link.upgraded(secured)
+        assert owner.opened == [link]
+        assert secured.paused
+        link.resume_reading()
+        assert not secured.paused
+
+    run(test)
+
+
 def test_bytes_before_tls_began_abort_the_connection() -> None:
     async def test() -> None:
         owner = Owner()
