@@ -10,6 +10,7 @@ checks the rule every adapter keeps: the fault gets a clear error at once
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -28,15 +29,21 @@ from anyio_helpers import (
     join,
     make_broker,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
-from meshproto import ClientOptions, ConnectionState, Event, ReconnectScheduled
+from meshproto import ClientOptions, ConnectionState, Event, InternalError, ReconnectScheduled
 from meshproto_anyio import running_broker
-from meshproto_ws import BrokerDriver
+from meshproto_ws import BrokerDriver, Opened, WsAddress, WsConnection, WsState
+from meshproto_ws import Closed as WsClosed
 
 pytestmark = pytest.mark.anyio
 __all__ = ["anyio_backend"]
 
 OPEN = ConnectionState.OPEN
+ADDRESS = WsAddress("broker.test", 7900, False, "/ws")
+#: What a scripted server's socket raises once the client has hung up.
+GONE = (anyio.EndOfStream, anyio.BrokenResourceError, OSError)
 #: A connect timeout far longer than any test waits: a failure seen in time
 #: was seen at once, not when the core gave up on the connect.
 PATIENT = ClientOptions(
@@ -75,8 +82,9 @@ async def _hang_up(stream: SocketStream) -> None:
 
 
 async def _talk_plaintext(stream: SocketStream) -> None:
-    await stream.send(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-    await anyio.sleep_forever()  # and wait, as a server that speaks first would
+    with contextlib.suppress(*GONE):
+        await stream.send(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+        await anyio.sleep_forever()  # and wait, as a server that speaks first would
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
@@ -153,3 +161,125 @@ async def test_a_bug_as_a_socket_is_accepted_costs_that_socket_only(
     logged = [r for r in caplog.records if r.exc_text and "planted accept bug" in r.exc_text]
     assert len(logged) == 1
     assert not any("Exception in callback" in r.getMessage() for r in caplog.records)
+
+
+# --- the opening handshake: header bytes that are not ASCII -----------------------------
+
+#: Header lines whose value is not ASCII (wsproto decodes the ones it reads as ASCII).
+NOT_ASCII = [
+    b"Connection: Upgrade, \xc3\xa9",
+    b"Upgrade: websocket\xff",
+    b"Sec-WebSocket-Protocol: \xe2\x80\xa8",
+    b"Sec-WebSocket-Extensions: permessage-\xc3\xa9",
+]
+
+
+def _request_with(line: bytes) -> bytes:
+    request = WsConnection.client(ADDRESS).data_to_send()
+    return request.replace(b"\r\n\r\n", b"\r\n" + line + b"\r\n\r\n", 1)
+
+
+def _response_with(client: WsConnection, line: bytes) -> bytes:
+    server = WsConnection.server()
+    server.receive_data(client.data_to_send())
+    accepted = server.data_to_send()
+    return accepted.replace(b"\r\n\r\n", b"\r\n" + line + b"\r\n\r\n", 1)
+
+
+@pytest.mark.parametrize("line", NOT_ASCII)
+def test_a_request_header_that_is_not_ascii_gets_a_400_not_an_exception(line: bytes) -> None:
+    server = WsConnection.server()
+    (closed,) = server.receive_data(_request_with(line))
+    assert isinstance(closed, WsClosed) and closed.code is None and not closed.by_peer
+    assert "bad handshake" in closed.reason
+    assert server.data_to_send().startswith(b"HTTP/1.1 400 ")
+    assert server.state is WsState.CLOSED
+
+
+@pytest.mark.parametrize("line", NOT_ASCII)
+def test_a_response_header_that_is_not_ascii_is_a_bad_handshake_not_an_exception(
+    line: bytes,
+) -> None:
+    client = WsConnection.client(ADDRESS)
+    (closed,) = client.receive_data(_response_with(client, line) + b"\x81\x02hi")
+    assert isinstance(closed, WsClosed) and closed.code is None and closed.by_peer
+    assert "bad handshake" in closed.reason
+    assert client.state is WsState.CLOSED
+
+
+_HEADER_NAMES = st.sampled_from(
+    ["Host", "Upgrade", "Connection", "Sec-WebSocket-Key", "Sec-WebSocket-Version",
+     "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions", "Sec-WebSocket-Accept", "X-Any"]
+)  # fmt: skip
+_HEADER_VALUES = st.binary(max_size=40).filter(lambda v: b"\r" not in v and b"\n" not in v)
+
+
+@given(_HEADER_NAMES, _HEADER_VALUES, st.booleans())
+def test_any_header_value_in_either_handshake_never_raises(
+    name: str, value: bytes, server_side: bool
+) -> None:
+    line = name.encode() + b": " + value
+    if server_side:
+        target = WsConnection.server()
+        events = target.receive_data(_request_with(line))
+    else:
+        target = WsConnection.client(ADDRESS)
+        events = target.receive_data(_response_with(target, line))
+    target.data_to_send()
+    assert all(isinstance(e, (Opened, WsClosed)) for e in events)
+    assert target.state in (WsState.OPEN, WsState.CLOSED)
+
+
+async def test_the_broker_answers_a_header_that_is_not_ascii_with_400_and_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.DEBUG):
+        async with running_broker(make_broker(), port=0) as server:
+            stream = await anyio.connect_tcp("127.0.0.1", server.port)
+            await stream.send(_request_with(NOT_ASCII[0]))
+            answer = b""
+            with anyio.fail_after(5):
+                while True:
+                    try:
+                        answer += await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                        break
+            await stream.aclose()
+            assert answer.startswith(b"HTTP/1.1 400 ")
+            fresh = await WsPeer.open(server.url)
+            await fresh.send_text(hello_text("fresh", server.url))
+            assert (await fresh.next_frame())["type"] == "hello_ack"
+            await fresh.aclose()
+    assert not tracebacks(caplog)
+
+
+async def test_a_client_takes_a_response_header_that_is_not_ascii_for_a_bad_handshake(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def answer(stream: SocketStream) -> None:
+        request = b""
+        with contextlib.suppress(*GONE):  # the client hangs up as it likes
+            while b"\r\n\r\n" not in request:
+                request += await stream.receive()
+            server = WsConnection.server()  # a proper acceptance, then the one bad line
+            server.receive_data(request)
+            accepted = server.data_to_send()
+            await stream.send(
+                accepted.replace(b"\r\n\r\n", b"\r\n" + NOT_ASCII[0] + b"\r\n\r\n", 1)
+            )
+            await anyio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(SocketAttribute.local_port)
+    events: list[Event] = []
+    with caplog.at_level(logging.DEBUG):
+        async with listener, anyio.create_task_group() as tasks:
+            tasks.start_soon(listener.serve, answer)
+            url = f"ws://127.0.0.1:{port}/ws"
+            async with join(url, "a", events=events, options=PATIENT) as a:
+                await eventually(lambda: a.counters.reconnects >= 2)
+            tasks.cancel_scope.cancel()
+    causes = [e.cause for e in events if isinstance(e, ReconnectScheduled)]
+    assert causes and all("bad handshake" in cause for cause in causes), causes
+    assert not any(isinstance(e, InternalError) for e in events)
+    assert not tracebacks(caplog)
