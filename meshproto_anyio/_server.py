@@ -138,6 +138,7 @@ class BrokerServer:
             close_timeout=options.close_timeout,
         )
         self._links: dict[int, _Link] = {}
+        self._stopped = False  # no more sockets: nothing would serve them (asyncio path)
         self._write_turn = WriteTurn()  # the turn its protocol links write in
         self._rearm = anyio.Event()
         self._armed = -math.inf  # the deadline the timer task sleeps until (inf: none)
@@ -255,6 +256,9 @@ class BrokerServer:
         )
 
     def _protocol_opened(self, link: ProtocolLink) -> int:
+        if self._stopped:  # its TLS handshake ended after the server stopped
+            link.abort()
+            return 0
         socket_id = self._driver.socket_opened(now=time.time())
         link.socket_id = socket_id
         self._links[socket_id] = link
@@ -287,6 +291,7 @@ class BrokerServer:
         try:
             await anyio.sleep_forever()
         finally:
+            self._stopped = True  # a handshake under way still ends in connection_made
             for served in servers:
                 served.close()
             now = time.time()

@@ -283,3 +283,35 @@ async def test_a_client_takes_a_response_header_that_is_not_ascii_for_a_bad_hand
     assert causes and all("bad handshake" in cause for cause in causes), causes
     assert not any(isinstance(e, InternalError) for e in events)
     assert not tracebacks(caplog)
+
+
+# --- a broker that stops while a TLS handshake is under way ----------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_pair() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting the server) from a throwaway CA."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_socket_whose_tls_comes_up_after_the_broker_stopped_is_not_served(
+    tls_pair: tuple[ssl.SSLContext, ssl.SSLContext],
+) -> None:
+    server_context, client_context = tls_pair
+    async with running_broker(make_broker(), ssl_context=server_context) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    # Stopped (no timer runs now, nothing would ever close it): TLS comes up only now.
+    answer = b""
+    with contextlib.suppress(*GONE, ssl.SSLError, asyncio.IncompleteReadError):
+        await asyncio.wait_for(writer.start_tls(client_context, server_hostname="127.0.0.1"), 5)
+        writer.write(WsConnection.client(ADDRESS).data_to_send())
+        answer = await asyncio.wait_for(reader.read(1000), 5)
+    writer.close()
+    assert not answer.startswith(b"HTTP/1.1 101"), answer
+    assert server.socket_count == 0
