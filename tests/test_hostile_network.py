@@ -1,10 +1,12 @@
 """Faults of the network and of the peer at each stage of a socket's life, over loopback.
 
 A server that hangs up (or talks plaintext) before a ``wss://`` client has
-started TLS, a bug at the moment the broker accepts a socket, a peer that
-keeps talking after its close frame: each test plants one such fault and
-checks the rule every adapter keeps: the fault gets a clear error at once
-(no wait for a timeout), costs that one socket, and never a traceback.
+started TLS, a bug at the moment the broker accepts a socket, handshake
+headers that are not ASCII, a TLS handshake that ends after the broker
+stopped, a receiver dropped because it stopped reading: each test plants one
+such fault and checks the rule every adapter keeps: the fault gets a clear
+error at once (no wait for a timeout), costs that one socket, loses nothing
+that was acknowledged, and never logs a traceback.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,13 +31,21 @@ from anyio_helpers import (
     hello_text,
     join,
     make_broker,
+    member,
 )
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meshproto import ClientOptions, ConnectionState, Event, InternalError, ReconnectScheduled
-from meshproto_anyio import running_broker
-from meshproto_ws import BrokerDriver, Opened, WsAddress, WsConnection, WsState
+from meshproto import (
+    ClientOptions,
+    ConnectionState,
+    Event,
+    InternalError,
+    ReconnectScheduled,
+    SendError,
+)
+from meshproto_anyio import ServerOptions, running_broker
+from meshproto_ws import BrokerDriver, Opened, WsAddress, WsConnection, WsState, parse_ws_url
 from meshproto_ws import Closed as WsClosed
 
 pytestmark = pytest.mark.anyio
@@ -315,3 +326,40 @@ async def test_a_socket_whose_tls_comes_up_after_the_broker_stopped_is_not_serve
     writer.close()
     assert not answer.startswith(b"HTTP/1.1 101"), answer
     assert server.socket_count == 0
+
+
+# --- a reader that stops, dropped for it: what it was sent is not lost -----------------
+
+
+async def test_a_receiver_dropped_for_not_reading_loses_none_of_its_acked_messages() -> None:
+    broker = make_broker("stuck", rate_burst=100_000, rate_per_minute=1e9)
+    options = ServerOptions(max_send_buffer=128 * 1024)
+    async with running_broker(broker, options=options) as server, join(server.url, "a") as a:
+        stream = await anyio.connect_tcp("127.0.0.1", server.port)
+        stream.extra(SocketAttribute.raw_socket).setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 4096
+        )
+        stuck = WsPeer(stream, WsConnection.client(parse_ws_url(server.url)))
+        await stuck.flush()
+        assert isinstance(await stuck.next_event(), Opened)
+        await stuck.send_text(hello_text("stuck", server.url))
+        assert (await stuck.next_frame())["type"] == "hello_ack"
+        with anyio.fail_after(20):
+            await a.wait_state(OPEN)
+            sent = [await a.send(member("stuck").pubkey, f"direct {i}", "now") for i in range(20)]
+            for _ in range(200):  # broadcasts until the stuck socket overflows
+                if server.overflows:
+                    break
+                with contextlib.suppress(SendError):  # no_peer: it is gone already
+                    await a.send("*", "z" * 40_000, "now")
+            assert server.overflows == 1
+        await stuck.aclose()
+        got: list[str] = []
+        async with join(server.url, "stuck") as again:  # the next session gets them all
+            with anyio.fail_after(10):
+                async for message in again.messages():
+                    if message.message_id in sent:
+                        got.append(message.message_id)
+                    if len(got) == len(sent):
+                        break
+        assert got == sent
