@@ -472,6 +472,10 @@ class Client:
                 if address.secure:
                     stage = "tls"
                     try:
+                        if transport.is_closing():  # it hung up, or spoke first: not TLS
+                            raise ConnectionResetError(
+                                "the server closed the connection before the TLS handshake"
+                            )
                         secured = await loop.start_tls(
                             transport, link, self._tls_context(), server_hostname=address.host
                         )

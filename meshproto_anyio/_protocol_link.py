@@ -36,7 +36,16 @@ asyncio calls a protocol from plain callbacks, outside any task, where anyio
 cannot tell which event loop runs it (with sniffio installed it asks for the
 current task, and there is none). Every callback to the owner therefore runs
 with sniffio's "current library" declared as asyncio, so the owner may use
-anyio there as anywhere (start a task, read the clock).
+anyio there as anywhere (start a task, read the clock). An exception that
+escapes an owner's callback (a bug: the owners contain their own) is logged
+and costs that socket, which is aborted; it never reaches asyncio, which
+would log it as the loop's error and leave the socket open, unserved.
+
+A client's ``wss://`` link is made over TCP first and opens only once TLS is
+up (:meth:`ProtocolLink.upgraded`). Bytes that arrive before TLS began are
+no TLS server's (one waits for the client's hello): the link aborts, and
+the owner, which finds the connection closing, fails the connect at once
+rather than start TLS on it and wait for a handshake that cannot come.
 
 Why: a socket served by two tasks costs each write a task wake-up and each
 idle socket two parked tasks, which is most of what a broker with thousands
@@ -49,6 +58,7 @@ and this object.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 
@@ -62,6 +72,8 @@ except ImportError:  # pragma: no cover - anyio then tells asyncio by its runnin
 
 __all__ = ["ProtocolLink", "WriteTurn", "on_asyncio"]
 
+logger = logging.getLogger("meshproto.anyio")
+
 
 def on_asyncio() -> bool:
     """Whether this runs on an asyncio loop (anyio's asyncio backend), not trio."""
@@ -72,23 +84,33 @@ def on_asyncio() -> bool:
     return True
 
 
-def _declared(callback: Callable[..., object], *args: object) -> None:
-    """Call ``callback`` with asyncio declared as the running library (see above)."""
-    if _LIBRARY is None:  # pragma: no cover
-        callback(*args)
-        return
-    token = _LIBRARY.set("asyncio")
+def _declared(link: ProtocolLink, callback: Callable[..., object], *args: object) -> None:
+    """Call ``callback`` with asyncio declared as the running library (see above).
+
+    An exception it raises (a bug of the owner's, which contains its own)
+    costs this socket only: it is logged once and the socket aborted, rather
+    than left to asyncio, which would log it as an error of the event loop
+    and leave the socket open with nobody serving it.
+    """
+    library = _LIBRARY
+    token = library.set("asyncio") if library is not None else None
     try:
         callback(*args)
+    except Exception:
+        logger.exception("unexpected error while serving socket %d; dropping it", link.socket_id)
+        link.abort()
     finally:
-        _LIBRARY.reset(token)
+        if library is not None and token is not None:
+            library.reset(token)
 
 
 class WriteTurn:
     """The links of one owner that have written in this turn of the event loop.
 
     The first link to write in a turn schedules the end of the turn, once;
-    then every link that wrote hands over what it held back.
+    then every link that wrote hands over what it held back. A link whose
+    hand-over fails (a bug) is logged and aborted; the others still hand
+    over theirs, and their next turn is a turn like any.
     """
 
     __slots__ = ("_links",)
@@ -104,7 +126,11 @@ class WriteTurn:
     def _end(self) -> None:
         links, self._links = self._links, []
         for link in links:
-            link._end_turn()
+            try:
+                link._end_turn()
+            except Exception:  # that link's fault: it must not strand the others' writes
+                logger.exception("writing to socket %d failed; dropping it", link.socket_id)
+                link.abort()
 
 
 #: Where every link's reads land, one at a time (see the module docstring).
@@ -265,7 +291,9 @@ class ProtocolLink(asyncio.BufferedProtocol):
             return
         self._transport = transport
         self._done = False
-        _declared(self._opened)
+        if self._paused:  # paused while TLS came up: it holds on the secured transport
+            transport.pause_reading()
+        _declared(self, self._opened)
 
     def upgraded(self, transport: asyncio.Transport) -> None:
         """TLS is up on the connection (``loop.start_tls``): the link opens on ``transport``.
@@ -285,11 +313,13 @@ class ProtocolLink(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         if not self._done:
-            _declared(self._on_data, self.socket_id, bytes(_READ_BUFFER[:nbytes]))
+            _declared(self, self._on_data, self.socket_id, bytes(_READ_BUFFER[:nbytes]))
+        elif self._tls_pending:  # bytes before TLS began: a TLS server waits for our hello
+            self.abort()
 
     def eof_received(self) -> bool:
         if not self._done:
-            _declared(self._on_data, self.socket_id, None)
+            _declared(self, self._on_data, self.socket_id, None)
         # Keep the socket open for writing until the owner closes it (a TLS
         # transport closes by itself: it cannot stay half open).
         return not self._tls
@@ -301,5 +331,5 @@ class ProtocolLink(asyncio.BufferedProtocol):
             self._closer = None
         if not self._done:
             self._done = True
-            _declared(self._on_error, self.socket_id, f"connection lost: {exc!r}")
-        _declared(self._on_gone, self.socket_id)
+            _declared(self, self._on_error, self.socket_id, f"connection lost: {exc!r}")
+        _declared(self, self._on_gone, self.socket_id)

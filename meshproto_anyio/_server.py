@@ -138,6 +138,7 @@ class BrokerServer:
             close_timeout=options.close_timeout,
         )
         self._links: dict[int, _Link] = {}
+        self._stopped = False  # no more sockets: nothing would serve them (asyncio path)
         self._write_turn = WriteTurn()  # the turn its protocol links write in
         self._rearm = anyio.Event()
         self._armed = -math.inf  # the deadline the timer task sleeps until (inf: none)
@@ -207,7 +208,12 @@ class BrokerServer:
                 logger.debug("TLS handshake failed: %r", exc)
                 await anyio.aclose_forcefully(stream)
                 return
-        socket_id = self._driver.socket_opened(now=time.time())
+        try:
+            socket_id = self._driver.socket_opened(now=time.time())
+        except Exception:  # a bug: it costs this socket, never the listener's task group
+            logger.exception("unexpected error while accepting a socket; dropping it")
+            await anyio.aclose_forcefully(stream)
+            return
         link = SocketLink(
             socket_id,
             stream,
@@ -250,6 +256,9 @@ class BrokerServer:
         )
 
     def _protocol_opened(self, link: ProtocolLink) -> int:
+        if self._stopped:  # its TLS handshake ended after the server stopped
+            link.abort()
+            return 0
         socket_id = self._driver.socket_opened(now=time.time())
         link.socket_id = socket_id
         self._links[socket_id] = link
@@ -282,6 +291,7 @@ class BrokerServer:
         try:
             await anyio.sleep_forever()
         finally:
+            self._stopped = True  # a handshake under way still ends in connection_made
             for served in servers:
                 served.close()
             now = time.time()

@@ -8,7 +8,8 @@ meshproto adapter, the duties a WebSocket's user has:
 * the client handshake for a parsed ``ws://``/``wss://`` URL, and the server
   handshake, which upgrades only the path ``/ws`` (any other path gets a 404
   response, a request that is not a WebSocket upgrade gets wsproto's 400, and
-  an upgrade request that carries a body a 400 of ours);
+  an upgrade request that carries a body, or a header that is not ASCII, a
+  400 of ours; a response with such a header is a bad handshake);
 * handing the frame reader whatever arrived behind the handshake in the same
   read, so that nothing a peer sends early is lost;
 * answering pings, echoing a close the peer started;
@@ -363,6 +364,12 @@ class WsConnection:
                     break
         except wsproto.utilities.RemoteProtocolError as exc:
             self._bad_handshake(exc, events)
+        except ValueError as exc:  # wsproto decodes the headers it reads as ASCII
+            hint = wse.RejectConnection(status_code=400) if self.role is Role.SERVER else None
+            refused = wsproto.utilities.RemoteProtocolError(
+                f"a header that is not ASCII ({exc})", event_hint=hint
+            )
+            self._bad_handshake(refused, events)
         except (wsproto.utilities.LocalProtocolError, h11.ProtocolError) as exc:
             # Never expected (states are kept in step with wsproto's), but
             # nothing the network sends may raise out of here.
