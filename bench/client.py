@@ -77,16 +77,15 @@ import statistics
 import subprocess
 import sys
 import sysconfig
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
-from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from time import perf_counter, process_time
 from typing import Any
+
+from _windowed import windowed_anyio, windowed_sync
 
 MESH = "mesh-client-bench"
 WINDOW = 100
@@ -342,11 +341,10 @@ def client_ack(push: dict[str, Any]) -> dict[str, Any]:
 async def run_ours(url: str, n: int, window: int) -> Run:
     import anyio  # noqa: PLC0415
 
-    from meshproto import ConnectionState, MessageReceived  # noqa: PLC0415
+    from meshproto import ConnectionState  # noqa: PLC0415
     from meshproto_anyio import connect  # noqa: PLC0415
 
     sender_member, receiver_member = Member.make("sender"), Member.make("receiver")
-    latencies = [0.0] * n
     with anyio.fail_after(run_timeout(n)):
         async with (
             connect(**sender_member.connect_options(url)) as sender,
@@ -354,94 +352,27 @@ async def run_ours(url: str, n: int, window: int) -> Run:
         ):
             await sender.wait_state(ConnectionState.OPEN)
             await receiver.wait_state(ConnectionState.OPEN)
-            target = receiver.public_key
-            next_index = 0
-
-            async def send_loop() -> None:
-                nonlocal next_index
-                send = sender.send
-                while next_index < n:
-                    index = next_index
-                    next_index += 1
-                    began = perf_counter()
-                    await send(target, BODY, "now")
-                    latencies[index] = perf_counter() - began
-
-            async def receive_all() -> None:
-                count = 0
-                async for message in receiver.messages():
-                    if not isinstance(message, MessageReceived):
-                        raise RuntimeError(f"unreadable message: {message!r}")
-                    count += 1
-                    if count == n:
-                        return
-
-            gc.collect()
-            cpu0, wall0 = process_time(), perf_counter()
-            async with anyio.create_task_group() as work:
-                work.start_soon(receive_all)
-                for _ in range(window):
-                    work.start_soon(send_loop)
-            cpu, wall = process_time() - cpu0, perf_counter() - wall0
-    return Run(n, cpu, wall, tuple(x * 1_000 for x in latencies))
+            run = await windowed_anyio(sender, receiver, n, window, BODY)
+    return Run(n, run.cpu, run.end - run.start, run.latencies_ms)
 
 
 # --- ours, blocking -----------------------------------------------------------------------
 
 
 def run_sync(url: str, n: int, window: int) -> Run:
-    from meshproto import ConnectionState, MessageReceived  # noqa: PLC0415
+    from meshproto import ConnectionState  # noqa: PLC0415
     from meshproto_sync import connect  # noqa: PLC0415
 
     bound = run_timeout(n)
     sender_member, receiver_member = Member.make("sender"), Member.make("receiver")
-    latencies = [0.0] * n
-    errors: list[BaseException] = []
     with (
         connect(**sender_member.connect_options(url)) as sender,
         connect(**receiver_member.connect_options(url)) as receiver,
     ):
         sender.wait_state(ConnectionState.OPEN, timeout=bound)
         receiver.wait_state(ConnectionState.OPEN, timeout=bound)
-        target = receiver.public_key
-        slots = threading.Semaphore(window)
-
-        def acked(index: int, began: float, future: Future[str]) -> None:
-            latencies[index] = perf_counter() - began
-            slots.release()
-            error = future.exception()
-            if error is not None:
-                errors.append(error)
-
-        def receive_all() -> None:
-            try:
-                for count in range(n):
-                    message = receiver.receive(timeout=bound)
-                    if not isinstance(message, MessageReceived):
-                        raise RuntimeError(f"unreadable message {count}: {message!r}")
-            except BaseException as exc:
-                errors.append(exc)
-
-        receiving = threading.Thread(target=receive_all, name="bench-receiver")
-        gc.collect()
-        cpu0, wall0 = process_time(), perf_counter()
-        receiving.start()
-        send = sender.send_nowait
-        for index in range(n):
-            if errors or not slots.acquire(timeout=bound):
-                break
-            began = perf_counter()
-            send(target, BODY, "now").add_done_callback(partial(acked, index, began))
-        receiving.join(bound)
-        for _ in range(window):  # every ack too
-            if errors or not slots.acquire(timeout=bound):
-                break
-        cpu, wall = process_time() - cpu0, perf_counter() - wall0
-        if receiving.is_alive():
-            errors.append(RuntimeError("the receiver did not finish in time"))
-    if errors:
-        raise errors[0]
-    return Run(n, cpu, wall, tuple(x * 1_000 for x in latencies))
+        run = windowed_sync(sender, receiver, n, window, BODY, bound=bound)
+    return Run(n, run.cpu, run.end - run.start, run.latencies_ms)
 
 
 # --- measuring -------------------------------------------------------------------------

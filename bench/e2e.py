@@ -86,7 +86,6 @@ import sysconfig
 import tempfile
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from functools import partial
 from importlib.metadata import version
@@ -96,6 +95,7 @@ from typing import Any
 
 import anyio
 import wsproto
+from _windowed import windowed_anyio, windowed_sync
 from anyio.abc import SocketAttribute, SocketStream
 from anyio.from_thread import start_blocking_portal
 from websockets.asyncio.client import connect as ws_connect
@@ -111,7 +111,6 @@ from meshproto import (
     ClientConfig,
     ClientConnection,
     ConnectionState,
-    MessageReceived,
     OpenTransport,
     SendText,
     StaticRegistry,
@@ -119,7 +118,7 @@ from meshproto import (
     WriteFrame,
 )
 from meshproto.testing import FakeSigner
-from meshproto_anyio import Client, connect, running_broker
+from meshproto_anyio import connect, running_broker
 from meshproto_anyio.sqlite_store import SqliteStore
 from meshproto_sync import Client as SyncClient
 from meshproto_sync import connect as sync_connect
@@ -313,8 +312,11 @@ async def run_ours(
     ``mark_every``-th message; ``stalls`` measures the event loop's longest
     stall meanwhile.
     """
-    latencies = [0.0] * n
-    delivered_at = 0.0
+
+    def delivered(count: int) -> None:
+        if marks is not None and count % mark_every == 0:
+            marks.append(perf_counter())
+
     with anyio.fail_after(run_timeout(n)):
         async with (
             running_broker(make_broker(store() if store is not None else None)) as server,
@@ -323,47 +325,16 @@ async def run_ours(
         ):
             await sender.wait_state(ConnectionState.OPEN)
             await receiver.wait_state(ConnectionState.OPEN)
-            target = receiver.public_key
-            next_index = 0
-
-            async def send_loop(client: Client) -> None:
-                nonlocal next_index
-                send = client.send
-                while next_index < n:
-                    index = next_index
-                    next_index += 1
-                    began = perf_counter()
-                    await send(target, BODY, "now")
-                    latencies[index] = perf_counter() - began
-
-            async def receive_all() -> None:
-                nonlocal delivered_at
-                count = 0
-                async for message in receiver.messages():
-                    if not isinstance(message, MessageReceived):
-                        raise RuntimeError(f"unreadable message: {message!r}")
-                    count += 1
-                    if marks is not None and count % mark_every == 0:
-                        marks.append(perf_counter())
-                    if count == n:
-                        delivered_at = perf_counter()
-                        return
-                raise RuntimeError(f"receiver closed after {count} of {n} messages")
-
-            start = perf_counter()
-            if marks is not None:
-                marks.append(start)
             async with anyio.create_task_group() as tasks:
                 if stalls is not None:
                     tasks.start_soon(stalls.run)
-                async with anyio.create_task_group() as work:
-                    work.start_soon(receive_all)
-                    for _ in range(window):
-                        work.start_soon(send_loop, sender)
+                run = await windowed_anyio(sender, receiver, n, window, BODY, on_delivery=delivered)
                 if stalls is not None:
                     stalls.running = False
+    if marks is not None:
+        marks.insert(0, run.start)
     await check_no_leftover_tasks()
-    return Run(n / (delivered_at - start), tuple(x * 1_000 for x in latencies))
+    return Run(n / (run.delivered - run.start), run.latencies_ms)
 
 
 # --- ours, blocking (meshproto_sync) -----------------------------------------------
@@ -384,9 +355,6 @@ def join_sync(url: str, name: str) -> SyncClient:
 def run_sync(n: int) -> Run:
     """The blocking client: the window held by ``send_nowait`` futures (see the docstring)."""
     bound = run_timeout(n)
-    latencies = [0.0] * n
-    errors: list[BaseException] = []
-    delivered_at = 0.0
     with (
         start_blocking_portal() as portal,
         portal.wrap_async_context_manager(running_broker(make_broker())) as server,
@@ -395,49 +363,11 @@ def run_sync(n: int) -> Run:
     ):
         sender.wait_state(ConnectionState.OPEN, timeout=bound)
         receiver.wait_state(ConnectionState.OPEN, timeout=bound)
-        target = receiver.public_key
-        window = threading.Semaphore(WINDOW)
-
-        def acked(index: int, began: float, future: Future[str]) -> None:
-            latencies[index] = perf_counter() - began
-            window.release()
-            error = future.exception()
-            if error is not None:
-                errors.append(error)
-
-        def receive_all() -> None:
-            nonlocal delivered_at
-            try:
-                for count in range(n):
-                    message = receiver.receive(timeout=bound)
-                    if not isinstance(message, MessageReceived):
-                        raise RuntimeError(f"unreadable message {count}: {message!r}")
-                delivered_at = perf_counter()
-            except BaseException as exc:
-                errors.append(exc)
-
-        receiving = threading.Thread(target=receive_all, name="bench-receiver")
-        start = perf_counter()
-        receiving.start()
-        send = sender.send_nowait
-        for index in range(n):
-            if errors or not window.acquire(timeout=bound):
-                break
-            began = perf_counter()
-            send(target, BODY, "now").add_done_callback(partial(acked, index, began))
-        receiving.join(bound)
-        if receiving.is_alive():
-            errors.append(RuntimeError("the receiver did not finish in time"))
-        # Every ack too: a push may reach the receiver before its ack reaches the sender.
-        for _ in range(WINDOW):
-            if errors or not window.acquire(timeout=bound):
-                break
-    if errors:
-        raise errors[0]
+        run = windowed_sync(sender, receiver, n, WINDOW, BODY, bound=bound)
     left = [t for t in threading.enumerate() if t.name == "meshproto-sync-io"]
     if left:
         raise RuntimeError(f"I/O threads left over after a run: {left}")
-    return Run(n / (delivered_at - start), tuple(x * 1_000 for x in latencies))
+    return Run(n / (run.delivered - run.start), run.latencies_ms)
 
 
 # --- the baseline: a minimal relay on wsproto + anyio --------------------------------
