@@ -23,6 +23,7 @@ import anyio
 import pytest
 import trustme
 from anyio.abc import SocketAttribute, SocketStream
+from anyio.streams.tls import TLSStream
 from anyio_helpers import (
     FAST,
     WsPeer,
@@ -316,14 +317,17 @@ async def test_a_socket_whose_tls_comes_up_after_the_broker_stopped_is_not_serve
 ) -> None:
     server_context, client_context = tls_pair
     async with running_broker(make_broker(), ssl_context=server_context) as server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        stream = await anyio.connect_tcp("127.0.0.1", server.port)
     # Stopped (no timer runs now, nothing would ever close it): TLS comes up only now.
     answer = b""
-    with contextlib.suppress(*GONE, ssl.SSLError, asyncio.IncompleteReadError):
-        await asyncio.wait_for(writer.start_tls(client_context, server_hostname="127.0.0.1"), 5)
-        writer.write(WsConnection.client(ADDRESS).data_to_send())
-        answer = await asyncio.wait_for(reader.read(1000), 5)
-    writer.close()
+    with contextlib.suppress(*GONE, ssl.SSLError, anyio.EndOfStream), anyio.fail_after(10):
+        secured = await TLSStream.wrap(
+            stream, ssl_context=client_context, hostname="127.0.0.1", standard_compatible=False
+        )
+        stream = secured
+        await secured.send(WsConnection.client(ADDRESS).data_to_send())
+        answer = await secured.receive(1000)
+    await anyio.aclose_forcefully(stream)
     assert not answer.startswith(b"HTTP/1.1 101"), answer
     assert server.socket_count == 0
 
