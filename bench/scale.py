@@ -18,8 +18,10 @@ join storm
     hello to the one mesh at once, as after a broker restart. Time until the
     last ``hello_ack``, and the hello rate of the first and of the last 1,000
     acks: the mesh's ``peer_joined`` fan-out makes each join cost more as
-    the mesh grows, unless it is cheap. Every peer reads (and counts) every
-    system push it gets. The broker's handshake and hello timeouts are
+    the mesh grows, unless it is cheap. Also the broker's CPU per hello over
+    the same two blocks, and how much of it was system time (the kernel's
+    share: mostly copying the pushes into the sockets). Every peer reads
+    (and counts) every system push it gets. The broker's handshake and hello timeouts are
     raised for the bench, so that a slow storm is measured rather than cut.
 idle
     every socket stays open and idle for ``--idle`` seconds, answering the
@@ -132,8 +134,12 @@ class BrokerProcess:
         self.ticks = os.sysconf("SC_CLK_TCK")
 
     def cpu_seconds(self) -> float:
+        return sum(self.cpu_split())
+
+    def cpu_split(self) -> tuple[float, float]:
+        """The broker's CPU seconds so far: (user, system)."""
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / self.ticks  # utime + stime
+        return int(fields[11]) / self.ticks, int(fields[12]) / self.ticks  # utime, stime
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -341,7 +347,8 @@ def _rate(times: list[float]) -> float:
 
 
 def _cpu_between(samples: list[tuple[int, float]], start: int, end: int) -> float:
-    """The broker's CPU seconds from the ``start``-th hello_ack to the ``end``-th (sampled)."""
+    """The broker's CPU seconds (or system seconds: the samples say) from the
+    ``start``-th hello_ack to the ``end``-th (sampled)."""
 
     def at(count: int) -> float:
         for (n0, c0), (n1, c1) in itertools.pairwise(samples):
@@ -368,10 +375,16 @@ async def storm(broker: BrokerProcess, peers: int, idle: float) -> list[Peer]:
             await asyncio.wait_for(peer.ready, 600)
 
     samples: list[tuple[int, float]] = []  # (hello_acks so far, broker CPU seconds)
+    system: list[tuple[int, float]] = []  # (hello_acks so far, broker system CPU seconds)
+
+    def take_sample() -> None:
+        user, kernel = broker.cpu_split()
+        samples.append((len(stats.acked), user + kernel))
+        system.append((len(stats.acked), kernel))
 
     async def sample() -> None:
         while True:
-            samples.append((len(stats.acked), broker.cpu_seconds()))
+            take_sample()
             await asyncio.sleep(0.02)
 
     cpu0 = broker.cpu_seconds()
@@ -381,7 +394,7 @@ async def storm(broker: BrokerProcess, peers: int, idle: float) -> list[Peer]:
     await asyncio.gather(*(one(identity) for identity in identities))
     took = time.perf_counter() - began
     sampler.cancel()
-    samples.append((len(stats.acked), broker.cpu_seconds()))
+    take_sample()
     cpu = broker.cpu_seconds() - cpu0
     peers_cpu = sum(os.times()[:2]) - mine0
     acks = sorted(stats.acked)
@@ -395,10 +408,14 @@ async def storm(broker: BrokerProcess, peers: int, idle: float) -> list[Peer]:
     )
     block = min(1000, peers // 2)
     early, late = _cpu_between(samples, 0, block), _cpu_between(samples, peers - block, peers)
+    early_sys = _cpu_between(system, 0, block)
+    late_sys = _cpu_between(system, peers - block, peers)
     print(
         f"join storm: broker CPU per hello, the first {block:,} {early / block * 1e6:.0f} us, "
         f"the last {block:,} {late / block * 1e6:.0f} us (last/first "
-        f"{late / early if early else float('nan'):.2f})",
+        f"{late / early if early else float('nan'):.2f}); of which in the kernel (system "
+        f"time: socket writes) {early_sys / block * 1e6:.0f} us and "
+        f"{late_sys / block * 1e6:.0f} us",
         flush=True,
     )
     # Every peer hears of every later one: n(n-1)/2 peer_joined pushes in all.
