@@ -12,12 +12,12 @@ classes do not model (``lastSeenAt``) or must send as ``null``
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
 from random import Random
 from typing import Any
 
+from ._codec import compact_json
 from ._frames import Group
 
 __all__ = [
@@ -87,7 +87,7 @@ def _iso_seconds(seconds: int) -> str:
 
 def to_json(obj: Mapping[str, Any]) -> str:
     """Compact JSON, as :func:`meshproto.encode` writes it."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return compact_json(obj)
 
 
 def group_dicts(groups: Iterable[Group]) -> list[dict[str, str]]:

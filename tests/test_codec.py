@@ -33,6 +33,7 @@ from meshproto import (
     decode,
     encode,
 )
+from meshproto._codec import compact_json
 
 # --- strategies ------------------------------------------------------------------
 
@@ -254,6 +255,19 @@ def test_unknown_type_decodes_to_unknown_frame(type_name: str, extra: dict[str, 
     assert isinstance(frame, UnknownFrame)
     assert frame.type == type_name
     assert dict(frame.fields) == obj
+
+
+any_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(value=any_json)
+def test_frames_are_written_as_compact_json_dumps_writes_them(value: Any) -> None:
+    expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    assert compact_json(value) == expected
 
 
 def test_unknown_frame_is_kept_whole_through_encode() -> None:
