@@ -209,7 +209,28 @@ def _parse_int(digits: str) -> int:
     return int(digits)
 
 
-_strict_loads = json.JSONDecoder(parse_constant=_not_json, parse_int=_parse_int).decode
+_decoder = json.JSONDecoder(parse_constant=_not_json, parse_int=_parse_int)
+_strict_loads = _decoder.decode
+#: What ``raw_decode`` calls (the C scanner, made once with the decoder; not in typeshed).
+_scan_once: Callable[[str, int], tuple[Any, int]] = _decoder.scan_once  # type: ignore[attr-defined]
+
+
+def _parse(text: str) -> Any:
+    """``_strict_loads(text)``, without its two whitespace scans for a frame that has none.
+
+    A frame is one object, and every peer writes it with no whitespace
+    around it; anything else (whitespace, junk after the object, an error)
+    takes the decoder's own path, which says what was wrong.
+    """
+    if text[:1] == "{":
+        try:
+            obj, end = _scan_once(text, 0)
+        except StopIteration:
+            pass
+        else:
+            if end == len(text):
+                return obj
+    return _strict_loads(text)
 
 
 def _first_lone_surrogate(value: object) -> str | None:
@@ -243,7 +264,7 @@ def loads(text: str) -> Any:
     if not is_unicode_text(text):
         raise RemoteProtocolError("malformed text: it holds a lone surrogate (not valid Unicode)")
     try:
-        obj = _strict_loads(text)
+        obj = _parse(text)
     except (ValueError, RecursionError) as exc:
         raise RemoteProtocolError(f"malformed JSON: {exc}") from None
     # Only an escape can make a lone surrogate out of valid text.

@@ -33,6 +33,7 @@ from meshproto import (
     decode,
     encode,
 )
+from meshproto import _codec as codec
 from meshproto._codec import compact_json
 
 # --- strategies ------------------------------------------------------------------
@@ -268,6 +269,29 @@ any_json = st.recursive(
 def test_frames_are_written_as_compact_json_dumps_writes_them(value: Any) -> None:
     expected = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     assert compact_json(value) == expected
+
+
+def _outcome(parse: Any, text: str) -> tuple[str, Any]:
+    try:
+        return "value", parse(text)
+    except (ValueError, RecursionError) as exc:
+        return "error", str(exc)
+
+
+@given(
+    text=st.text(max_size=60)
+    | st.builds(json.dumps, any_json)
+    | st.builds(
+        lambda head, value, tail: head + json.dumps(value) + tail,
+        st.sampled_from(["", " ", "\n", "{"]),
+        json_objects,
+        st.sampled_from(["", " ", "\t", "}", "x", "{}"]),
+    )
+)
+def test_a_frame_parses_to_what_the_strict_decoder_makes_of_it(text: str) -> None:
+    # The codec's fast path for an object with nothing around it must agree
+    # with the decoder in every value and every error message.
+    assert _outcome(codec._parse, text) == _outcome(codec._strict_loads, text)
 
 
 def test_unknown_frame_is_kept_whole_through_encode() -> None:
