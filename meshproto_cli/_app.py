@@ -28,7 +28,10 @@ from ._errors import (
     EXIT_TERMINATED,
     EXIT_TIMEOUT,
     CommandError,
+    OutputFailed,
     Terminated,
+    say,
+    silence_stdout,
 )
 
 __all__ = ["build_parser", "main"]
@@ -542,15 +545,23 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    say(text)
 
 
 def _fail(args: argparse.Namespace | None, error: CommandError) -> int:
+    if isinstance(error, OutputFailed):
+        silence_stdout()
+        if not error.broken_pipe:
+            _say(f"meshproto: error: {error.message}")
+        return error.status
     _say(f"meshproto: error: {error.message}")
     if args is not None and getattr(args, "json", False):
         from ._output import json_line  # noqa: PLC0415
 
-        print(json_line(error.record()), flush=True)
+        try:
+            print(json_line(error.record()), flush=True)
+        except OSError:  # the line on stderr has said it; the status says it too
+            silence_stdout()
     return error.status
 
 
