@@ -523,8 +523,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def _read_body(args: argparse.Namespace) -> None:
     """``send TARGET -``: the body is stdin (read before the event loop, so Ctrl-C works)."""
     if args.message != "-":
+        if not args.message.strip("\r\n"):
+            raise CommandError("nothing to send: the message is empty")
         args.body = args.message
         return
+    if sys.stdin is None:  # `<&-`: Python has no stdin at all
+        raise CommandError("nothing to send: stdin is closed")
     data = sys.stdin.buffer.read()
     try:
         text = data.decode("utf-8")
@@ -616,6 +620,9 @@ def _main(argv: Sequence[str] | None) -> int:
         timeout = getattr(args, "timeout", "?")
         return _fail(args, CommandError(f"timed out after {timeout} s", status=EXIT_TIMEOUT))
     except OSError as exc:
+        if exc.filename is not None:  # a file or folder the command could not use
+            why = f"cannot use {exc.filename}: {exc.strerror or exc}"
+            return _fail(args, CommandError(why, code="file"))
         return _fail(args, CommandError(exc.strerror or str(exc)))
     except ValueError as exc:
         return _fail(args, CommandError(str(exc)))

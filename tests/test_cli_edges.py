@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -232,3 +233,225 @@ def test_a_broker_whose_stdout_reader_went_away_serves_on(
     assert status == 143  # it served until SIGTERM, as ever
     assert capsys.readouterr().err == "terminated\n"
     assert "cannot write to stdout (Broken pipe); serving all the same" in caplog.text
+
+
+# --- arguments -----------------------------------------------------------------------------
+
+
+def _bounded_main(args: list[str], seconds: float = 10.0) -> int:
+    """``main(args)``, stopped with SIGTERM if it runs past ``seconds`` (a broker that serves)."""
+    done = threading.Event()
+
+    def stop_if_still_running() -> None:
+        if not done.wait(seconds):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopper = threading.Thread(target=stop_if_still_running)
+    stopper.start()
+    try:
+        return main(args)
+    finally:
+        done.set()
+        stopper.join(TIMEOUT)
+
+
+def _one_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """The one line the command said on stderr, without its ``meshproto: error:``."""
+    captured = capsys.readouterr()
+    (line,) = captured.err.splitlines()
+    assert line.startswith("meshproto: error: "), line
+    return line.removeprefix("meshproto: error: ")
+
+
+def test_send_from_a_closed_stdin_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "stdin", None)  # what Python makes of `<&-`
+    status = main(["send", "*", "-", "--config-dir", str(tmp_path)])
+    assert status == 1
+    assert _one_error(capsys) == "nothing to send: stdin is closed"
+
+
+@pytest.mark.parametrize("body", ["", "\n"])
+def test_an_empty_message_is_refused_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str
+) -> None:
+    # `meshproto send bob "$UNSET"`: refused as an empty stdin is, not sent as nothing.
+    status = main(["send", "*", body, "--config-dir", str(tmp_path), "--json"])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"] == "error"
+    assert captured.err == "meshproto: error: nothing to send: the message is empty\n"
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data", "complaint"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "config.json is not valid JSON: nested too deeply"),
+        (b'\xff\xfe{"version": 1}', "config.json is not UTF-8 text (invalid start byte at byte 0)"),
+    ],
+)
+def test_a_config_file_no_parser_can_read_is_a_file_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: bytes, complaint: str
+) -> None:
+    _write(tmp_path / "config.json", data)
+    status = main(["peers", "--json", "--config-dir", str(tmp_path)])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"] == "file"
+    assert captured.err == f"meshproto: error: {tmp_path / complaint}\n"
+
+
+def test_a_deeply_nested_members_file_stops_the_broker_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    members = _write(tmp_path / "members.json", b"[" * 100_000)
+    status = _bounded_main(["broker", "--port", "0", "--mesh", str(members)])
+    assert status == 1
+    assert _one_error(capsys) == f"{members} is not valid JSON: nested too deeply"
+
+
+def _joined(tmp_path: Path) -> tuple[Path, Path]:
+    """A config dir with one joined mesh, and the folder its session files go in."""
+    config = _config(tmp_path, "ws://127.0.0.1:1/ws")
+    return config, config / "meshproto-sessions" / MESH
+
+
+@pytest.mark.parametrize("run", [("peers",), ("listen",)])
+def test_a_file_where_the_sessions_folder_should_be_is_a_file_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run: tuple[str, ...]
+) -> None:
+    config, _ = _joined(tmp_path)
+    (config / "meshproto-sessions").write_text("")
+    status = main([*run, "--json", "--config-dir", str(config), "--timeout", "1"])
+    assert status == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["error"] == "file"
+    assert captured.err == (
+        f"meshproto: error: cannot create {config / 'meshproto-sessions' / MESH}: Not a directory\n"
+    )
+
+
+def test_a_folder_where_a_session_lock_should_be_is_a_file_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config, sessions = _joined(tmp_path)
+    (sessions / "listen.lock").mkdir(parents=True)
+    status = main(["listen", "--config-dir", str(config), "--timeout", "1"])
+    assert status == 1
+    assert _one_error(capsys) == (
+        f"cannot open the session lock {sessions / 'listen.lock'}: Is a directory"
+    )
+
+
+def test_a_session_lock_on_a_read_only_file_system_still_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshproto_cli import _files  # noqa: PLC0415
+
+    config, _ = _joined(tmp_path)
+    held = _files.lock_session(config, MESH, "listen")  # makes the lock file
+    assert isinstance(held, _files.SessionLock)
+    held.release()
+    real_open = os.open
+
+    def read_only(path: Any, flags: int, *args: Any) -> int:
+        if flags & (os.O_RDWR | os.O_WRONLY | os.O_CREAT):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(_files.os, "open", read_only)
+    first = _files.lock_session(config, MESH, "listen")
+    assert isinstance(first, _files.SessionLock)  # a lock all the same, without the pid
+    try:
+        second = _files.lock_session(config, MESH, "listen")
+        assert isinstance(second, str)  # held: a second command is refused
+    finally:
+        first.release()
+
+
+def test_a_lock_file_holding_bytes_that_are_not_text_names_no_pid(tmp_path: Path) -> None:
+    from meshproto_cli import _files  # noqa: PLC0415
+
+    config, sessions = _joined(tmp_path)
+    first = _files.lock_session(config, MESH, "listen")
+    assert isinstance(first, _files.SessionLock)
+    try:
+        (sessions / "listen.lock").write_bytes(b"\xff\xfe")
+        assert _files.lock_session(config, MESH, "listen") == "another process"
+    finally:
+        first.release()
+
+
+def test_a_members_file_that_lists_one_key_twice_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Which row would count, the revoked one or the other? Neither: say so.
+    key = "ab" * 32
+    rows = [
+        {"memberId": "m-1", "pubkey": key, "displayName": "alice", "revoked": True},
+        {"memberId": "m-2", "pubkey": key, "displayName": "mallory"},
+    ]
+    members = tmp_path / "members.json"
+    members.write_text(json.dumps({"version": 1, "meshId": "m", "members": rows}))
+    status = _bounded_main(["broker", "--port", "0", "--mesh", str(members)])
+    assert status == 1
+    assert _one_error(capsys) == (
+        f"{members} member #2: pubkey {key[:16]}… is member #1's too; each key may be listed once"
+    )
+
+
+# --- what the network sends ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "created_at",
+    ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z", "x" * 999],
+)
+def test_a_timestamp_past_the_calendar_is_shown_as_now(
+    created_at: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from meshproto_cli._output import local_time  # noqa: PLC0415
+
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")  # UTC+14: the year 9999 runs out here
+    time.tzset()
+    try:
+        shown = local_time(created_at)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert len(shown) == len("19:21:38")
+
+
+async def _push_from_the_end_of_time(peer: WsPeer) -> None:
+    hello = await peer.next_frame()
+    assert hello["type"] in ("hello", "session_hello")
+    await peer.send_json({"type": "hello_ack", "presenceId": "p-cli"})
+    await peer.send_json({**_push("m-1"), "createdAt": "9999-12-31T23:59:59-14:00"})
+    await peer.send_json(_push("m-2"))
+    while True:
+        await peer.next_frame(timeout=60)
+
+
+def test_listen_shows_a_push_stamped_past_the_calendar(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with (
+        start_blocking_portal() as portal,
+        in_portal(portal, fake_broker(_push_from_the_end_of_time)) as (url, _),
+    ):
+        config = _config(tmp_path, url)
+        status = main(["listen", "-q", "--count", "2", "--config-dir", str(config)])
+    assert status == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.endswith("peer (now!): hello") for line in lines] == [True, True]
