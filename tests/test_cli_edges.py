@@ -284,6 +284,26 @@ def test_an_empty_message_is_refused_before_connecting(
     assert captured.err == "meshproto: error: nothing to send: the message is empty\n"
 
 
+@pytest.mark.parametrize("run", ["listen", "peers", "send"])
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("ws://" + "a" * 300 + "/ws", "the host cannot be looked up"),
+        ("ws://127.0.0.1:1/a b", "the URL path must be printable ASCII without spaces"),
+    ],
+)
+def test_a_url_no_connection_could_use_is_one_line_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run: str, url: str, complaint: str
+) -> None:
+    # Once a traceback from the resolver (listen), an "I/O thread failed" refusal
+    # (peers, send), or h11's complaint logged at every attempt until --timeout.
+    config = _config(tmp_path, "ws://127.0.0.1:1/ws")
+    args = [run, *(["*", "hi"] if run == "send" else []), "-q", "--url", url]
+    status = main([*args, "--config-dir", str(config), "--timeout", "5"])
+    assert status == 1
+    assert _one_error(capsys).startswith(complaint)
+
+
 # --- files ---------------------------------------------------------------------------------
 
 
