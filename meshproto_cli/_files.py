@@ -116,6 +116,9 @@ def write_private_json(path: Path, data: Any) -> None:
             json.dump(data, handle, indent=2)
             handle.write("\n")
         os.replace(tmp, path)
+    except OSError as exc:  # a folder at ``path``, a full disk
+        Path(tmp).unlink(missing_ok=True)
+        raise FileProblem(f"cannot write {path}: {exc.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

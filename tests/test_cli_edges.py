@@ -475,3 +475,30 @@ def test_listen_shows_a_push_stamped_past_the_calendar(
     assert status == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.endswith("peer (now!): hello") for line in lines] == [True, True]
+
+
+def test_keygen_into_a_folder_says_so_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    status = main(["keygen", "--out", str(folder), "--force"])
+    assert status == 1
+    assert (
+        _one_error(capsys) == f"--out {folder} is a folder; name a file, such as {folder}/me.json"
+    )
+    assert list(tmp_path.iterdir()) == [folder]  # no temporary file left beside it
+    assert list(folder.iterdir()) == []
+
+
+def test_mesh_init_refuses_a_broker_url_no_member_could_connect_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(
+        ["mesh", "init", "--members", "a", "--broker-url", "http://x", "--dir", str(tmp_path / "m")]
+    )
+    assert status == 1
+    assert _one_error(capsys) == (
+        "--broker-url: the URL must start with ws:// or wss://, got 'http://x'"
+    )
+    assert not (tmp_path / "m").exists()
