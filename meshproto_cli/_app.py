@@ -76,6 +76,20 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
+#: The shortest ``--retry-max``: below it a broker that is down gets thousands of attempts a second.
+MIN_RETRY_MAX = 0.1
+
+
+def _retry_max(text: str) -> float:
+    value = _positive(float)(text)
+    if value < MIN_RETRY_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_RETRY_MAX:g} s (a shorter wait only hammers the broker), "
+            f"got {text}"
+        )
+    return value
+
+
 def _count(text: str) -> int:
     try:
         value = int(text)
@@ -177,7 +191,7 @@ def _add_identity_options(parser: argparse.ArgumentParser, *, default_session: s
     group.add_argument("--cafile", metavar="PEM", help="CA certificates for a wss:// broker")
     group.add_argument(
         "--retry-max",
-        type=_positive(float),
+        type=_retry_max,
         default=30.0,
         metavar="S",
         help="longest wait between reconnect attempts (default: %(default)g s)",

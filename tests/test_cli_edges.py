@@ -502,3 +502,14 @@ def test_mesh_init_refuses_a_broker_url_no_member_could_connect_to(
         "--broker-url: the URL must start with ws:// or wss://, got 'http://x'"
     )
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("value", ["0.01", "1e-300", "0", "nan"])
+def test_a_retry_max_that_would_hammer_the_broker_is_bad_usage(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    # 1e-300 once made thousands of connection attempts a second.
+    with pytest.raises(SystemExit) as stopped:
+        main(["peers", "--retry-max", value])
+    assert stopped.value.code == 2
+    assert "argument --retry-max: must be" in capsys.readouterr().err
