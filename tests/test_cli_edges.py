@@ -68,17 +68,21 @@ def _push(message_id: str, text: str = "aGVsbG8=") -> dict[str, Any]:
     }
 
 
-async def _two_pushes(peer: WsPeer) -> None:
-    """Accept any hello, push two broadcasts, then keep the socket open."""
+async def _serve_pushes(peer: WsPeer, *pushes: dict[str, Any]) -> None:
+    """Accept any hello, push ``pushes``, then answer peer lists (with nobody) until closed."""
     hello = await peer.next_frame()
     assert hello["type"] in ("hello", "session_hello")
     await peer.send_json({"type": "hello_ack", "presenceId": "p-cli"})
-    await peer.send_json(_push("m-1"))
-    await peer.send_json(_push("m-2"))
+    for push in pushes:
+        await peer.send_json(push)
     while True:
         frame = await peer.next_frame(timeout=60)
         if frame.get("type") == "list_peers":
             await peer.send_json({"type": "peers_list", "peers": [], "_reqId": frame.get("_reqId")})
+
+
+async def _two_pushes(peer: WsPeer) -> None:
+    await _serve_pushes(peer, _push("m-1"), _push("m-2"))
 
 
 @contextmanager
@@ -454,13 +458,8 @@ def test_a_timestamp_past_the_calendar_is_shown_as_now(
 
 
 async def _push_from_the_end_of_time(peer: WsPeer) -> None:
-    hello = await peer.next_frame()
-    assert hello["type"] in ("hello", "session_hello")
-    await peer.send_json({"type": "hello_ack", "presenceId": "p-cli"})
-    await peer.send_json({**_push("m-1"), "createdAt": "9999-12-31T23:59:59-14:00"})
-    await peer.send_json(_push("m-2"))
-    while True:
-        await peer.next_frame(timeout=60)
+    late = {**_push("m-1"), "createdAt": "9999-12-31T23:59:59-14:00"}
+    await _serve_pushes(peer, late, _push("m-2"))
 
 
 def test_listen_shows_a_push_stamped_past_the_calendar(
