@@ -28,7 +28,10 @@ from ._errors import (
     EXIT_TERMINATED,
     EXIT_TIMEOUT,
     CommandError,
+    OutputFailed,
     Terminated,
+    say,
+    silence_stdout,
 )
 
 __all__ = ["build_parser", "main"]
@@ -71,6 +74,20 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse
+
+
+#: The shortest ``--retry-max``: below it a broker that is down gets thousands of attempts a second.
+MIN_RETRY_MAX = 0.1
+
+
+def _retry_max(text: str) -> float:
+    value = _positive(float)(text)
+    if value < MIN_RETRY_MAX:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_RETRY_MAX:g} s (a shorter wait only hammers the broker), "
+            f"got {text}"
+        )
+    return value
 
 
 def _count(text: str) -> int:
@@ -174,7 +191,7 @@ def _add_identity_options(parser: argparse.ArgumentParser, *, default_session: s
     group.add_argument("--cafile", metavar="PEM", help="CA certificates for a wss:// broker")
     group.add_argument(
         "--retry-max",
-        type=_positive(float),
+        type=_retry_max,
         default=30.0,
         metavar="S",
         help="longest wait between reconnect attempts (default: %(default)g s)",
@@ -520,8 +537,12 @@ def _configure_logging(args: argparse.Namespace) -> None:
 def _read_body(args: argparse.Namespace) -> None:
     """``send TARGET -``: the body is stdin (read before the event loop, so Ctrl-C works)."""
     if args.message != "-":
+        if not args.message.strip("\r\n"):
+            raise CommandError("nothing to send: the message is empty")
         args.body = args.message
         return
+    if sys.stdin is None:  # `<&-`: Python has no stdin at all
+        raise CommandError("nothing to send: stdin is closed")
     data = sys.stdin.buffer.read()
     try:
         text = data.decode("utf-8")
@@ -542,15 +563,23 @@ def _check_usage(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 
 
 def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    say(text)
 
 
 def _fail(args: argparse.Namespace | None, error: CommandError) -> int:
+    if isinstance(error, OutputFailed):
+        silence_stdout()
+        if not error.broken_pipe:
+            _say(f"meshproto: error: {error.message}")
+        return error.status
     _say(f"meshproto: error: {error.message}")
     if args is not None and getattr(args, "json", False):
         from ._output import json_line  # noqa: PLC0415
 
-        print(json_line(error.record()), flush=True)
+        try:
+            print(json_line(error.record()), flush=True)
+        except OSError:  # the line on stderr has said it; the status says it too
+            silence_stdout()
     return error.status
 
 
@@ -605,6 +634,9 @@ def _main(argv: Sequence[str] | None) -> int:
         timeout = getattr(args, "timeout", "?")
         return _fail(args, CommandError(f"timed out after {timeout} s", status=EXIT_TIMEOUT))
     except OSError as exc:
+        if exc.filename is not None:  # a file or folder the command could not use
+            why = f"cannot use {exc.filename}: {exc.strerror or exc}"
+            return _fail(args, CommandError(why, code="file"))
         return _fail(args, CommandError(exc.strerror or str(exc)))
     except ValueError as exc:
         return _fail(args, CommandError(str(exc)))

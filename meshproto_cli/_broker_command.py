@@ -30,7 +30,7 @@ from meshproto_anyio.sqlite_store import SqliteStore
 from meshproto_crypto import Ed25519Verifier
 
 from ._brokerlog import LoggingBroker
-from ._errors import CommandError
+from ._errors import CommandError, silence_stdout
 from ._registry import FileRegistry
 
 __all__ = ["broker_options", "cmd_broker", "open_store"]
@@ -119,6 +119,21 @@ def _listen_problem(exc: OSError, host: str, port: int) -> CommandError:
     return CommandError(f"cannot listen on {where}: {why}" + (f"; {hint}" if hint else ""))
 
 
+def _announce(*lines: str) -> None:
+    """Say where the broker serves, on stdout; a stdout that fails does not stop it.
+
+    ``meshproto broker --port 0 | head -1`` reads the URL and goes: the
+    lines after it find the pipe closed, and the broker serves on.
+    """
+    for line in lines:
+        try:
+            print(line, flush=True)
+        except OSError as exc:
+            logger.warning("cannot write to stdout (%s); serving all the same", exc.strerror)
+            silence_stdout()
+            return
+
+
 async def cmd_broker(args: argparse.Namespace) -> int:
     registry: FileRegistry | StaticRegistry
     if args.mesh_file:
@@ -145,9 +160,11 @@ async def cmd_broker(args: argparse.Namespace) -> int:
                 broker, host=args.host, port=args.port, ssl_context=ssl_context
             ) as server:
                 started = True
-                print(f"meshproto broker listening on {server.url}", flush=True)
-                print(f"  {mesh_note}", flush=True)
-                print(f"  store: {args.db or 'in memory (lost on exit)'}", flush=True)
+                _announce(
+                    f"meshproto broker listening on {server.url}",
+                    f"  {mesh_note}",
+                    f"  store: {args.db or 'in memory (lost on exit)'}",
+                )
                 stop = getattr(args, "stop_requested", None)
                 try:
                     if stop is None:

@@ -33,12 +33,14 @@ from meshproto import (
     ConnectionState,
     Event,
     HandshakeComplete,
+    LocalProtocolError,
     MessageReceived,
     RequestError,
     UnreadableMessage,
 )
 from meshproto_anyio import Client, connect
 from meshproto_crypto import KeyPair
+from meshproto_ws import parse_ws_url
 
 from ._connecting import (
     client_options,
@@ -225,6 +227,8 @@ async def cmd_listen(args: argparse.Namespace) -> int:
 
 async def cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.out) if args.out else config_dir(args.config_dir) / "identity.json"
+    if path.is_dir():
+        raise CommandError(f"--out {path} is a folder; name a file, such as {path / 'me.json'}")
     if path.exists() and not args.force:
         raise CommandError(f"{path} exists; pass --force to replace it")
     keys = KeyPair.generate()
@@ -242,6 +246,10 @@ async def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 async def cmd_mesh_init(args: argparse.Namespace) -> int:
+    try:
+        parse_ws_url(args.broker_url)  # every member would fail to connect to it
+    except LocalProtocolError as exc:
+        raise CommandError(f"--broker-url: {exc}") from None
     names = [n.strip() for n in args.members.split(",") if n.strip()]
     if not names or len(set(names)) != len(names):
         raise CommandError("--members needs distinct names, separated by commas")

@@ -24,7 +24,7 @@ import sys
 
 from meshproto import BACKOFF_CAPS, Backoff, ClientOptions, Closed
 
-from ._errors import CommandError, Refused
+from ._errors import CommandError, OutputFailed, Refused, say
 from ._identity import Identity
 from ._output import Style
 from ._status import ConnectionReporter, describe_refusal, refusal_code
@@ -58,12 +58,19 @@ def verbosity(args: argparse.Namespace) -> int:
 
 
 def stderr_line(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    """One notice on stderr (dropped if there is no stderr to take it: :func:`~._errors.say`)."""
+    say(text)
 
 
 def print_line(text: str) -> None:
-    """One line of the command's output on stdout, flushed (a pipe sees it at once)."""
-    print(text, flush=True)
+    """One line of the command's output on stdout, flushed (a pipe sees it at once).
+
+    Raises :class:`~meshproto_cli._errors.OutputFailed` if stdout cannot take it.
+    """
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        raise OutputFailed(exc) from None
 
 
 def client_options(args: argparse.Namespace, *, accept_messages: bool) -> ClientOptions:

@@ -12,6 +12,7 @@ docs/howto/command.md):
 124   timed out with nothing: no connection or no answer within ``--timeout``
       (nothing was sent); ``listen``: no message, or fewer than ``--count``
 130   interrupted (Ctrl-C, SIGINT)
+141   standard output was closed by its reader (``| head -1``), said by nothing
 143   terminated (SIGTERM)
 ====  ==========================================================================
 
@@ -23,6 +24,10 @@ CODE, "message": ..., "status": STATUS}`` (see :meth:`CommandError.record`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import sys
 from typing import Any
 
 __all__ = [
@@ -30,6 +35,7 @@ __all__ = [
     "EXIT_ERROR",
     "EXIT_INTERRUPTED",
     "EXIT_OK",
+    "EXIT_PIPE",
     "EXIT_STATUS_HELP",
     "EXIT_TERMINATED",
     "EXIT_TIMEOUT",
@@ -37,9 +43,13 @@ __all__ = [
     "EXIT_USAGE",
     "CommandError",
     "OutcomeUnknown",
+    "OutputFailed",
     "Refused",
     "Terminated",
     "TimedOut",
+    "say",
+    "silence_stdout",
+    "sole_exception",
 ]
 
 EXIT_OK = 0
@@ -48,6 +58,7 @@ EXIT_USAGE = 2
 EXIT_UNKNOWN = 3
 EXIT_TIMEOUT = 124
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141
 EXIT_TERMINATED = 143
 
 #: The table above, as ``--help`` shows it.
@@ -61,6 +72,7 @@ exit status:
   124  timed out with nothing: no connection or no answer within --timeout;
        for listen, no message (or fewer than --count) within --timeout
   130  interrupted (Ctrl-C)
+  141  stdout was closed by its reader (such as head), with nothing said
   143  terminated (SIGTERM)"""
 
 
@@ -125,6 +137,73 @@ class OutcomeUnknown(CommandError):
 
     code = "outcome_unknown"
     status = EXIT_UNKNOWN
+
+
+class OutputFailed(CommandError):
+    """Standard output could not be written: its reader went away, or its disk is full.
+
+    A closed pipe (``meshproto listen | head -1``) is the reader's way to say
+    it has what it wanted: the command stops with :data:`EXIT_PIPE`, the
+    status a shell shows for a command that ``SIGPIPE`` ended, and says
+    nothing. Any other failure (``ENOSPC``, ``EIO``) is an error line.
+    Neither can be reported on standard output, even with ``--json``.
+    """
+
+    code = "output"
+
+    def __init__(self, error: OSError) -> None:
+        self.broken_pipe = isinstance(error, BrokenPipeError) or error.errno == errno.EPIPE
+        super().__init__(
+            f"cannot write to stdout: {error.strerror or error}",
+            status=EXIT_PIPE if self.broken_pipe else EXIT_ERROR,
+        )
+
+
+def say(text: str) -> None:
+    """``text`` as one line on stderr, if there is a stderr that takes it.
+
+    With stderr closed (``2>&-``) Python has no ``sys.stderr``, and
+    ``print`` would write to stdout instead, into ``--json`` output; with
+    stderr on a full disk, there is nobody to tell. Either way the line is
+    dropped, and the command's status still says what happened.
+    """
+    stream = sys.stderr
+    if stream is None:
+        return
+    with contextlib.suppress(OSError, ValueError):  # ValueError: a closed stream
+        print(text, file=stream, flush=True)
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device, so that nothing more is lost in writing to it.
+
+    Python flushes ``sys.stdout`` once more at exit; into a closed pipe or a
+    full disk that flush would fail again, and print a report of its own.
+    """
+    try:
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (AttributeError, OSError, ValueError):  # no stdout, or not a file
+        return
+    try:
+        os.dup2(devnull, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(devnull)
+
+
+def sole_exception(error: BaseException) -> BaseException:
+    """``error``, or the one exception inside it if it is a group of one (recursively).
+
+    A task group wraps what its body raises: a command's own error, raised
+    where it waits on several things at once, is still that error.
+    """
+    while True:
+        inner = getattr(error, "exceptions", None)
+        if not (isinstance(inner, tuple) and len(inner) == 1):
+            return error
+        error = inner[0]
 
 
 class Terminated(BaseException):

@@ -25,6 +25,7 @@ broker would close the older one for good (``session_replaced``).
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ __all__ = [
     "load_or_create_session_keys",
     "lock_session",
     "make_private_dirs",
+    "open_lock",
     "merge_joined_mesh",
     "save_joined_meshes",
     "save_members_file",
@@ -94,6 +96,8 @@ def make_private_dirs(directory: Path) -> None:
             folder.mkdir(mode=0o700)
         except FileExistsError:
             continue
+        except OSError as exc:  # a file where a folder should be, a read-only disk
+            raise FileProblem(f"cannot create {folder}: {exc.strerror}") from None
         os.chmod(folder, 0o700)  # in case the umask took more than it should
 
 
@@ -102,13 +106,19 @@ def write_private_json(path: Path, data: Any) -> None:
     import tempfile  # noqa: PLC0415 (only a write needs it: not at start)
 
     make_private_dirs(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise FileProblem(f"cannot write {path}: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=2)
             handle.write("\n")
         os.replace(tmp, path)
+    except OSError as exc:  # a folder at ``path``, a full disk
+        Path(tmp).unlink(missing_ok=True)
+        raise FileProblem(f"cannot write {path}: {exc.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -121,6 +131,8 @@ def _read_json(path: Path, *, secret: bool) -> Any:
         raise FileProblem(f"{path} does not exist") from None
     except OSError as exc:
         raise FileProblem(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise FileProblem(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if secret:
         mode = path.stat().st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -134,6 +146,8 @@ def _read_json(path: Path, *, secret: bool) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise FileProblem(f"{path} is not valid JSON: {exc}") from None
+    except RecursionError:  # thousands of nested brackets: no identity file looks like that
+        raise FileProblem(f"{path} is not valid JSON: nested too deeply") from None
 
 
 def _field(record: Mapping[str, Any], name: str, where: str) -> str:
@@ -320,19 +334,44 @@ def lock_session(directory: Path, mesh_id: str, session_name: str) -> SessionLoc
         import fcntl  # noqa: PLC0415 (POSIX only)
     except ImportError:  # pragma: no cover - not POSIX
         return SessionLock(path, None)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    handle = os.fdopen(fd, "r+", encoding="utf-8")
+    fd = open_lock(path)
+    writable = _is_writable(fd)
+    handle = os.fdopen(fd, "r+" if writable else "r", encoding="utf-8", errors="replace")
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         holder = handle.read().strip()
         handle.close()
         return f"pid {holder}" if holder.isdigit() else "another process"
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    if writable:  # the pid is only ever shown in messages
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
     return SessionLock(path, handle)
+
+
+def _is_writable(fd: int) -> bool:
+    import fcntl  # noqa: PLC0415 (POSIX only, as the caller)
+
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
+
+
+def open_lock(path: Path) -> int:
+    """``path`` opened to be locked: read-write, or, on a read-only disk, read-only.
+
+    ``flock`` needs no write access, so a config dir on a read-only file
+    system (a mounted secret) still runs, as long as its files exist.
+    """
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            try:
+                return os.open(path, os.O_RDONLY)
+            except OSError:
+                pass
+        raise FileProblem(f"cannot open the session lock {path}: {exc.strerror}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,6 +420,7 @@ def load_members_file(path: Path) -> MembersFile:
     if not isinstance(rows, list):
         raise FileProblem(f"{path}: 'members' must be a list")
     members = []
+    first_row: dict[str, int] = {}  # the row number of each pubkey
     for i, row in enumerate(rows):
         where = f"{path} member #{i + 1}"
         if not isinstance(row, dict):
@@ -388,6 +428,12 @@ def load_members_file(path: Path) -> MembersFile:
         pubkey = _field(row, "pubkey", where)
         if not _HEX64.fullmatch(pubkey):
             raise FileProblem(f"{where}: pubkey must be 64 lowercase hex characters")
+        if pubkey in first_row:  # which row's revoked and groups would count? neither
+            raise FileProblem(
+                f"{where}: pubkey {pubkey[:16]}… is member #{first_row[pubkey]}'s too; "
+                "each key may be listed once"
+            )
+        first_row[pubkey] = i + 1
         groups = row.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise FileProblem(f"{where}: 'groups' must be a list of names")

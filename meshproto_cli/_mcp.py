@@ -75,6 +75,8 @@ from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
 
 from meshproto import __version__
 
+from ._connecting import client_ssl
+from ._errors import CommandError
 from ._files import config_dir, load_joined_meshes, select_mesh
 from ._identity import Identity, load_identity
 from ._mcp_mesh import Arrival, McpMesh, McpOptions, Reply
@@ -257,12 +259,58 @@ class _StdinLines(anyio.AsyncFile[str]):
         return (line + newline).decode("utf-8", errors="replace")
 
 
+def _stdio_failure(error: BaseException) -> OSError | None:
+    """The ``OSError`` of stdin or stdout that ended the server, if that is what did."""
+    if isinstance(error, OSError):
+        return error
+    for inner in getattr(error, "exceptions", ()):
+        found = _stdio_failure(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_stdio() -> None:
+    """Refuse to start without a stdin and a stdout (``<&-``, ``>&-``): there is no client."""
+    for name, stream in (("stdin", sys.stdin), ("stdout", sys.stdout)):
+        if stream is None:
+            raise CommandError(
+                f"{name} is closed: meshproto mcp speaks MCP on its stdin and stdout, as an "
+                "MCP client runs it"
+            )
+
+
 async def cmd_mcp(args: argparse.Namespace) -> int:
-    """``meshproto mcp``: serve the joined meshes to one AI session over stdio."""
+    """``meshproto mcp``: serve the joined meshes to one AI session over stdio.
+
+    It ends with status 0 when the client goes away: stdin reaches its end,
+    or stdout's reader closes it. Any other failure of stdin or stdout (a
+    full disk) is one error line.
+    """
+    _check_stdio()
     directory = config_dir(args.config_dir)
     if args.log_file:
-        _log_to_file(args.log_file)
-    ssl_context = ssl.create_default_context(cafile=args.cafile) if args.cafile else None
+        try:
+            _log_to_file(args.log_file)
+        except OSError as exc:
+            raise CommandError(f"cannot write --log-file {args.log_file}: {exc.strerror}") from None
+    ssl_context = client_ssl(args)
+    try:
+        return await _serve(args, directory, ssl_context)
+    except Exception as exc:
+        failure = _stdio_failure(exc)
+        if failure is None:
+            raise
+        if isinstance(failure, BrokenPipeError):
+            logger.info("the client closed the server's stdout: it has gone")
+            return 0
+        why = failure.strerror or str(failure)
+        raise CommandError(f"cannot serve MCP on stdin and stdout: {why}") from None
+
+
+async def _serve(
+    args: argparse.Namespace, directory: Path, ssl_context: ssl.SSLContext | None
+) -> int:
     with lease_session(directory, args.session) as lease:
         identities = load_identities(directory, args.mesh, lease.name)
         mesh = McpMesh(identities, url=args.url, display_name=args.name, ssl_context=ssl_context)

@@ -33,7 +33,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._files import FileProblem
+from ._files import FileProblem, open_lock
 
 __all__ = ["SessionLease", "lease_session"]
 
@@ -96,10 +96,7 @@ def _holder(path: Path) -> str:
 
 def _acquire(path: Path) -> int | None:
     """The descriptor of ``path`` with its lock held, or ``None`` if another process has it."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError as exc:
-        raise FileProblem(f"cannot open {path}: {exc.strerror}") from None
+    fd = open_lock(path)  # read-only on a read-only disk: flock needs no more
     if not _try_lock(fd):
         os.close(fd)
         return None

@@ -120,7 +120,8 @@ def local_time(iso: str | None, *, now: datetime | None = None) -> str:
     """A broker timestamp (``2026-12-01T19:21:38.083Z``) in this machine's local time.
 
     ``19:21:38`` if it falls on today's local date, else ``2026-12-01
-    19:21:38``. A missing or unreadable timestamp gives the current local time.
+    19:21:38``. A missing or unreadable timestamp, or one that this machine's
+    time zone would carry past year 1 or 9999, gives the current local time.
     """
     from datetime import datetime, timezone  # noqa: PLC0415 (listen's lines only: not at start)
 
@@ -129,12 +130,11 @@ def local_time(iso: str | None, *, now: datetime | None = None) -> str:
     if iso:
         try:
             parsed = datetime.fromisoformat(iso.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None:
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=timezone.utc)
             when = parsed.astimezone()
+        except (ValueError, OverflowError):  # not a time, or past the calendar's ends here
+            when = local_now
     if when.date() == local_now.date():
         return when.strftime("%H:%M:%S")
     return when.strftime("%Y-%m-%d %H:%M:%S")

@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import anyio._backends._asyncio  # anyio.run would load it: now, with the rest
 
-from ._errors import Terminated
+from ._errors import Terminated, sole_exception
 
 __all__ = ["STOP_GRACE", "StopRequest", "loop_command"]
 
@@ -131,7 +131,7 @@ async def _until_interrupted(
             try:
                 outcome.append(await runner(args))
             except Exception as exc:  # re-raised below, outside the task group
-                failure.append(exc)
+                failure.append(sole_exception(exc))
             tasks.cancel_scope.cancel()
 
         tasks.start_soon(watch_signals)

@@ -46,7 +46,9 @@ def parse_ws_url(url: str) -> WsAddress:
 
     The port defaults to 80 (``ws``) or 443 (``wss``) and the path to ``/ws``.
     Raises :class:`~meshproto.LocalProtocolError` for any other scheme, a
-    missing host, a bad port, or user info in the URL.
+    missing host or one the resolver cannot take (a part over 63
+    characters), a bad port, user info, or a path that an HTTP request
+    cannot carry (spaces, control characters).
     """
     try:
         parts = urlsplit(url)
@@ -58,6 +60,12 @@ def parse_ws_url(url: str) -> WsAddress:
         raise LocalProtocolError(f"the URL must start with ws:// or wss://, got {url!r}")
     if not parts.hostname:
         raise LocalProtocolError(f"the URL names no host: {url!r}")
+    try:
+        parts.hostname.encode("idna")  # what the resolver does with it
+    except UnicodeError:
+        raise LocalProtocolError(
+            f"the host cannot be looked up (each part between dots is 1-63 long): {url!r}"
+        ) from None
     if parts.username is not None or parts.password is not None:
         raise LocalProtocolError(f"user info is not supported in a broker URL: {url!r}")
     if parts.fragment:
@@ -68,6 +76,10 @@ def parse_ws_url(url: str) -> WsAddress:
         target = f"{target}?{parts.query}"
     if not target.isascii():
         raise LocalProtocolError(f"the URL path must be ASCII (percent-encode it): {url!r}")
+    if not all("!" <= char <= "~" for char in target):  # what an HTTP request line may carry
+        raise LocalProtocolError(
+            f"the URL path must be printable ASCII without spaces (percent-encode them): {url!r}"
+        )
     return WsAddress(
         host=parts.hostname,
         port=port if port is not None else (443 if secure else 80),

@@ -256,3 +256,109 @@ def test_sigterm_stops_the_server_while_its_client_keeps_stdin_open(tmp_path: Pa
     assert server.returncode == 143  # SIGTERM's status, as for every command
     assert out == ""
     assert err.strip() == "terminated"
+
+
+_INITIALIZE = (
+    json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": 1,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "edge", "version": "1"},
+            },
+        }
+    )
+    + "\n"
+)
+
+
+@pytest.mark.parametrize("closed", ["<&-", ">&-"])
+def test_a_closed_stdin_or_stdout_is_one_line_before_anything_is_served(
+    tmp_path: Path, closed: str
+) -> None:
+    mesh = SignedMesh.create(tmp_path, "alice")
+    config = mesh.members["alice"].config_dir
+    script = f'exec "$0" -m meshproto_cli mcp --config-dir "$1" --url ws://127.0.0.1:1/ws {closed}'
+    result = subprocess.run(
+        ["/bin/sh", "-c", script, sys.executable, str(config)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    stream = "stdin" if closed == "<&-" else "stdout"
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"meshproto: error: {stream} is closed: meshproto mcp speaks MCP on its stdin and "
+        "stdout, as an MCP client runs it\n"
+    )
+    with lease_session(config) as lease:  # nothing was held, nothing is left held
+        assert lease.name == "mcp-1"
+
+
+def test_a_stdout_on_a_full_disk_stops_the_server_in_one_line(tmp_path: Path) -> None:
+    mesh = SignedMesh.create(tmp_path, "alice")
+    config = mesh.members["alice"].config_dir
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "meshproto_cli", "mcp", "--config-dir", str(config),
+             "--url", "ws://127.0.0.1:1/ws"],
+            input=_INITIALIZE.encode(),
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    banner, error = result.stderr.decode().splitlines()
+    assert banner.startswith("meshproto mcp: session mcp-1 on team")
+    assert error == (
+        "meshproto: error: cannot serve MCP on stdin and stdout: No space left on device"
+    )
+
+
+def test_a_client_that_closes_the_servers_stdout_has_gone_and_the_server_ends(
+    tmp_path: Path,
+) -> None:
+    mesh = SignedMesh.create(tmp_path, "alice")
+    config = mesh.members["alice"].config_dir
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read the answer: the client has gone
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "meshproto_cli", "mcp", "--config-dir", str(config),
+             "--url", "ws://127.0.0.1:1/ws"],
+            input=(_INITIALIZE + "\n" * 10).encode(),
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0, result.stderr
+    (banner,) = result.stderr.decode().splitlines()
+    assert banner.startswith("meshproto mcp: session mcp-1 on team")
+
+
+@pytest.mark.parametrize(
+    ("option", "complaint"),
+    [
+        ("--cafile", "cannot read --cafile {path}: [Errno 2] No such file or directory"),
+        ("--log-file", "cannot write --log-file {path}: No such file or directory"),
+    ],
+)
+def test_a_file_option_the_server_cannot_use_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, complaint: str
+) -> None:
+    from meshproto_cli._app import main  # noqa: PLC0415
+
+    mesh = SignedMesh.create(tmp_path, "alice")
+    path = tmp_path / "missing" / "file"
+    status = main(["mcp", "--config-dir", str(mesh.members["alice"].config_dir), option, str(path)])
+    assert status == 1
+    assert capsys.readouterr().err == f"meshproto: error: {complaint.format(path=path)}\n"

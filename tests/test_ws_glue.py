@@ -118,6 +118,33 @@ def test_url_other_than_ws_or_wss_is_refused(url: str) -> None:
         parse_ws_url(url)
 
 
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("ws://" + "a" * 64 + "/ws", "the host cannot be looked up"),  # a DNS label is 1-63
+        ("ws://x." + "a" * 300 + "/ws", "the host cannot be looked up"),
+        ("ws://a..b/ws", "the host cannot be looked up"),
+        ("ws://h/a b", "the URL path must be printable ASCII without spaces"),
+        ("ws://h/a\x01b", "the URL path must be printable ASCII without spaces"),
+        ("ws://h/ws?a=\x7f", "the URL path must be printable ASCII without spaces"),
+    ],
+)
+def test_url_that_no_connection_could_use_is_refused_before_connecting(
+    url: str, complaint: str
+) -> None:
+    # Each once reached the resolver or the HTTP request as it was, and raised
+    # there: a UnicodeError from getaddrinfo, h11's "Illegal target characters".
+    with pytest.raises(LocalProtocolError, match=complaint):
+        parse_ws_url(url)
+
+
+def test_url_with_a_long_or_international_host_that_resolves_is_kept() -> None:
+    assert parse_ws_url("ws://" + "a" * 63 + ".example/ws").host == "a" * 63 + ".example"
+    assert parse_ws_url("ws://bücher.example/ws").host == "bücher.example"
+    assert parse_ws_url("ws://[::1]/ws").host == "::1"
+    assert parse_ws_url("ws://h/p%20q?x=1&y=%7E").target == "/p%20q?x=1&y=%7E"
+
+
 # --- handshake ------------------------------------------------------------------------
 
 
