@@ -398,7 +398,7 @@ class Client:
         try:
             with scope:
                 stream = await self._open_stream(address)
-        except OSError as exc:  # ssl.SSLError and connection refusals are OSErrors
+        except (OSError, ValueError) as exc:  # refusals, ssl.SSLError; idna's UnicodeError
             self._connect_failed(socket_id, address, exc)
             return
         except (anyio.BrokenResourceError, anyio.EndOfStream) as exc:
@@ -491,6 +491,9 @@ class Client:
         except OSError as exc:  # a refusal; or the server hung up during the TLS handshake
             self._connect_failed(socket_id, address, exc, during_tls=stage == "tls")
             return
+        except ValueError as exc:  # the resolver refused the name (idna's UnicodeError)
+            self._connect_failed(socket_id, address, exc)
+            return
         finally:
             self._opening.pop(socket_id, None)
             self._sockets_pulse.fire()
@@ -523,6 +526,8 @@ class Client:
     ) -> None:
         if isinstance(exc, OSError) and not during_tls:  # a refusal, a bad name, a certificate
             why = f"could not connect to {address.url}: {connect_error_text(exc)}"
+        elif isinstance(exc, ValueError):  # a name the resolver would not take
+            why = f"could not connect to {address.url}: {exc}"
         else:  # the TLS handshake broke, or the server hung up during it
             cause = f"{exc!r} ({exc.__cause__!r})" if exc.__cause__ else repr(exc)
             why = f"TLS handshake with {address.url} failed: {cause}"

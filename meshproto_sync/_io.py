@@ -173,7 +173,10 @@ class IoThread:
         driver = self._driver
         with lock:
             driver.start(time.monotonic())
-            self._apply()
+            try:
+                self._apply()  # the first socket opens here
+            except Exception as exc:
+                self._contain(exc, "the first connect")
         failed_turns = 0
         while True:
             try:

@@ -159,6 +159,8 @@ class SocketLink:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             return self._could_not_connect(_error_text(exc))
+        except ValueError as exc:  # the idna codec refused the name (UnicodeError)
+            return self._could_not_connect(str(exc))
         self._addresses = [(info[0], info[4]) for info in infos]
         return self._next_address("no address")
 

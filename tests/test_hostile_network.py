@@ -16,6 +16,7 @@ import contextlib
 import logging
 import socket
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,6 +37,7 @@ from anyio_helpers import (
 )
 from hypothesis import given
 from hypothesis import strategies as st
+from sync_helpers import join as sync_join
 
 from meshproto import (
     ClientOptions,
@@ -293,6 +295,59 @@ async def test_a_client_takes_a_response_header_that_is_not_ascii_for_a_bad_hand
             tasks.cancel_scope.cancel()
     causes = [e.cause for e in events if isinstance(e, ReconnectScheduled)]
     assert causes and all("bad handshake" in cause for cause in causes), causes
+    assert not any(isinstance(e, InternalError) for e in events)
+    assert not tracebacks(caplog)
+
+
+# --- a resolver that fails with something other than OSError ---------------------------
+
+UNRESOLVABLE = "unresolvable.test"
+
+
+@pytest.fixture
+def resolver_that_raises_unicode_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``socket.getaddrinfo`` refusing one host as the idna codec does: ``UnicodeError``."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        if host in (UNRESOLVABLE, UNRESOLVABLE.encode()):
+            raise UnicodeError("encoding with 'idna' codec failed (label too long)")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.mark.usefixtures("resolver_that_raises_unicode_error")
+async def test_a_resolver_error_that_is_not_an_oserror_is_a_failed_connect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events: list[Event] = []
+    with caplog.at_level(logging.DEBUG), anyio.fail_after(10):
+        async with join(f"ws://{UNRESOLVABLE}:9/ws", "a", events=events) as a:
+            await eventually(lambda: a.counters.reconnects >= 2)
+    causes = [e.cause for e in events if isinstance(e, ReconnectScheduled)]
+    assert causes and all("could not connect" in cause for cause in causes), causes
+    assert all("label too long" in cause for cause in causes), causes
+    assert not any(isinstance(e, InternalError) for e in events)
+    assert not tracebacks(caplog)
+
+
+@pytest.mark.usefixtures("resolver_that_raises_unicode_error")
+def test_the_blocking_client_takes_such_a_resolver_error_for_a_failed_connect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events: list[Event] = []
+    with (
+        caplog.at_level(logging.DEBUG),
+        sync_join(f"ws://{UNRESOLVABLE}:9/ws", "a", events=events) as a,
+    ):
+        deadline = time.monotonic() + 10
+        while a.counters.reconnects < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert a.counters.reconnects >= 2
+        assert a.state is not ConnectionState.CLOSED  # the I/O thread lives on
+    causes = [e.cause for e in events if isinstance(e, ReconnectScheduled)]
+    assert causes and all("could not connect" in cause for cause in causes), causes
     assert not any(isinstance(e, InternalError) for e in events)
     assert not tracebacks(caplog)
 
