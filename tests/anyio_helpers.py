@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import json
 import random
+import ssl
 import time
 import zlib
 from collections import deque
@@ -18,6 +19,7 @@ from typing import Any
 
 import anyio
 import pytest
+import trustme
 from anyio.abc import ByteStream, TaskStatus
 
 from meshproto import (
@@ -65,6 +67,17 @@ FAST = ClientOptions(
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context, client context trusting the server) from a throwaway CA."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context
 
 
 def signer(name: str) -> FakeSigner:

@@ -10,7 +10,6 @@ from functools import partial
 
 import anyio
 import pytest
-import trustme
 from anyio.abc import SocketAttribute, SocketStream
 from anyio_helpers import (
     MESH,
@@ -21,6 +20,7 @@ from anyio_helpers import (
     join,
     make_broker,
     member,
+    tls,
 )
 
 from meshproto import ConnectionState, Event, MessageReceived, ReconnectScheduled, SendError
@@ -28,7 +28,7 @@ from meshproto_anyio import BrokerServer, ServerOptions, running_broker, serve_b
 from meshproto_ws import Closed, WsConnection, parse_ws_url
 
 pytestmark = pytest.mark.anyio
-__all__ = ["anyio_backend"]
+__all__ = ["anyio_backend", "tls"]
 
 OPEN = ConnectionState.OPEN
 
@@ -246,17 +246,6 @@ async def test_rate_limit_refuses_sends_over_the_burst() -> None:
 
 
 # --- TLS --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting the server) from a throwaway CA."""
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    return server_context, client_context
 
 
 async def test_wss_round_trip(tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:

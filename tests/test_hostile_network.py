@@ -34,6 +34,7 @@ from anyio_helpers import (
     join,
     make_broker,
     member,
+    tls,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -52,7 +53,7 @@ from meshproto_ws import BrokerDriver, Opened, WsAddress, WsConnection, WsState,
 from meshproto_ws import Closed as WsClosed
 
 pytestmark = pytest.mark.anyio
-__all__ = ["anyio_backend"]
+__all__ = ["anyio_backend", "tls"]
 
 OPEN = ConnectionState.OPEN
 ADDRESS = WsAddress("broker.test", 7900, False, "/ws")
@@ -355,22 +356,11 @@ def test_the_blocking_client_takes_such_a_resolver_error_for_a_failed_connect(
 # --- a broker that stops while a TLS handshake is under way ----------------------------
 
 
-@pytest.fixture(scope="module")
-def tls_pair() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting the server) from a throwaway CA."""
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    return server_context, client_context
-
-
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 async def test_a_socket_whose_tls_comes_up_after_the_broker_stopped_is_not_served(
-    tls_pair: tuple[ssl.SSLContext, ssl.SSLContext],
+    tls: tuple[ssl.SSLContext, ssl.SSLContext],
 ) -> None:
-    server_context, client_context = tls_pair
+    server_context, client_context = tls
     async with running_broker(make_broker(), ssl_context=server_context) as server:
         stream = await anyio.connect_tcp("127.0.0.1", server.port)
     # Stopped (no timer runs now, nothing would ever close it): TLS comes up only now.

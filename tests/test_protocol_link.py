@@ -107,6 +107,13 @@ def feed(link: ProtocolLink, data: bytes) -> None:
     link.buffer_updated(len(data))
 
 
+def opened(link: ProtocolLink) -> tuple[ProtocolLink, ScriptedTransport]:
+    """``link``, its connection made on a fresh scripted transport."""
+    transport = ScriptedTransport()
+    link.connection_made(transport)
+    return link, transport
+
+
 async def end_of_turn() -> None:
     await asyncio.sleep(0)
     await asyncio.sleep(0)
@@ -115,9 +122,7 @@ async def end_of_turn() -> None:
 def test_writes_after_the_first_of_a_turn_leave_together_at_its_end() -> None:
     async def test() -> None:
         owner = Owner()
-        link = owner.link()
-        transport = ScriptedTransport()
-        link.connection_made(transport)
+        link, transport = opened(owner.link())
         assert link.write(b"a") and link.write(b"b") and link.write(b"c")
         assert transport.written == [b"a"]
         await end_of_turn()
@@ -128,9 +133,7 @@ def test_writes_after_the_first_of_a_turn_leave_together_at_its_end() -> None:
 
 def test_held_writes_whose_transport_closed_meanwhile_are_dropped_quietly() -> None:
     async def test() -> None:
-        link = Owner().link()
-        transport = ScriptedTransport()
-        link.connection_made(transport)
+        link, transport = opened(Owner().link())
         link.write(b"a")
         link.write(b"b")
         transport.closing = True  # asyncio closed it (the peer went) before the turn ended
@@ -143,9 +146,7 @@ def test_held_writes_whose_transport_closed_meanwhile_are_dropped_quietly() -> N
 
 def test_close_hands_over_what_was_held_and_nothing_is_written_after_it() -> None:
     async def test() -> None:
-        link = Owner().link()
-        transport = ScriptedTransport()
-        link.connection_made(transport)
+        link, transport = opened(Owner().link())
         link.write(b"a")
         link.write(b"b")
         link.close()
@@ -160,9 +161,7 @@ def test_close_hands_over_what_was_held_and_nothing_is_written_after_it() -> Non
 
 def test_writes_after_abort_are_refused_and_nothing_held_leaves() -> None:
     async def test() -> None:
-        link = Owner().link()
-        transport = ScriptedTransport()
-        link.connection_made(transport)
+        link, transport = opened(Owner().link())
         link.write(b"a")
         link.write(b"held")
         link.abort()
@@ -175,9 +174,7 @@ def test_writes_after_abort_are_refused_and_nothing_held_leaves() -> None:
 
 def test_a_write_over_the_limit_is_refused_and_the_rest_still_leaves() -> None:
     async def test() -> None:
-        link = Owner().link(max_buffered=10)
-        transport = ScriptedTransport()
-        link.connection_made(transport)
+        link, transport = opened(Owner().link(max_buffered=10))
         assert link.write(b"12345")
         assert link.write(b"1234567890")  # the first went to the transport, which buffers none
         assert not link.write(b"1")  # held and new over 10
@@ -207,9 +204,7 @@ def test_a_bug_in_the_owner_costs_that_socket_and_never_reaches_asyncio(
 ) -> None:
     async def test() -> None:
         owner = Owner(fail_data=True)
-        link = owner.link()
-        transport = ScriptedTransport()
-        link.connection_made(transport)
+        link, transport = opened(owner.link())
         feed(link, b"x")
         assert transport.aborted and link.closing
 

@@ -11,9 +11,16 @@ from collections.abc import Iterator
 
 import anyio
 import pytest
-import trustme
 from anyio.from_thread import BlockingPortal
-from anyio_helpers import WsPeer, answer_hello, fake_broker, largest_body, make_broker, member
+from anyio_helpers import (
+    WsPeer,
+    answer_hello,
+    fake_broker,
+    largest_body,
+    make_broker,
+    member,
+    tls,
+)
 from anyio_helpers import join as anyio_join
 from sync_helpers import (
     ServedBroker,
@@ -42,7 +49,7 @@ from meshproto_sync import Client, Message
 from meshproto_ws import CLIENT_MAX_MESSAGE_BYTES
 from meshproto_ws import Closed as WsClosed
 
-__all__ = ["broker", "no_io_thread_outlives_the_test", "portal"]
+__all__ = ["broker", "no_io_thread_outlives_the_test", "portal", "tls"]
 
 OPEN = ConnectionState.OPEN
 
@@ -295,17 +302,6 @@ def test_sync_and_anyio_clients_talk_through_one_broker(
 
 
 # --- TLS ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tls() -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context, client context trusting the server) from a throwaway CA."""
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
-    return server_context, client_context
 
 
 @pytest.fixture
