@@ -27,8 +27,6 @@ that caused it.
 
 from __future__ import annotations
 
-import sys
-
 from meshproto_ws.testing import SocketBrokerHarness
 
 
@@ -39,13 +37,9 @@ def test_one_input(data: bytes) -> None:
 
 
 def main() -> None:
-    try:
-        import atheris  # type: ignore[import-not-found]  # noqa: PLC0415 (optional)
-    except ImportError:
-        sys.exit("atheris is not installed: pip install atheris (see fuzz/README.md)")
-    atheris.instrument_all()
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
+    from _atheris import fuzz  # noqa: PLC0415 (a sibling: fuzz/ is on sys.path for a script)
+
+    fuzz(test_one_input)
 
 
 if __name__ == "__main__":
