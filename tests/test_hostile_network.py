@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import ssl
@@ -41,7 +42,6 @@ from hypothesis import strategies as st
 from sync_helpers import join as sync_join
 
 from meshproto import (
-    ClientOptions,
     ConnectionState,
     Event,
     InternalError,
@@ -61,15 +61,7 @@ ADDRESS = WsAddress("broker.test", 7900, False, "/ws")
 GONE = (anyio.EndOfStream, anyio.BrokenResourceError, OSError)
 #: A connect timeout far longer than any test waits: a failure seen in time
 #: was seen at once, not when the core gave up on the connect.
-PATIENT = ClientOptions(
-    connect_timeout=30.0,
-    hello_timeout=FAST.hello_timeout,
-    ack_timeout=FAST.ack_timeout,
-    request_timeout=FAST.request_timeout,
-    ping_interval=FAST.ping_interval,
-    liveness_timeout=FAST.liveness_timeout,
-    backoff=FAST.backoff,
-)
+PATIENT = dataclasses.replace(FAST, connect_timeout=30.0)
 
 
 @pytest.fixture(scope="module")
