@@ -25,6 +25,9 @@ parser is malformed too.
 
 The field tables are derived once, at import, from the dataclass metadata in
 :mod:`meshproto._frames`, so a frame's shape is written in one place only.
+From each table the codec then writes out, once, a decoder and an encoder
+for that class (as :mod:`dataclasses` writes ``__init__``): the same steps as
+a loop over the table, without the loop's cost on every frame.
 """
 
 from __future__ import annotations
@@ -162,7 +165,7 @@ def _dec_list_of(cls: type[Any]) -> Callable[[object, str, str], Any]:
         for i, item in enumerate(v):
             if type(item) is not dict:
                 raise _wrong(where, f"{wire}[{i}]", "an object", item)
-            out.append(_decode_object(cls, item, f"{where}.{wire}[{i}]"))
+            out.append(_DECODE[cls](item, f"{where}.{wire}[{i}]"))
         return tuple(out)
 
     return dec
@@ -171,7 +174,7 @@ def _dec_list_of(cls: type[Any]) -> Callable[[object, str, str], Any]:
 def _dec_attestation(v: object, where: str, wire: str) -> Any:
     if type(v) is not dict:
         raise _wrong(where, wire, "an object", v)
-    return _decode_object(ParentAttestation, v, f"{where}.{wire}")
+    return _DECODE[ParentAttestation](v, f"{where}.{wire}")
 
 
 _DECODERS: dict[str, Callable[[object, str, str], Any]] = {
@@ -324,21 +327,63 @@ def _compact_json() -> Callable[[Any], str]:
 compact_json = _compact_json()
 
 
-def _decode_object(cls: type[Any], obj: dict[str, Any], where: str) -> Any:
-    values: list[Any] = []
-    append = values.append
-    get = obj.get
-    for _attr, wire, kind, required, default in _TABLES[cls]:
-        v = get(wire, _ABSENT)
-        if v is _ABSENT or (v is None and not required):
-            if required:
-                raise RemoteProtocolError(f"{where}: missing required field {wire!r}")
-            append(default)
-        elif type(v) is str and kind == "str":  # most fields: checked here, not by a call
-            append(v)
+def _decode_field(v: object, where: str, spec: _Field) -> Any:
+    """One field's value off the fast path: absent, null, or not a plain string."""
+    _attr, wire, kind, required, default = spec
+    if v is _ABSENT or (v is None and not required):
+        if required:
+            raise RemoteProtocolError(f"{where}: missing required field {wire!r}")
+        return default
+    return _DECODERS[kind](v, where, wire)
+
+
+def _compile(name: str, lines: list[str], namespace: dict[str, Any]) -> Any:
+    exec("\n".join(lines), namespace)  # our own field tables, never input
+    return namespace[name]
+
+
+def _make_decoder(cls: type[Any]) -> Callable[[dict[str, Any], str], Any]:
+    """A function ``(obj, where) -> cls(...)`` written out for ``cls``'s table.
+
+    What a loop over the table would do, field by field and in the same
+    order (so the same first error), without the loop: a string field that
+    holds a string, the common case, costs one ``get`` and one type check.
+    """
+    table = _TABLES[cls]
+    namespace: dict[str, Any] = {"cls": cls, "ABSENT": _ABSENT, "field": _decode_field}
+    lines = ["def decode(obj, where):", "    get = obj.get"]
+    for i, spec in enumerate(table):
+        _attr, wire, kind, required, default = spec
+        namespace[f"f{i}"], namespace[f"d{i}"] = spec, default
+        if kind != "str":  # checked by its kind's decoder, always
+            lines.append(f"    v{i} = field(get({wire!r}, ABSENT), where, f{i})")
+        elif required:
+            lines.append(f"    v{i} = get({wire!r}, ABSENT)")
+            lines.append(f"    if type(v{i}) is not str: v{i} = field(v{i}, where, f{i})")
+        else:  # absent and null are the same: the default
+            lines.append(f"    v{i} = get({wire!r})")
+            lines.append(f"    if v{i} is None: v{i} = d{i}")
+            lines.append(f"    elif type(v{i}) is not str: v{i} = field(v{i}, where, f{i})")
+    lines.append(f"    return cls({', '.join(f'v{i}' for i in range(len(table)))})")
+    return _compile("decode", lines, namespace)  # type: ignore[no-any-return]
+
+
+def _make_encoder(cls: type[Any]) -> Callable[[Any, dict[str, Any]], None]:
+    """A function ``(frame, out)`` that writes ``cls``'s fields into ``out``, written out.
+
+    A field left ``None`` is left out unless it is required; a nested value
+    (groups, peers, an attestation, an object) is converted on its way.
+    """
+    namespace: dict[str, Any] = {"value": _enc_value}
+    lines = ["def encode(frame, out):"]
+    for attr, wire, kind, required, _default in _TABLES[cls]:
+        written = "v" if kind in ("str", "int", "bool") else f"value({kind!r}, v)"
+        lines.append(f"    v = frame.{attr}")
+        if required:
+            lines.append(f"    out[{wire!r}] = {written}")
         else:
-            append(_DECODERS[kind](v, where, wire))
-    return cls(*values)
+            lines.append(f"    if v is not None: out[{wire!r}] = {written}")
+    return _compile("encode", lines, namespace)  # type: ignore[no-any-return]
 
 
 def decode(data: str | bytes | bytearray) -> Frame:
@@ -364,7 +409,7 @@ def decode(data: str | bytes | bytearray) -> Frame:
     cls = FRAME_TYPES.get(frame_type)
     if cls is None:
         return UnknownFrame(frame_type, obj)
-    frame: Frame = _decode_object(cls, obj, frame_type)
+    frame: Frame = _DECODE[cls](obj, frame_type)
     return frame
 
 
@@ -380,12 +425,13 @@ def _enc_value(kind: str, v: Any) -> Any:
 
 def _encode_object(obj: Any, into: dict[str, Any] | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {} if into is None else into
-    for attr, wire, kind, required, _default in _TABLES[type(obj)]:
-        v = getattr(obj, attr)
-        if v is None and not required:
-            continue
-        out[wire] = _enc_value(kind, v)
+    _ENCODE[type(obj)](obj, out)
     return out
+
+
+#: Per class: its decoder and its encoder, written out once from its table.
+_DECODE = {cls: _make_decoder(cls) for cls in _TABLES}
+_ENCODE = {cls: _make_encoder(cls) for cls in _TABLES}
 
 
 def encode(frame: Frame) -> str:
