@@ -34,22 +34,23 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
-#: Every pair of base62 digits, the lower digit first: two digits per division.
-_BASE62_PAIRS = [_BASE62[pair % 62] + _BASE62[pair // 62] for pair in range(62 * 62)]
+#: A random byte as a base62 digit (its value modulo 62) ...
+_BYTE_TO_DIGIT = bytes(_BASE62.encode("ascii")[b % 62] for b in range(256))
+#: ... except the bytes from 248 up, which are dropped: 256 = 4 * 62 + 8, so
+#: keeping them would make the first eight digits likelier than the rest.
+_UNEVEN_BYTES = bytes(range(4 * 62, 256))
 
 
 def random_id(rng: Random, length: int = 32) -> str:
-    """``length`` base62 characters drawn from ``rng`` (the digits of one random
-    number, lowest first, taken two at a time)."""
-    value = rng.getrandbits(6 * length)
-    pairs = _BASE62_PAIRS
-    chars = []
-    for _ in range(length // 2):
-        value, pair = divmod(value, 3844)
-        chars.append(pairs[pair])
-    if length % 2:
-        chars.append(_BASE62[value % 62])
-    return "".join(chars)
+    """``length`` base62 characters drawn from ``rng``, each digit equally likely.
+
+    Random bytes, each mapped to a digit by one ``bytes.translate``; the few
+    that would skew the digits are dropped, and more drawn if too few are left.
+    """
+    digits = b""
+    while len(digits) < length:  # one draw of length + 8 bytes almost always suffices
+        digits += rng.randbytes(length + 8).translate(_BYTE_TO_DIGIT, _UNEVEN_BYTES)
+    return digits[:length].decode("ascii")
 
 
 def random_uuid(rng: Random) -> str:

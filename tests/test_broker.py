@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+import string
+from collections import Counter, defaultdict
 from random import Random
 from typing import Any
 
@@ -48,6 +49,7 @@ NO_PEER = (
 )
 RATE_LIMIT = "rate_limit: max 60 msg/min (burst 10) \u2014 slow down"
 BASE62_32 = re.compile(r"[0-9A-Za-z]{32}")
+BASE62_DIGITS = string.digits + string.ascii_letters
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -1566,13 +1568,29 @@ def test_a_negative_batch_window_is_refused() -> None:
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 32])
-def test_broker_ids_are_the_base62_digits_of_one_draw(length: int) -> None:
+def test_broker_ids_are_base62_strings_of_the_length_asked_for(length: int) -> None:
     from meshproto._brokerwire import random_id  # noqa: PLC0415 - a private helper
 
-    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    value = Random(7).getrandbits(6 * length)
-    expected = ""
-    for _ in range(length):
-        value, digit = divmod(value, 62)
-        expected += digits[digit]
-    assert random_id(Random(7), length) == expected
+    rng = Random(7)
+    for _ in range(200):
+        assert re.fullmatch(f"[0-9A-Za-z]{{{length}}}", random_id(rng, length))
+
+
+def test_every_base62_digit_is_equally_likely_in_a_broker_id() -> None:
+    from meshproto._brokerwire import random_id  # noqa: PLC0415 - a private helper
+
+    rng = Random(11)
+    counts = Counter("".join(random_id(rng) for _ in range(4_000)))  # 128,000 digits
+    expected = 128_000 / 62
+    chi_square = sum((counts[d] - expected) ** 2 / expected for d in BASE62_DIGITS)
+    # 61 degrees of freedom: 100 is beyond the 99.8th percentile. Keeping the
+    # bytes 248..255 (each digit its byte modulo 62) gives about 800 here.
+    assert len(counts) == 62
+    assert chi_square < 100
+
+
+def test_broker_ids_follow_from_the_broker_seed() -> None:
+    from meshproto._brokerwire import random_id  # noqa: PLC0415 - a private helper
+
+    assert random_id(Random(3)) == random_id(Random(3))
+    assert random_id(Random(3)) != random_id(Random(4))
