@@ -202,7 +202,7 @@ class Client:
         handle = self._core.send(
             target, body, priority, now=now, client_message_id=client_message_id
         )
-        outcome: Outcome[str] = Outcome(self._new_signal())
+        outcome: Outcome[str] = Outcome(self._loop)
         self._outcomes.expect_send(handle.id, outcome)
         self._carry_out(now)
         return await outcome.wait()
@@ -226,7 +226,7 @@ class Client:
         """
         self._outcomes.check_open()
         request_id = self._core.list_peers(now=self._clock())
-        outcome: Outcome[tuple[Peer, ...]] = Outcome(self._new_signal())
+        outcome: Outcome[tuple[Peer, ...]] = Outcome(self._loop)
         self._outcomes.expect_peers(request_id, outcome)
         self._carry_out()
         return await outcome.wait()

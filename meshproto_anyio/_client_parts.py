@@ -16,7 +16,7 @@ from typing import Generic, Protocol, TypeVar
 import anyio
 import anyio.lowlevel
 
-__all__ = ["Outcome", "Pulse", "Signal", "connect_error_text", "new_signal"]
+__all__ = ["OneWaiter", "Outcome", "Pulse", "Signal", "connect_error_text", "new_signal"]
 
 T = TypeVar("T")
 
@@ -32,13 +32,47 @@ class Signal(Protocol):
 
 
 def new_signal(on_asyncio: bool) -> Signal:
-    """An event for one wait: asyncio's own on asyncio, anyio's elsewhere (trio).
+    """An event for the waits of a :class:`Pulse`: asyncio's own on asyncio, anyio's elsewhere.
 
     On asyncio, :class:`anyio.Event` is a wrapper around :class:`asyncio.Event`
-    that asks which library runs (sniffio) each time one is made; there is
-    one per send, so the client makes asyncio's directly.
+    that asks which library runs (sniffio) each time one is made, so the
+    client makes asyncio's directly.
     """
     return asyncio.Event() if on_asyncio else anyio.Event()
+
+
+class OneWaiter:
+    """A :class:`Signal` for one waiting task on asyncio: a bare future, made by the wait.
+
+    What :class:`asyncio.Event` does for its first waiter, without its list of
+    waiters and its check of the running loop, for the outcome of a send (one
+    per send, awaited by the task that sent). It is not for many waiters:
+    cancelling one waiter cancels the future they would share.
+    """
+
+    __slots__ = ("_future", "_loop", "_set")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._future: asyncio.Future[None] | None = None
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+        future = self._future
+        if future is not None and not future.done():  # a cancelled wait is done
+            future.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> bool:
+        if not self._set:
+            future = self._future
+            if future is None or future.done():
+                future = self._future = self._loop.create_future()
+            await future
+        return True
 
 
 def connect_error_text(exc: OSError) -> str:
@@ -100,14 +134,15 @@ class Pulse:
 class Outcome(Generic[T]):
     """The one outcome of a send or a request: a value or an error.
 
-    A :class:`~meshproto_ws.Waiter`: :class:`~meshproto_ws.Outcomes` settles it.
-    ``done`` is the event it sets (see :func:`new_signal`).
+    A :class:`~meshproto_ws.Waiter`: :class:`~meshproto_ws.Outcomes` settles it,
+    and only the task that made the call awaits it: on asyncio (``loop``) the
+    wait is a :class:`OneWaiter`, elsewhere an :class:`anyio.Event`.
     """
 
     __slots__ = ("_done", "_error", "_value")
 
-    def __init__(self, done: Signal | None = None) -> None:
-        self._done: Signal = anyio.Event() if done is None else done
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._done: Signal = anyio.Event() if loop is None else OneWaiter(loop)
         self._value: T | None = None
         self._error: BaseException | None = None
 

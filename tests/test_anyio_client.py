@@ -92,6 +92,28 @@ async def test_sends_from_many_tasks_in_one_turn_arrive_in_the_order_they_were_m
     assert len(set(order)) == 8
 
 
+async def test_a_send_whose_wait_was_cancelled_is_still_delivered_and_the_client_goes_on() -> None:
+    async with (
+        running_broker(make_broker()) as server,
+        join(server.url, "a") as a,
+        join(server.url, "b") as b,
+    ):
+        with anyio.fail_after(5):
+            await a.wait_state(OPEN)
+            await b.wait_state(OPEN)
+            with anyio.CancelScope() as scope:
+                scope.cancel()  # the wait for the ack is cancelled before the ack comes
+                await a.send(b.public_key, "cancelled wait", "now")
+            assert scope.cancelled_caught
+            later_id = await a.send(b.public_key, "after it", "now")  # the ack settles no wait
+            inbox = b.messages()
+            first, second = await anext(inbox), await anext(inbox)
+            assert a.state is OPEN  # settling the cancelled wait cost the client nothing
+    assert isinstance(first, MessageReceived) and first.text == "cancelled wait"
+    assert isinstance(second, MessageReceived) and second.text == "after it"
+    assert second.message_id == later_id
+
+
 async def test_broadcast_reaches_everyone_else() -> None:
     async with (
         running_broker(make_broker()) as server,
