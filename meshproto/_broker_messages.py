@@ -70,7 +70,7 @@ from ._brokerwire import (
     iso_ms,
     random_id,
 )
-from ._codec import encode
+from ._codec import frame_text
 from ._errors import LocalProtocolError
 from ._frames import (
     Ack,
@@ -82,6 +82,10 @@ from ._presence import Conn, Presence
 from ._ratelimit import TokenBucket
 from ._store import StoredMessage
 from ._targets import check_target, is_direct_target
+
+#: The texts of the frames written per message, made without the frames.
+_ack_text = frame_text(Ack)
+_push_text = frame_text(Push)
 
 __all__: list[str] = []
 
@@ -131,7 +135,7 @@ class _Messages(_BrokerBase):
         if cmid is not None:
             original = store.dedupe_get(sender.mesh_id, sender.member_pubkey, cmid, now=now)
             if original is not None:
-                self._send(conn, encode(Ack(send.id, original, True)))
+                self._send(conn, _ack_text(send.id, original, True))
                 return
         if is_direct_target(target):
             self._send_direct(conn, sender, send, cmid, now)
@@ -206,7 +210,7 @@ class _Messages(_BrokerBase):
         store.add_message(message)
         self._remember(sender, cmid, message.message_id, now)
         self._schedule_expiry(message.expires_at, None)
-        self._send(conn, encode(Ack(send.id, message.message_id, True)))
+        self._send(conn, _ack_text(send.id, message.message_id, True))
         targets = [
             c
             for c in self._presences.live_conns_of_member(mesh_id, recipient)
@@ -228,21 +232,19 @@ class _Messages(_BrokerBase):
             topic = target[1:]
         message_id = random_id(self._rng)
         self._remember(sender, cmid, message_id, now)
-        self._send(conn, encode(Ack(send.id, message_id, True)))
-        text = encode(
-            Push(
-                message_id=message_id,
-                mesh_id=sender.mesh_id,
-                sender_pubkey=sender.pubkey,
-                priority=send.priority,
-                nonce=send.nonce,
-                ciphertext=send.ciphertext,
-                created_at=iso_ms(now),
-                sender_member_pubkey=sender.member_pubkey,
-                sender_member_id=sender.member.member_id,
-                sender_name=sender.display_name,
-                topic=topic,
-            )
+        self._send(conn, _ack_text(send.id, message_id, True))
+        text = _push_text(
+            message_id=message_id,
+            mesh_id=sender.mesh_id,
+            sender_pubkey=sender.pubkey,
+            priority=send.priority,
+            nonce=send.nonce,
+            ciphertext=send.ciphertext,
+            created_at=iso_ms(now),
+            sender_member_pubkey=sender.member_pubkey,
+            sender_member_id=sender.member.member_id,
+            sender_name=sender.display_name,
+            topic=topic,
         )
         targets = tuple(c.conn_id for c in conns if c is not conn)
         if targets:
@@ -263,17 +265,15 @@ class _Messages(_BrokerBase):
         return message.priority == "now" or p.status == "idle"
 
     def _push_stored(self, message: StoredMessage, conns: list[Conn], now: float) -> None:
-        text = encode(
-            Push(
-                message_id=message.message_id,
-                mesh_id=message.mesh_id,
-                sender_pubkey=message.sender_pubkey,
-                priority=message.priority,
-                nonce=message.nonce,
-                ciphertext=message.ciphertext,
-                created_at=iso_ms(message.created_at),
-                client_message_id=message.client_message_id,
-            )
+        text = _push_text(
+            message_id=message.message_id,
+            mesh_id=message.mesh_id,
+            sender_pubkey=message.sender_pubkey,
+            priority=message.priority,
+            nonce=message.nonce,
+            ciphertext=message.ciphertext,
+            created_at=iso_ms(message.created_at),
+            client_message_id=message.client_message_id,
         )
         message_id, size = message.message_id, len(text)
         for c in conns:

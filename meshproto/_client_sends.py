@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from random import Random
 
-from ._codec import encode
+from ._codec import frame_text
 from ._config import MAX_FRAME_BYTES, PRIORITIES, check_text
 from ._errors import LocalProtocolError
 from ._frames import Send
@@ -26,6 +26,8 @@ __all__ = [
     "check_client_message_id",
     "encode_send",
 ]
+
+_send_text = frame_text(Send)  # the frame's text, without making the frame
 
 #: The longest ``client_message_id`` a caller may choose.
 MAX_CLIENT_MESSAGE_ID = 128
@@ -113,7 +115,7 @@ def encode_send(
         send_id = f"{rng.getrandbits(64):016x}"
     cmid = send_id if client_message_id is None else client_message_id
     nonce, ciphertext = sealer.seal(target, data, rng)
-    text = encode(Send(send_id, target, priority, nonce, ciphertext, cmid))
+    text = _send_text(send_id, target, priority, nonce, ciphertext, cmid)
     size = len(text) if text.isascii() else len(text.encode("utf-8"))
     if size > MAX_FRAME_BYTES:
         raise LocalProtocolError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -34,7 +35,7 @@ from meshproto import (
     encode,
 )
 from meshproto import _codec as codec
-from meshproto._codec import compact_json
+from meshproto._codec import compact_json, frame_text
 
 # --- strategies ------------------------------------------------------------------
 
@@ -242,6 +243,19 @@ def test_every_frame_round_trips_through_encode_and_decode(cls: type[Any], data:
     assert isinstance(text, str)
     assert json.loads(text)["type"] == cls.TYPE
     assert decode(text) == frame
+
+
+@pytest.mark.parametrize("cls", list(FRAME_STRATEGIES), ids=lambda cls: cls.__name__)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_a_frame_text_made_from_its_fields_is_the_text_of_the_frame(
+    cls: type[Any], data: Any
+) -> None:
+    frame = data.draw(FRAME_STRATEGIES[cls])
+    values = {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)}
+
+    assert frame_text(cls)(**values) == encode(frame)
+    assert frame_text(cls)(*values.values()) == encode(frame)
 
 
 @settings(max_examples=50, deadline=None)
