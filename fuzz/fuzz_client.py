@@ -6,7 +6,8 @@ Run with atheris (see fuzz/README.md)::
 
 Each input is interpreted by ``meshproto.testing.ClientHarness.run_bytes``:
 sends, transport opens and failures, hello_acks, acks and rejections, pushes
-(with duplicates), the application taking messages, hostile frame text (lone
+(with duplicates), the application taking messages (with or without
+acknowledging them, and acknowledging them later), hostile frame text (lone
 surrogates, huge numbers, ``NaN``, duplicate keys, deep nesting: see
 ``meshproto.testing._hostile``), link drops, refusals, garbage frames,
 timers, pings and close. After every step ``ClientOracle`` checks the client's contracts, the

@@ -20,8 +20,8 @@ States (:class:`ConnectionState`)::
 
 Inputs: ``connect``, ``transport_opened``, ``receive_text``, ``receive_binary``,
 ``receive_ping``, ``receive_pong``, ``transport_closed``, ``handle_timer`` and
-the user calls ``send``, ``set_status``, ``set_summary``, ``list_peers`` and
-``close``.
+the user calls ``send``, ``set_status``, ``set_summary``, ``list_peers``,
+``take_messages``, ``acknowledge`` and ``close``.
 
 Outputs, after every input:
 
@@ -31,7 +31,8 @@ Outputs, after every input:
 * ``drain_events()``: what the application should hear about.
 * ``next_deadline()``: the absolute time at which ``handle_timer`` wants to
   run, or ``None``.
-* ``take_messages()``: the bounded inbox, for applications that poll.
+* ``take_messages()``: the bounded inbox, for applications that poll; with
+  ``acknowledge=False``, ``acknowledge(message)`` once the message is used.
 
 Rules
 -----
@@ -66,11 +67,17 @@ Rules
   of operation): each message reaches the application once, and
   ``client_ack`` is written only when the message is in the application's
   hands: when ``take_messages()`` returns it (with an inbox), or as the
-  event is produced (``inbox_limit=0``). Acknowledgements due while no
+  event is produced (``inbox_limit=0``). An application that must use a
+  message before the broker may forget it (print it, store it) takes it
+  with ``take_messages(acknowledge=False)`` and calls
+  ``acknowledge(message)`` once it has; until then the message counts
+  toward the inbox's limit, and one never acknowledged is pushed again by
+  the broker to a later connection. Acknowledgements due while no
   transport is attached are written after the next ``hello_ack``. While the
-  inbox is full :attr:`ClientConnection.reading_paused` is true and the
-  adapter stops reading; nothing is ever dropped. With
-  ``accept_messages=False`` no message is taken or acknowledged at all.
+  inbox is full (waiting and unacknowledged messages together)
+  :attr:`ClientConnection.reading_paused` is true and the adapter stops
+  reading; nothing is ever dropped. With ``accept_messages=False`` no
+  message is taken or acknowledged at all.
 * After ``hello_ack`` the connection pings every ``ping_interval``; any
   inbound frame, ping or pong counts as life, and ``liveness_timeout`` of
   silence closes the transport and reconnects. While reading is paused the
@@ -256,11 +263,18 @@ class ClientConnection(_ClientLink):
         return len(self._inbox)
 
     @property
+    def unacknowledged(self) -> int:
+        """Messages taken with ``acknowledge=False`` and not acknowledged since."""
+        return self._inbox.unacknowledged
+
+    @property
     def reading_paused(self) -> bool:
         """Whether the adapter should stop reading the socket: the inbox is full.
 
-        Check it after every input and every ``take_messages()``; reading
-        resumes once a take makes room. Nothing is ever dropped instead.
+        Full counts the messages waiting and those taken but not yet
+        acknowledged. Check it after every input, every ``take_messages()``
+        and every ``acknowledge()``; reading resumes once a take or an
+        acknowledgement makes room. Nothing is ever dropped instead.
         """
         return self._inbox.full
 
@@ -278,25 +292,40 @@ class ClientConnection(_ClientLink):
         events, self._events = self._events, []
         return events
 
-    def take_messages(self, limit: int | None = None) -> list[Message]:
+    def take_messages(self, limit: int | None = None, *, acknowledge: bool = True) -> list[Message]:
         """Remove and return up to ``limit`` messages from the inbox, oldest first.
 
         This is the hand-over: each message returned is acknowledged to the
         broker now (a ``client_ack`` to write, see ``drain_actions()``), or
         after the next ``hello_ack`` if no transport is attached.
+
+        With ``acknowledge=False`` nothing is acknowledged yet: each message
+        returned is *taken, unacknowledged* until :meth:`acknowledge` is
+        called with it. It is never returned again, a re-push of it is not
+        acknowledged either, and it counts toward the inbox's limit
+        (:attr:`reading_paused`). One never acknowledged stays with the
+        broker, which pushes it again to a later connection.
         """
         inbox = self._inbox
         was_full = inbox.full
-        messages, acks = inbox.take(limit)
-        if acks:
-            if self._attached:
-                for ack in acks:
-                    self._write(encode(ack))
-            else:
-                self._owed_acks.extend(acks)
-        if was_full and not inbox.full:
-            self._liveness_restart = True
+        messages, acks = inbox.take(limit, acknowledge=acknowledge)
+        self._acknowledged(acks, was_full)
         return messages
+
+    def acknowledge(self, message: Message) -> None:
+        """Acknowledge ``message``, taken with ``take_messages(acknowledge=False)``.
+
+        The ``client_ack`` of every push of it seen so far is written now
+        (see ``drain_actions()``), or after the next ``hello_ack`` if no
+        transport is attached; the broker then forgets it. Raises
+        :class:`LocalProtocolError`, before any state changes, for a message
+        that is not taken and unacknowledged: one acknowledged already
+        (twice is an error, not a no-op), one still waiting in the inbox,
+        one this connection never handed over.
+        """
+        inbox = self._inbox
+        was_full = inbox.full
+        self._acknowledged(inbox.acknowledge(message), was_full)
 
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` should next run, or ``None`` if nothing is timed."""
@@ -615,6 +644,17 @@ class ClientConnection(_ClientLink):
         if old is not new:
             self._state = new
             self._events.append(StateChanged(old, new))
+
+    def _acknowledged(self, acks: list[ClientAck], was_full: bool) -> None:
+        """Write ``acks`` (or owe them to the next ``hello_ack``); note room made in the inbox."""
+        if acks:
+            if self._attached:
+                for ack in acks:
+                    self._write(encode(ack))
+            else:
+                self._owed_acks.extend(acks)
+        if was_full and not self._inbox.full:
+            self._liveness_restart = True
 
     def _write(self, text: str) -> None:
         self._frames_out += 1

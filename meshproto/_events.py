@@ -156,7 +156,9 @@ class MessageReceived:
 
     With an inbox (``ClientOptions.inbox_limit > 0``) this event says the
     message is waiting there; it is handed over, and acknowledged to the
-    broker, when :meth:`~meshproto.ClientConnection.take_messages` returns it.
+    broker, when :meth:`~meshproto.ClientConnection.take_messages` returns it
+    (or, taken with ``acknowledge=False``, when
+    :meth:`~meshproto.ClientConnection.acknowledge` is called with it).
     Without one, this event is the hand-over.
     """
 

@@ -10,7 +10,7 @@ message it will never lose, and it must never hand the same message to the
 application twice. :class:`Inbox` keeps both promises for one connection.
 
 Every push is known by its dedupe key (``client_message_id``, else
-``messageId``). A key is in one of three states:
+``messageId``). A key is in one of four states:
 
 * *unknown*: the push is new. It becomes a message (its body opened) and
   is either *waiting* in the inbox (``limit > 0``) or handed over at once as
@@ -18,20 +18,38 @@ Every push is known by its dedupe key (``client_message_id``, else
 * *waiting*: the message sits in the inbox, not yet taken. A duplicate push
   of it is not delivered and **not acknowledged**: the acknowledgement (one
   ``client_ack`` per broker ``messageId`` seen for it) is owed, and leaves
-  only when the application takes the message;
-* *handed over*: the application has it (taken from the inbox, or given as
-  an event). A duplicate push is acknowledged at once and not delivered.
+  only when the message is taken and acknowledged;
+* *taken, unacknowledged*: the application took the message without
+  acknowledging it (``take(..., acknowledge=False)``), because it has yet to
+  use it (print it, store it). It is not handed over again; a duplicate push
+  of it is treated as for a waiting message (its acknowledgement is owed);
+  the owed acknowledgements leave when the application calls
+  :meth:`Inbox.acknowledge`. If it never does, the broker keeps the message
+  and pushes it again to a later connection: a failure between the take and
+  the use loses nothing;
+* *handed over*: the application has it, acknowledged (taken with
+  ``acknowledge=True``, acknowledged after a take, or given as an event). A
+  duplicate push is acknowledged at once and not delivered.
 
 So ``client_ack`` is written exactly when a message reaches the
-application's hands, or when the broker re-pushes one that already has. The
-inbox never drops a message: instead, while it holds ``limit`` or more, the
-connection asks its adapter to stop reading the socket (:attr:`Inbox.full`),
-which pushes back on the broker through TCP. It can grow past ``limit`` by
-what one read of the socket had already brought in.
+application's hands and it says so (a take that acknowledges, or
+:meth:`Inbox.acknowledge`), or when the broker re-pushes one that already
+has. The inbox never drops a message: instead, while it holds ``limit`` or
+more, waiting and taken-unacknowledged alike, the connection asks its
+adapter to stop reading the socket (:attr:`Inbox.full`), which pushes back
+on the broker through TCP; an application that takes without ever
+acknowledging thus stops the reading, rather than growing the memory
+without bound. It can grow past ``limit`` by what one read of the socket
+had already brought in.
+
+Acknowledging a message that is not taken-unacknowledged (one still
+waiting, one already acknowledged, one this inbox never held) is the
+caller's error: :class:`~meshproto.LocalProtocolError`, and nothing changes.
 
 Keys are remembered, in arrival order, up to ``window`` of them. When the
-window is full the oldest *handed over* key is forgotten; a waiting key is
-never forgotten (``ClientOptions`` keeps ``limit`` at most half the window).
+window is full the oldest *handed over* keys are forgotten; a waiting or
+taken-unacknowledged key is never forgotten (``ClientOptions`` keeps
+``limit`` at most half the window).
 """
 
 from __future__ import annotations
@@ -39,6 +57,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 
+from ._errors import LocalProtocolError
 from ._events import MessageReceived, UnreadableMessage
 from ._frames import ClientAck, Push
 from ._seams import OpenError, Sealer
@@ -52,7 +71,7 @@ Message = MessageReceived | UnreadableMessage
 
 
 class _Waiting:
-    """A message in the inbox and the acknowledgements owed for it."""
+    """A message not yet acknowledged (waiting, or taken) and the acknowledgements owed for it."""
 
     __slots__ = ("acks", "key", "message")
 
@@ -91,13 +110,15 @@ def ack_for(push: Push) -> ClientAck:
 class Inbox:
     """Dedupe, the bounded inbox and the acknowledgements owed; see the module docstring."""
 
-    __slots__ = ("_queue", "_seen", "duplicates", "limit", "window")
+    __slots__ = ("_queue", "_seen", "_taken", "duplicates", "limit", "window")
 
     def __init__(self, *, limit: int, window: int) -> None:
         self.limit = limit
         self.window = window
         self._queue: deque[_Waiting] = deque()
-        # Every remembered key: its waiting entry, or None once handed over.
+        # Taken without acknowledging, by key, in the order taken.
+        self._taken: dict[str, _Waiting] = {}
+        # Every remembered key: its waiting or taken entry, or None once handed over.
         self._seen: dict[str, _Waiting | None] = {}
         self.duplicates = 0
 
@@ -105,9 +126,14 @@ class Inbox:
         return len(self._queue)
 
     @property
+    def unacknowledged(self) -> int:
+        """How many messages were taken without acknowledging, and not acknowledged since."""
+        return len(self._taken)
+
+    @property
     def full(self) -> bool:
-        """Whether the inbox holds ``limit`` messages or more (read no more)."""
-        return self.limit > 0 and len(self._queue) >= self.limit
+        """Whether waiting and taken-unacknowledged messages reach ``limit`` (read no more)."""
+        return self.limit > 0 and len(self._queue) + len(self._taken) >= self.limit
 
     @property
     def remembered(self) -> int:
@@ -117,7 +143,8 @@ class Inbox:
     def duplicate(self, push: Push) -> tuple[bool, ClientAck | None]:
         """Whether ``push`` was seen before, and the ``client_ack`` to write for it now.
 
-        A duplicate of a waiting message owes its acknowledgement to the take.
+        A duplicate of a waiting or taken-unacknowledged message owes its
+        acknowledgement to the acknowledging take, or to :meth:`acknowledge`.
         """
         key = push.dedupe_key
         if key not in self._seen:
@@ -143,25 +170,63 @@ class Inbox:
         self._queue.append(waiting)
         self._trim()
 
-    def take(self, limit: int | None) -> tuple[list[Message], list[ClientAck]]:
-        """Hand over up to ``limit`` messages, oldest first, with the acknowledgements now due."""
+    def take(
+        self, limit: int | None, *, acknowledge: bool = True
+    ) -> tuple[list[Message], list[ClientAck]]:
+        """Hand over up to ``limit`` messages, oldest first, with the acknowledgements now due.
+
+        With ``acknowledge=False`` none is due: each message taken becomes
+        taken-unacknowledged, its acknowledgements owed to :meth:`acknowledge`.
+        """
         queue = self._queue
         count = len(queue) if limit is None else max(0, min(limit, len(queue)))
         messages: list[Message] = []
         acks: list[ClientAck] = []
         seen = self._seen
+        taken = self._taken
         for _ in range(count):
             waiting = queue.popleft()
-            seen[waiting.key] = None
             messages.append(waiting.message)
-            acks.extend(waiting.acks)
+            if acknowledge:
+                seen[waiting.key] = None
+                acks.extend(waiting.acks)
+            else:
+                taken[waiting.key] = waiting
         return messages, acks
+
+    def acknowledge(self, message: Message) -> list[ClientAck]:
+        """The acknowledgements now due for ``message``, taken without acknowledging.
+
+        It becomes handed over. Raises :class:`~meshproto.LocalProtocolError`,
+        changing nothing, if ``message`` is not taken-unacknowledged here.
+        """
+        if not isinstance(message, (MessageReceived, UnreadableMessage)):
+            raise LocalProtocolError(
+                f"acknowledge() takes a message that take_messages() returned, "
+                f"not {type(message).__name__}"
+            )
+        key = message.push.dedupe_key
+        waiting = self._taken.pop(key, None)
+        if waiting is None:
+            if key in self._seen:
+                why = "already acknowledged" if self._seen[key] is None else "not taken yet"
+            else:
+                why = "never taken from this connection, or acknowledged long ago"
+            raise LocalProtocolError(f"cannot acknowledge message {key}: {why}")
+        self._seen[key] = None
+        return waiting.acks
 
     def _trim(self) -> None:
         seen = self._seen
-        if len(seen) <= self.window:
+        excess = len(seen) - self.window
+        if excess <= 0:
             return
+        # Handed-over keys only; an acknowledgement may have freed more than one.
+        forget: list[str] = []
         for key, waiting in seen.items():
             if waiting is None:
-                del seen[key]
-                return
+                forget.append(key)
+                if len(forget) == excess:
+                    break
+        for key in forget:
+            del seen[key]

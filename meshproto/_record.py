@@ -22,8 +22,10 @@ The records, in order:
   ``receive_binary``, ``receive_ping``, ``receive_pong``, ``handle_timer``,
   ``report_internal_error``, and the user calls ``send``, ``set_status``,
   ``set_summary``, ``list_peers``, ``take_messages`` (when the inbox holds
-  something: taking from an empty one changes nothing) and ``close``. A
-  call that raised says so (``"raised"``);
+  something: taking from an empty one changes nothing; ``"acknowledge":
+  false`` when it took without acknowledging), ``acknowledge`` (the
+  message by its dedupe key, ``"key"``) and ``close``. A call that raised
+  says so (``"raised"``);
 * ``{"out": "events", "events": [...]}`` each time the adapter drained
   events: what the application saw, to compare a replay against.
 
@@ -496,14 +498,23 @@ class RecordingConnection(ClientConnection):
         )
         return request_id
 
-    def take_messages(self, limit: int | None = None) -> list[Message]:
+    def take_messages(self, limit: int | None = None, *, acknowledge: bool = True) -> list[Message]:
         if not self.inbox_size:  # nothing to take: nothing changes, nothing to record
-            return ClientConnection.take_messages(self, limit)
+            return ClientConnection.take_messages(self, limit, acknowledge=acknowledge)
+        record: dict[str, Any] = {"in": "take_messages", "limit": limit}
+        if not acknowledge:
+            record["acknowledge"] = False
         messages: list[Message] = self._record(
-            {"in": "take_messages", "limit": limit},
-            lambda: ClientConnection.take_messages(self, limit),
+            record, lambda: ClientConnection.take_messages(self, limit, acknowledge=acknowledge)
         )
         return messages
+
+    def acknowledge(self, message: Message) -> None:
+        push = getattr(message, "push", None)
+        key = push.dedupe_key if isinstance(push, Push) else None
+        self._record(
+            {"in": "acknowledge", "key": key}, lambda: ClientConnection.acknowledge(self, message)
+        )
 
     def close(self, *, now: float) -> None:
         self._record({"in": "close", "now": now}, lambda: ClientConnection.close(self, now=now))

@@ -33,6 +33,7 @@ from ._backoff import Backoff
 from ._client import ClientConfig, ClientConnection, ClientOptions
 from ._errors import LocalProtocolError
 from ._frames import Group, Push
+from ._inbox import Message
 from ._record import (
     FORMAT,
     FORMAT_VERSION,
@@ -266,6 +267,32 @@ class _PlaybackSealer:
         return body_from_field(opened)
 
 
+class _Replayed(ClientConnection):
+    """A fresh connection that remembers each message it hands over, to acknowledge it by key."""
+
+    def __init__(self, config: ClientConfig, *, rng: Random, options: ClientOptions) -> None:
+        super().__init__(config, rng=rng, options=options)
+        self.handed: dict[str, Message] = {}
+
+    def take_messages(self, limit: int | None = None, *, acknowledge: bool = True) -> list[Message]:
+        messages = super().take_messages(limit, acknowledge=acknowledge)
+        for message in messages:
+            self.handed[message.push.dedupe_key] = message
+        return messages
+
+    def acknowledge_key(self, key: object) -> None:
+        """``acknowledge()`` of the message handed over under ``key`` (it raises as recorded)."""
+        message = self.handed.get(key) if isinstance(key, str) else None
+        if message is None:
+            raise LocalProtocolError(f"cannot acknowledge message {key}: never taken")
+        self.acknowledge(message)
+
+
+def _acknowledge(core: ClientConnection, record: Mapping[str, Any]) -> None:
+    assert isinstance(core, _Replayed)
+    core.acknowledge_key(record["key"])
+
+
 def _connection(recording: Recording, tapes: _Tapes) -> ClientConnection:
     header = recording.header
     try:
@@ -281,7 +308,7 @@ def _connection(recording: Recording, tapes: _Tapes) -> ClientConnection:
             )
         groups = config.get("groups")
         session_key = config.get("session_public_key")
-        return ClientConnection(
+        return _Replayed(
             ClientConfig(
                 url=config["url"],
                 mesh_id=config["mesh_id"],
@@ -355,7 +382,10 @@ _CALLS: dict[str, _Call] = {
     "set_status": lambda c, r: c.set_status(r["status"], now=r["now"]),
     "set_summary": lambda c, r: c.set_summary(r["summary"], now=r["now"]),
     "list_peers": lambda c, r: c.list_peers(now=r["now"]),
-    "take_messages": lambda c, r: c.take_messages(r["limit"]),
+    "take_messages": lambda c, r: c.take_messages(
+        r["limit"], acknowledge=r.get("acknowledge", True)
+    ),
+    "acknowledge": _acknowledge,
     "close": lambda c, r: c.close(now=r["now"]),
 }
 

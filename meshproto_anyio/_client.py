@@ -43,6 +43,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup
@@ -75,7 +76,15 @@ from meshproto_ws import (
     client_driver,
 )
 
-from ._client_parts import Outcome, Pulse, Signal, connect_error_text, new_signal
+from ._client_parts import (
+    Arrivals,
+    Outcome,
+    Pulse,
+    Signal,
+    connect_error_text,
+    new_signal,
+    nothing_more,
+)
 from ._link import SocketLink
 from ._protocol_link import ProtocolLink, WriteTurn, on_asyncio
 
@@ -231,7 +240,7 @@ class Client:
         self._carry_out()
         return await outcome.wait()
 
-    def messages(self) -> AsyncIterator[Message]:
+    def messages(self, *, acknowledge: bool = True) -> AsyncIterator[Message]:
         """Messages pushed to this peer, in order, each once; ends when the client closes.
 
         Backed by the core's bounded inbox (``ClientOptions.inbox_limit``).
@@ -241,17 +250,34 @@ class Client:
         nothing is dropped. Messages left in the inbox when the client closes
         are still handed over, but no longer acknowledged: the broker delivers
         its stored ones again to the next session.
+
+        With ``acknowledge=False`` a message is acknowledged only once you
+        have used it and pass it to :meth:`acknowledge`; one never acknowledged
+        (the program failed first) is delivered again to the next session.
+        Until acknowledged it counts toward the inbox's limit.
         """
         if self._core.options.inbox_limit == 0:
             raise LocalProtocolError("messages() needs an inbox: inbox_limit is 0")
-        return _Messages(self)
+        return Arrivals(
+            partial(self._take_message, acknowledge), self._closed_now, self._messages_pulse
+        )
+
+    async def acknowledge(self, message: Message) -> None:
+        """Acknowledge ``message``, from ``messages(acknowledge=False)``: the broker forgets it.
+
+        Raises :class:`~meshproto.LocalProtocolError` for a message not handed
+        over unacknowledged (acknowledged already, or another client's). Once
+        the client is closed nothing is written: the next session gets it again.
+        """
+        self._core.acknowledge(message)
+        self._carry_out()
 
     def system_messages(self) -> AsyncIterator[SystemMessage]:
         """System pushes (``peer_joined``, ``peer_left`` …); ends when the client closes.
 
         The last :data:`SYSTEM_MESSAGE_LIMIT` are kept while nobody reads.
         """
-        return _SystemMessages(self)
+        return Arrivals(self._outcomes.take_system, self._closed_now, self._system_pulse)
 
     async def aclose(self) -> None:
         """Close for good: say goodbye to the broker and close the socket (bounded).
@@ -323,6 +349,16 @@ class Client:
         self._core.drain_actions()
         self._rearm.set()
 
+    def _take_message(self, acknowledge: bool) -> Message | None:
+        taken = self._core.take_messages(1, acknowledge=acknowledge)
+        if not taken:
+            return None
+        self._carry_out()  # the client_ack, and reading again if it was paused
+        return taken[0]
+
+    def _closed_now(self) -> bool:
+        return self._core.state is ConnectionState.CLOSED
+
     def _new_signal(self) -> Signal:
         return new_signal(self._loop is not None)
 
@@ -340,7 +376,7 @@ class Client:
     def _end_turn(self) -> None:
         self._turn_open = False
         if self._owed:
-            self._guarded("the calls of a loop turn", _nothing_more, self._clock())
+            self._guarded("the calls of a loop turn", nothing_more, self._clock())
 
     def _apply(self, now: float | None = None) -> None:
         """Carry out the driver's commands until there are none, then deliver the events.
@@ -575,55 +611,6 @@ class Client:
         for wake in self._outcomes.note(event):
             self._pulses[wake].fire()
         self._outcomes.settle()
-
-
-class _Messages:
-    """``Client.messages()``: takes from the core's inbox one message at a time."""
-
-    __slots__ = ("_client",)
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def __aiter__(self) -> _Messages:
-        return self
-
-    async def __anext__(self) -> Message:
-        client = self._client
-        while True:
-            taken = client._core.take_messages(1)
-            if taken:
-                client._carry_out()  # the client_ack, and reading again if it was paused
-                return taken[0]
-            if client._core.state is ConnectionState.CLOSED:
-                raise StopAsyncIteration
-            await client._messages_pulse.wait()
-
-
-def _nothing_more(now: float) -> None:
-    """The input of a pass that only carries out what is pending."""
-
-
-class _SystemMessages:
-    """``Client.system_messages()``."""
-
-    __slots__ = ("_client",)
-
-    def __init__(self, client: Client) -> None:
-        self._client = client
-
-    def __aiter__(self) -> _SystemMessages:
-        return self
-
-    async def __anext__(self) -> SystemMessage:
-        client = self._client
-        while True:
-            message = client._outcomes.take_system()
-            if message is not None:
-                return message
-            if client._core.state is ConnectionState.CLOSED:
-                raise StopAsyncIteration
-            await client._system_pulse.wait()
 
 
 @asynccontextmanager

@@ -1,4 +1,4 @@
-"""Small parts of the anyio client: the wording of a failed connect, and two waits.
+"""Small parts of the anyio client: the wording of a failed connect, the waits, the iterators.
 
 Kept apart from :mod:`meshproto_anyio._client` so that the client module holds
 the client itself: these have no state of the client's.
@@ -16,7 +16,16 @@ from typing import Generic, Protocol, TypeVar
 import anyio
 import anyio.lowlevel
 
-__all__ = ["OneWaiter", "Outcome", "Pulse", "Signal", "connect_error_text", "new_signal"]
+__all__ = [
+    "Arrivals",
+    "OneWaiter",
+    "Outcome",
+    "Pulse",
+    "Signal",
+    "connect_error_text",
+    "new_signal",
+    "nothing_more",
+]
 
 T = TypeVar("T")
 
@@ -73,6 +82,10 @@ class OneWaiter:
                 future = self._future = self._loop.create_future()
             await future
         return True
+
+
+def nothing_more(now: float) -> None:
+    """The input of a pass that only carries out what is pending (the calls of a loop turn)."""
 
 
 def connect_error_text(exc: OSError) -> str:
@@ -163,3 +176,33 @@ class Outcome(Generic[T]):
             raise self._error
         assert self._value is not None
         return self._value
+
+
+class Arrivals(Generic[T]):
+    """What ``take`` hands out, one at a time, as an async iterator.
+
+    ``Client.messages()`` and ``Client.system_messages()``: each step takes
+    the next item (``None``: nothing yet), waits on ``pulse`` for more, and
+    ends once nothing is left and ``closed()`` says the client is closed.
+    """
+
+    __slots__ = ("_closed", "_pulse", "_take")
+
+    def __init__(
+        self, take: Callable[[], T | None], closed: Callable[[], bool], pulse: Pulse
+    ) -> None:
+        self._take = take
+        self._closed = closed
+        self._pulse = pulse
+
+    def __aiter__(self) -> Arrivals[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        while True:
+            item = self._take()
+            if item is not None:
+                return item
+            if self._closed():
+                raise StopAsyncIteration
+            await self._pulse.wait()

@@ -6,7 +6,10 @@ its kinds in :mod:`meshproto_cli._errors`, which carry their exit status);
 the entry point prints it as one line and exits with that status.
 
 ``listen`` runs on the anyio client: it waits on messages, system pushes
-and the peer list at once. The one-shot ``send`` and ``peers`` need none of
+and the peer list at once. It acknowledges each message to the broker only
+after its line is printed and flushed, so a message it could not print
+(stdout closed or full, the command stopped) is delivered again to the
+next ``listen``. The one-shot ``send`` and ``peers`` need none of
 that and run on the blocking client (:mod:`meshproto_cli._oneshot`); all
 three connect the same way (:mod:`meshproto_cli._connecting`): the identity
 and session of :func:`~meshproto_cli._identity.command_identity`, a
@@ -201,13 +204,16 @@ async def cmd_listen(args: argparse.Namespace) -> int:
                             client, roster, formats, show=verbosity(args) >= 2, as_json=args.json
                         )
                     )
-                    async for message in client.messages():
+                    # Acknowledged once printed: a message whose line could not be
+                    # written stays with the broker, for the next listen.
+                    async for message in client.messages(acknowledge=False):
                         await _know_sender(client, roster, message)
                         print_line(
                             json_line(formats.record(message))
                             if args.json
                             else formats.line(message)
                         )
+                        await client.acknowledge(message)
                         received += 1
                         if args.count and received >= args.count:
                             break

@@ -242,7 +242,7 @@ class Client:
             self._io.wake()
         return self._wait_future(future, timeout, "list_peers")
 
-    def receive(self, timeout: float | None = None) -> Message:
+    def receive(self, timeout: float | None = None, *, acknowledge: bool = True) -> Message:
         """The next message pushed to this peer, in order, each once.
 
         Backed by the core's bounded inbox (``ClientOptions.inbox_limit``).
@@ -252,12 +252,19 @@ class Client:
         nothing is dropped. Raises :class:`TimeoutError` after ``timeout``
         seconds, and :class:`~meshproto.ConnectionClosedError` once the
         client is closed and the inbox is empty.
+
+        With ``acknowledge=False`` the message is acknowledged only when it
+        is passed to :meth:`acknowledge`, once the program has used it
+        (printed it, stored it): one never acknowledged (the program failed
+        first) stays with the broker, which delivers it again to the next
+        session. Messages returned and not yet acknowledged count toward the
+        inbox's limit, so a program that never acknowledges stops the reading.
         """
         self._check_inbox()
         deadline = Deadline(timeout)
         with self._lock:
             while True:
-                taken = self._core.take_messages(1)
+                taken = self._core.take_messages(1, acknowledge=acknowledge)
                 if taken:
                     self._io.wake()  # the client_ack, and reading again if it was paused
                     return taken[0]
@@ -265,10 +272,24 @@ class Client:
                     raise self._outcomes.closed_error()
                 self._messages_cv.wait(self._next_wait(deadline, "receive"))
 
-    def messages(self) -> Iterator[Message]:
+    def messages(self, *, acknowledge: bool = True) -> Iterator[Message]:
         """Iterate :meth:`receive` (no timeout); ends when the client is closed and drained."""
         self._check_inbox()
-        return self._iterate(self.receive)
+        return self._iterate(lambda: self.receive(acknowledge=acknowledge))
+
+    def acknowledge(self, message: Message) -> None:
+        """Acknowledge ``message``, returned by ``receive(acknowledge=False)``.
+
+        The broker then forgets it: the ``client_ack`` leaves now, or after
+        the next handshake while the client is reconnecting. Never blocks.
+        Raises :class:`~meshproto.LocalProtocolError` for a message not
+        returned unacknowledged (one acknowledged already, or another
+        client's). Once the client is closed nothing is written: the broker
+        delivers the message again to the next session.
+        """
+        with self._lock:
+            self._core.acknowledge(message)
+            self._io.wake()
 
     def receive_system(self, timeout: float | None = None) -> SystemMessage:
         """The next system push (``peer_joined``, ``peer_left`` …).

@@ -11,6 +11,7 @@ import anyio
 import pytest
 from anyio_helpers import (
     FAST,
+    MESH,
     WsPeer,
     answer_hello,
     anyio_backend,
@@ -175,6 +176,38 @@ async def test_direct_message_to_an_offline_member_is_delivered_when_it_connects
                 received = await anext(b.messages())
     assert received.message_id == message_id
     assert isinstance(received, MessageReceived) and received.text == "while you were out"
+
+
+async def test_a_message_handed_over_unacknowledged_comes_back_to_the_next_session() -> None:
+    async with running_broker(make_broker("b")) as server:
+        async with join(server.url, "a") as a:
+            with anyio.fail_after(5):
+                await a.wait_state(OPEN)
+                message_id = await a.send(member("b").pubkey, "use me first")
+        async with join(server.url, "b") as b:
+            with anyio.fail_after(5):
+                first = await anext(b.messages(acknowledge=False))
+        async with join(server.url, "b") as b:  # the first one failed before acknowledging
+            with anyio.fail_after(5):
+                again = await anext(b.messages(acknowledge=False))
+    assert first.message_id == again.message_id == message_id
+
+
+async def test_an_acknowledged_message_is_forgotten_by_the_broker() -> None:
+    broker = make_broker("b")
+    async with running_broker(broker) as server:
+        async with join(server.url, "a") as a:
+            with anyio.fail_after(5):
+                await a.wait_state(OPEN)
+                await a.send(member("b").pubkey, "use me first")
+        async with join(server.url, "b") as b:
+            with anyio.fail_after(5):
+                message = await anext(b.messages(acknowledge=False))
+            assert broker.store.count_for(MESH, member("b").pubkey) == 1
+            await b.acknowledge(message)
+            await eventually(lambda: broker.store.count_for(MESH, member("b").pubkey) == 0)
+            with pytest.raises(LocalProtocolError, match="already acknowledged"):
+                await b.acknowledge(message)
 
 
 async def test_client_reconnects_after_the_broker_drops_the_connection() -> None:

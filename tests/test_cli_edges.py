@@ -14,6 +14,7 @@ import errno
 import io
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from anyio_helpers import MESH, WsPeer, fake_broker, make_broker
 from cli_helpers import TIMEOUT, command, environment
 from sync_helpers import in_portal, served
 
+from meshproto import AcceptingVerifier, Broker, Member, StaticRegistry
 from meshproto_cli._app import main
 from meshproto_cli._files import JoinedMesh, save_joined_meshes
 from meshproto_crypto import KeyPair
@@ -170,6 +172,38 @@ def test_a_full_stdout_is_one_error_line_not_a_traceback(
     assert capsys.readouterr().err == (
         "meshproto: error: cannot write to stdout: No space left on device\n"
     )
+
+
+def test_a_message_listen_could_not_print_is_delivered_to_the_next_listen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    alice_keys = KeyPair.generate()
+    alice = tmp_path / "alice"
+    record = JoinedMesh(
+        MESH, "member-alice", "test", "test", alice_keys.pubkey, alice_keys.secret_key,
+        "ws://127.0.0.1:1/ws", "2026-12-01T00:00:00.000Z",
+    )  # fmt: skip
+    save_joined_meshes(alice, [record])
+    registry = StaticRegistry(
+        [Member(MESH, "member-alice", alice_keys.pubkey, "alice")], open_mesh=MESH
+    )
+    broker = Broker(registry, verifier=AcceptingVerifier(), rng=random.Random(7))
+    with start_blocking_portal() as portal, served(portal, broker) as server:
+        url = ["--url", server.url]
+        bob = _config(tmp_path, server.url, "bob")
+        sent = main(["send", alice_keys.pubkey, "kept", "--priority", "now", "-q",
+                     "--config-dir", str(bob), "--timeout", "10"])  # fmt: skip
+        assert sent == 0  # held for alice, who is not listening yet
+        with monkeypatch.context() as patched:
+            patched.setattr(sys, "stdout", _Failing(_disk_full()))
+            failed = main(["listen", "-q", "--json", "--config-dir", str(alice), *url,
+                           "--timeout", "10"])  # fmt: skip
+        assert failed == 1  # it could not print the message
+        capsys.readouterr()
+        again = main(["listen", "-q", "--json", "--count", "1", "--config-dir", str(alice),
+                      *url, "--timeout", "10"])  # fmt: skip
+    assert again == 0
+    assert json.loads(capsys.readouterr().out)["text"] == "kept"
 
 
 def test_with_stderr_closed_json_output_stays_json(

@@ -8,7 +8,8 @@ surrogates as JSON escapes in any string or key, characters outside the
 BMP, NUL, strings at the size caps, integers past 2**63, floats where
 integers belong, ``NaN``/``Infinity``, duplicate keys and deep nesting, all
 through the real codec; and the application takes messages at its own pace,
-with an inbox of any size (or none), or accepts none at all. The fuzz harness in
+acknowledging them as it takes them or later, with an inbox of any size (or
+none), or accepts none at all. The fuzz harness in
 ``fuzz/fuzz_client.py`` drives the same harness and oracle from raw bytes;
 ``test_byte_driven_runs_keep_the_contracts`` runs that path here, so CI needs
 no fuzzer.
@@ -37,12 +38,18 @@ class ClientAgainstScriptedBroker(RuleBasedStateMachine):
         outbox=st.integers(min_value=1, max_value=8),
         inbox=st.integers(min_value=0, max_value=6),
         accept=st.booleans() | st.just(True),
+        opened=st.booleans(),
     )
-    def start(self, seed: int, resend: bool, outbox: int, inbox: int, accept: bool) -> None:
+    def start(
+        self, seed: int, resend: bool, outbox: int, inbox: int, accept: bool, *, opened: bool
+    ) -> None:
         options = ClientOptions(
             resend_in_flight=resend, max_outbox=outbox, inbox_limit=inbox, accept_messages=accept
         )
         self.harness = ClientHarness(seed=seed, options=options)
+        if opened:  # half the runs start on an open link, where the inbox fills
+            self.harness.op_open()
+            self.harness.op_hello_ack()
 
     @rule(to=small, priority=small, size=small)
     def send(self, to: int, priority: int, size: int) -> None:
@@ -75,6 +82,18 @@ class ClientAgainstScriptedBroker(RuleBasedStateMachine):
     @rule(how_many=small)
     def application_takes_messages(self, how_many: int) -> None:
         self.harness.op_take(how_many)
+
+    @rule(how_many=small)
+    def application_takes_messages_without_acknowledging(self, how_many: int) -> None:
+        self.harness.op_take(how_many, acknowledge=False)
+
+    @rule(index=small, how=small)
+    def application_acknowledges_a_message(self, index: int, how: int) -> None:
+        self.harness.op_acknowledge(index, how)
+
+    @rule(index=small, fresh_id=st.booleans())
+    def broker_pushes_a_taken_message_again(self, index: int, fresh_id: bool) -> None:
+        self.harness.op_push_again(index, fresh_id)
 
     @rule(data=st.data())
     def hostile_frame_text(self, data: st.DataObject) -> None:
@@ -142,6 +161,77 @@ ClientAgainstScriptedBroker.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_client_keeps_its_contracts_in_any_interleaving = ClientAgainstScriptedBroker.TestCase
+
+
+class ReceivingSideAgainstScriptedBroker(RuleBasedStateMachine):
+    """The receiving side alone: pushes and re-pushes, takes with and without
+    acknowledging, acknowledgements (and refused second ones), lost links, timers.
+
+    The rules above reach a full inbox rarely (most inputs go elsewhere); these
+    keep a link open most of the time, so that messages pile up, are taken
+    unacknowledged, and are pushed again while held.
+    """
+
+    harness: ClientHarness
+
+    @initialize(
+        seed=st.integers(min_value=0, max_value=2**32 - 1),
+        inbox=st.integers(min_value=1, max_value=6),
+    )
+    def start(self, seed: int, inbox: int) -> None:
+        self.harness = ClientHarness(seed=seed, options=ClientOptions(inbox_limit=inbox))
+        self.reconnect()
+
+    @rule()
+    def reconnect(self) -> None:
+        harness = self.harness
+        if harness.transport is None and harness.opening is None:
+            harness.op_fire_next_deadline()  # the reconnect timer
+        harness.op_open()
+        harness.op_hello_ack()
+
+    @rule(key=st.integers(min_value=0, max_value=7), flags=st.sampled_from([0, 1, 8, 9]))
+    def push(self, key: int, flags: int) -> None:
+        self.harness.op_push(key, flags)
+
+    @rule(index=small, fresh_id=st.booleans())
+    def push_again(self, index: int, fresh_id: bool) -> None:
+        self.harness.op_push_again(index, fresh_id)
+
+    @rule(how_many=small, acknowledge=st.booleans())
+    def take(self, how_many: int, acknowledge: bool) -> None:
+        self.harness.op_take(how_many, acknowledge=acknowledge)
+
+    @rule(index=small, how=small)
+    def acknowledge(self, index: int, how: int) -> None:
+        self.harness.op_acknowledge(index, how)
+
+    @rule(which=small)
+    def link_drop(self, which: int) -> None:
+        self.harness.op_link_drop(which)
+
+    @rule(step=small)
+    def time_passes(self, step: int) -> None:
+        self.harness.op_advance(step)
+
+    @invariant()
+    def contracts_hold(self) -> None:
+        self.harness.oracle.check()
+
+    def teardown(self) -> None:
+        if hasattr(self, "harness"):
+            self.harness.finish()
+
+
+ReceivingSideAgainstScriptedBroker.TestCase.settings = settings(
+    max_examples=1000,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_the_receiving_side_keeps_its_contracts_in_any_interleaving = (
+    ReceivingSideAgainstScriptedBroker.TestCase
+)
 
 
 @settings(max_examples=500, deadline=None)

@@ -13,6 +13,7 @@ import anyio
 import pytest
 from anyio.from_thread import BlockingPortal
 from anyio_helpers import (
+    MESH,
     WsPeer,
     answer_hello,
     fake_broker,
@@ -128,6 +129,35 @@ def test_direct_message_to_an_offline_member_is_delivered_when_it_connects(
             received = b.receive(timeout=5)
     assert received.message_id == message_id
     assert isinstance(received, MessageReceived) and received.text == "while you were out"
+
+
+def test_a_message_received_unacknowledged_comes_back_to_the_next_session(
+    portal: BlockingPortal,
+) -> None:
+    with served(portal, make_broker("b")) as server:
+        with join(server.url, "a") as a:
+            a.wait_state(OPEN, timeout=5)
+            message_id = a.send(member("b").pubkey, "use me first", timeout=5)
+        with join(server.url, "b") as b:
+            first = b.receive(timeout=5, acknowledge=False)
+        with join(server.url, "b") as b:  # the first one failed before acknowledging
+            again = b.receive(timeout=5, acknowledge=False)
+    assert first.message_id == again.message_id == message_id
+
+
+def test_an_acknowledged_message_is_forgotten_by_the_broker(portal: BlockingPortal) -> None:
+    machine = make_broker("b")
+    with served(portal, machine) as server:
+        with join(server.url, "a") as a:
+            a.wait_state(OPEN, timeout=5)
+            a.send(member("b").pubkey, "use me first", timeout=5)
+        with join(server.url, "b") as b:
+            message = b.receive(timeout=5, acknowledge=False)
+            assert machine.store.count_for(MESH, member("b").pubkey) == 1
+            b.acknowledge(message)
+            eventually(lambda: machine.store.count_for(MESH, member("b").pubkey) == 0)
+            with pytest.raises(LocalProtocolError, match="already acknowledged"):
+                b.acknowledge(message)
 
 
 def test_list_peers_status_and_summary(broker: ServedBroker) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from random import Random
 from typing import Any
 
 from .._client import ClientConfig, ClientConnection, ClientOptions, SendHandle
-from .._codec import decode
-from .._errors import RemoteProtocolError
+from .._codec import decode, encode
+from .._errors import LocalProtocolError, RemoteProtocolError
 from .._events import (
     Action,
     Closed,
@@ -46,13 +47,18 @@ class ClientOracle:
     * the outbox stays within its bound, and the inbox within its bound plus
       what arrived while reading was paused (what one read may carry);
     * at most one reconnect is pending;
-    * no message (by dedupe key) is announced twice or handed over twice,
-      and no new message is lost: each is announced when it first arrives;
+    * no message (by dedupe key) is announced twice or handed over twice
+      (taken with or without acknowledging), and no new message is lost:
+      each is announced when it first arrives;
     * a ``client_ack`` is written for a message only once the application
-      has it (taken from the inbox, or handed over as the event when there
-      is no inbox), and while the connection is open every push of a message
-      the application has is answered with one; a connection that accepts no
-      messages acknowledges none;
+      has it and said so (taken from the inbox acknowledging, taken without
+      and then acknowledged, or handed over as the event when there is no
+      inbox), and while the connection is open every push of such a message
+      is answered with one; a message taken without acknowledging gets none
+      until acknowledged; a connection that accepts no messages acknowledges
+      none;
+    * the messages taken and not acknowledged are the ones the connection
+      counts (``unacknowledged``), and they count toward the inbox's bound;
     * no :class:`~meshproto.InternalError` (a bug) ever happens;
     * after ``handle_timer(now)`` no deadline is at or before ``now``.
     """
@@ -64,6 +70,7 @@ class ClientOracle:
         self.resolved: dict[str, SendAcked | SendFailed | SendOutcomeUnknown] = {}
         self.announced: set[str] = set()
         self.handed: set[str] = set()
+        self.unacknowledged: set[str] = set()  # taken without acknowledging, not since
         self.system: set[str] = set()
         self.seen_keys: set[str] = set()
         # (messageId, dedupe key) of the pushes fed since their last client_ack.
@@ -100,15 +107,25 @@ class ClientOracle:
         if accepted or key in self.seen_keys:  # a declined push is owed nothing
             self.unanswered.add((push.message_id, key))
 
-    def took(self, messages: list[MessageReceived | UnreadableMessage]) -> None:
-        """The application took ``messages`` from the inbox."""
+    def took(
+        self, messages: list[MessageReceived | UnreadableMessage], *, acknowledge: bool = True
+    ) -> None:
+        """The application took ``messages`` from the inbox (acknowledging them, or not)."""
         for message in messages:
             key = message.push.dedupe_key
-            if key in self.handed:
+            if key in self.handed or key in self.unacknowledged:
                 self._fail(f"message {key} handed to the application twice")
             if key not in self.announced:
                 self._fail(f"message {key} taken but never announced")
-            self.handed.add(key)
+            (self.handed if acknowledge else self.unacknowledged).add(key)
+
+    def acknowledged(self, message: MessageReceived | UnreadableMessage) -> None:
+        """The application acknowledged ``message``, which it took without acknowledging."""
+        key = message.push.dedupe_key
+        if key not in self.unacknowledged:
+            self._fail(f"message {key} acknowledged, but it was not taken unacknowledged")
+        self.unacknowledged.discard(key)
+        self.handed.add(key)
 
     def observe(self, actions: list[Action], events: list[Event]) -> None:
         for event in events:
@@ -182,9 +199,16 @@ class ClientOracle:
         options = client.options
         if client.pending_sends > options.max_outbox:
             self._fail(f"{client.pending_sends} sends pending > max_outbox {options.max_outbox}")
-        if client.inbox_size > options.inbox_limit + self.paused_arrivals:
+        if client.unacknowledged != len(self.unacknowledged):
             self._fail(
-                f"inbox holds {client.inbox_size} > inbox_limit {options.inbox_limit} "
+                f"the client counts {client.unacknowledged} messages unacknowledged, "
+                f"the application {len(self.unacknowledged)}"
+            )
+        held = client.inbox_size + client.unacknowledged
+        if held > options.inbox_limit + self.paused_arrivals:
+            self._fail(
+                f"inbox holds {client.inbox_size} waiting and {client.unacknowledged} "
+                f"unacknowledged > inbox_limit {options.inbox_limit} "
                 f"+ {self.paused_arrivals} arrivals while paused"
             )
         if client.reconnect_pending != self.reconnect_pending:
@@ -276,6 +300,9 @@ class ClientHarness:
         self.unanswered: list[str] = []
         self.requests: list[str] = []
         self.read_while_paused = 0
+        # Taken without acknowledging, oldest first; and some already acknowledged.
+        self.unacknowledged: list[MessageReceived | UnreadableMessage] = []
+        self.acknowledged: list[MessageReceived | UnreadableMessage] = []
         self.client.connect(self.now)
         self._step()
 
@@ -405,13 +432,58 @@ class ClientHarness:
         if self._may_read():
             self._feed(self._push_fields(key, flags))
 
-    def op_take(self, how_many: int) -> None:
+    def op_take(self, how_many: int, *, acknowledge: bool = True) -> None:
         """The application takes messages from the inbox (``how_many`` 0: all of them)."""
         if self.client.options.inbox_limit == 0:
             return
-        taken = self.client.take_messages(None if how_many % 4 == 0 else how_many % 4)
-        self.oracle.took(taken)
+        limit = None if how_many % 4 == 0 else how_many % 4
+        taken = self.client.take_messages(limit, acknowledge=acknowledge)
+        self.oracle.took(taken, acknowledge=acknowledge)
+        if not acknowledge:
+            self.unacknowledged.extend(taken)
         self._step()
+
+    def op_acknowledge(self, index: int, how: int) -> None:
+        """The application acknowledges a message it took without acknowledging.
+
+        One ``how`` in four, it acknowledges one it acknowledged already
+        instead: the connection refuses that, and nothing changes.
+        """
+        if how % 4 == 0 and self.acknowledged:
+            again = self.acknowledged[index % len(self.acknowledged)]
+            if again.push.dedupe_key in self.oracle.unacknowledged:
+                return  # the same key, pushed anew after it was forgotten: not a second ack
+            try:
+                self.client.acknowledge(again)
+            except LocalProtocolError:
+                pass
+            else:
+                raise ContractViolation(f"message {again.push.dedupe_key} acknowledged twice")
+            if self.client.drain_actions() or self.client.drain_events():
+                raise ContractViolation("a refused acknowledge() changed the connection")
+            return
+        if not self.unacknowledged:
+            return
+        message = self.unacknowledged.pop(index % len(self.unacknowledged))
+        self.client.acknowledge(message)
+        self.oracle.acknowledged(message)
+        self.acknowledged.append(message)
+        del self.acknowledged[:-16]
+        self._step()
+
+    def op_push_again(self, index: int, fresh_id: bool) -> None:
+        """The broker pushes again a message the application took (acknowledged or not).
+
+        With ``fresh_id`` under a new ``messageId`` (same ``client_message_id``,
+        so the same dedupe key, if it has one), as a broker that stored it again.
+        """
+        held = self.unacknowledged + self.acknowledged
+        if not held or not self._may_read():
+            return
+        push = held[index % len(held)].push
+        if fresh_id and push.client_message_id is not None:
+            push = dataclasses.replace(push, message_id=f"again-{index}")
+        self._feed_text(encode(push))
 
     def op_hostile(self, draw: Draw) -> None:
         """A frame from the broker, written as text with hostile mutations (see ``_hostile``)."""
@@ -525,8 +597,10 @@ class ClientHarness:
         raise ContractViolation(f"still {self.client.pending_sends} sends pending after settling")
 
     def finish(self) -> None:
-        """Settle, take what is waiting, close, and check that every send resolved once."""
+        """Settle, acknowledge and take what is waiting, close; every send resolved once?"""
         self.settle()
+        while self.unacknowledged:
+            self.op_acknowledge(0, 1)
         self.op_take(0)
         self.op_close()
         self.oracle.check_drained()
@@ -590,5 +664,11 @@ class ClientHarness:
             elif op == 18:
                 self.op_hostile(draw)
             else:
-                self.op_send(take(), take(), take())
+                which = take() % 3
+                if which == 0:
+                    self.op_take(take(), acknowledge=False)
+                elif which == 1:
+                    self.op_acknowledge(take(), take())
+                else:
+                    self.op_push_again(take(), take() % 2 == 1)
         self.finish()
