@@ -248,6 +248,22 @@ def test_every_frame_round_trips_through_encode_and_decode(cls: type[Any], data:
 @pytest.mark.parametrize("cls", list(FRAME_STRATEGIES), ids=lambda cls: cls.__name__)
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
+def test_a_decoded_frame_is_the_frame_its_constructor_makes(cls: type[Any], data: Any) -> None:
+    frame = data.draw(FRAME_STRATEGIES[cls])
+    made = cls(**{f.name: getattr(frame, f.name) for f in dataclasses.fields(frame)})
+
+    decoded = decode(encode(frame))
+
+    assert type(decoded) is cls
+    assert (decoded, repr(decoded)) == (made, repr(made))
+    name = dataclasses.fields(decoded)[0].name
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(decoded, name, getattr(decoded, name))
+
+
+@pytest.mark.parametrize("cls", list(FRAME_STRATEGIES), ids=lambda cls: cls.__name__)
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
 def test_a_frame_text_made_from_its_fields_is_the_text_of_the_frame(
     cls: type[Any], data: Any
 ) -> None:
