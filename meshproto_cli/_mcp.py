@@ -53,9 +53,7 @@ Ctrl-C and SIGTERM end the server even while its client keeps stdin open.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -63,7 +61,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 from mcp import types
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
@@ -81,6 +78,7 @@ from ._files import config_dir, load_joined_meshes, select_mesh
 from ._identity import Identity, load_identity
 from ._mcp_mesh import Arrival, McpMesh, McpOptions, Reply
 from ._mcp_session import lease_session
+from ._mcp_stdin import StdinLines
 from ._mcp_tools import (
     CHANNEL_CAPABILITY,
     CHANNEL_METHOD,
@@ -231,34 +229,6 @@ def _log_to_file(path: str) -> None:
     root.addHandler(handler)
 
 
-class _StdinLines(anyio.AsyncFile[str]):
-    """Standard input as lines for ``stdio_server``, read without a worker thread.
-
-    The SDK reads stdin in a worker thread, and a cancellation has to wait for
-    that thread: Ctrl-C or SIGTERM would not end a server whose client keeps
-    stdin open. This waits for the descriptor to be readable instead, which a
-    cancellation ends at once. (POSIX only; elsewhere the SDK reads stdin.)
-    """
-
-    def __init__(self, fd: int = 0) -> None:
-        super().__init__(io.StringIO())  # only to be an AsyncFile; reads go to ``fd``
-        self._fd = fd
-        self._pending = b""
-        self._eof = False
-
-    async def readline(self) -> str:
-        while b"\n" not in self._pending and not self._eof:
-            try:
-                await anyio.wait_readable(self._fd)
-            except OSError:  # a regular file cannot be polled, and never blocks
-                await anyio.lowlevel.checkpoint()
-            chunk = os.read(self._fd, 65_536)
-            self._eof = not chunk
-            self._pending += chunk
-        line, newline, self._pending = self._pending.partition(b"\n")
-        return (line + newline).decode("utf-8", errors="replace")
-
-
 def _stdio_failure(error: BaseException) -> OSError | None:
     """The ``OSError`` of stdin or stdout that ended the server, if that is what did."""
     if isinstance(error, OSError):
@@ -320,7 +290,7 @@ async def _serve(
             file=sys.stderr,
             flush=True,
         )
-        stdin = None if sys.platform == "win32" else _StdinLines()
+        stdin = None if sys.platform == "win32" else StdinLines()
         async with mesh.running(), stdio_server(stdin=stdin) as (read_stream, write_stream):
             await serve_mcp(mesh, read_stream, write_stream)
     return 0
