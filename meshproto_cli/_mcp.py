@@ -47,7 +47,9 @@ hello is a result with ``isError: true`` and one line that says what to do.
 The process's stdout carries nothing but the protocol: ``stdio_server``
 points file descriptor 1 at stderr while it serves, and logs go to stderr
 or ``--log-file``. Standard input is read without a worker thread, so that
-Ctrl-C and SIGTERM end the server even while its client keeps stdin open.
+Ctrl-C and SIGTERM end the server even while its client keeps stdin open,
+one line at most 4 MiB, and a line that is no JSON-RPC message (not JSON,
+not UTF-8, too long) is answered with a JSON-RPC error (:mod:`._mcp_stdin`).
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ from ._files import config_dir, load_joined_meshes, select_mesh
 from ._identity import Identity, load_identity
 from ._mcp_mesh import Arrival, McpMesh, McpOptions, Reply
 from ._mcp_session import lease_session
-from ._mcp_stdin import StdinLines
+from ._mcp_stdin import StdinLines, answer_bad_lines
 from ._mcp_tools import (
     CHANNEL_CAPABILITY,
     CHANNEL_METHOD,
@@ -174,12 +176,15 @@ async def serve_mcp(
     mesh: McpMesh,
     read_stream: Any,
     write_stream: Any,
+    stdin: StdinLines | None = None,
 ) -> None:
     """Serve one MCP connection over a stream pair until the client goes away.
 
     ``read_stream`` and ``write_stream`` are the SDK's ``SessionMessage``
     streams (from ``stdio_server()``, or the in-memory pair in tests).
-    ``mesh`` must be running.
+    ``mesh`` must be running. A line that is no JSON-RPC message is answered
+    with an error (``stdin``, if given, is the file whose refused lines are
+    answered with its reasons: :mod:`._mcp_stdin`).
     """
     server = build_server(mesh)
     options = server.create_initialization_options(
@@ -191,6 +196,7 @@ async def serve_mcp(
         # The handshake is handled in the read loop, so that a request the
         # client pipelines right behind it sees an initialized connection.
         inline_methods=frozenset({"initialize"}),
+        on_stream_exception=answer_bad_lines(write_stream, stdin),
     )
     connection = Connection.for_loop(dispatcher)
     async with anyio.create_task_group() as tasks:
@@ -292,5 +298,5 @@ async def _serve(
         )
         stdin = None if sys.platform == "win32" else StdinLines()
         async with mesh.running(), stdio_server(stdin=stdin) as (read_stream, write_stream):
-            await serve_mcp(mesh, read_stream, write_stream)
+            await serve_mcp(mesh, read_stream, write_stream, stdin)
     return 0
