@@ -576,6 +576,10 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
+#: The most of stdin ``send TARGET -`` reads: far more than a message may hold, and bounded.
+_STDIN_MOST = 1 << 20
+
+
 def _read_body(args: argparse.Namespace) -> None:
     """``send TARGET -``: the body is stdin (read before the event loop, so Ctrl-C works)."""
     if args.message != "-":
@@ -585,7 +589,14 @@ def _read_body(args: argparse.Namespace) -> None:
         return
     if sys.stdin is None:  # `<&-`: Python has no stdin at all
         raise CommandError("nothing to send: stdin is closed")
-    data = sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read(_STDIN_MOST + 1)  # never to the end of /dev/zero
+    if len(data) > _STDIN_MOST:
+        from meshproto import MAX_FRAME_BYTES  # noqa: PLC0415 (loaded by now)
+
+        raise CommandError(
+            f"stdin holds more than {_STDIN_MOST >> 20} MiB; a message is at most "
+            f"{MAX_FRAME_BYTES} bytes"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

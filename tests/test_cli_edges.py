@@ -276,6 +276,30 @@ def test_send_from_a_closed_stdin_is_one_line(
     assert _one_error(capsys) == "nothing to send: stdin is closed"
 
 
+class _Endless(io.RawIOBase):
+    """``/dev/zero`` as stdin: every read is full, and reading to the end never ends."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        buffer[:] = b"x" * len(buffer)
+        return len(buffer)
+
+    def readall(self) -> bytes:
+        raise AssertionError("read to the end of an endless stream")
+
+
+def test_send_from_an_endless_stdin_reads_a_bounded_amount_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `meshproto send bob - < /dev/zero` once read until memory ran out.
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(_Endless())))
+    status = main(["send", "*", "-", "--config-dir", str(tmp_path)])
+    assert status == 1
+    assert _one_error(capsys) == ("stdin holds more than 1 MiB; a message is at most 65536 bytes")
+
+
 @pytest.mark.parametrize("body", ["", "\n"])
 def test_an_empty_message_is_refused_before_connecting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str
