@@ -20,6 +20,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ._arguments import (
+    client_message_id,
+    display_name,
+    folder_id,
+    group_name,
+    member_names,
+    mesh_name,
+    utf8_text,
+)
 from ._errors import (
     BROKER_STATUS_HELP,
     EXIT_ERROR,
@@ -180,14 +189,19 @@ def _add_identity_options(parser: argparse.ArgumentParser, *, default_session: s
         metavar="DIR",
         help="claudemesh config dir (default: $CLAUDEMESH_CONFIG_DIR or ~/.claudemesh)",
     )
-    group.add_argument("--mesh", metavar="SLUG", help="which joined mesh (slug or id)")
+    group.add_argument(
+        "--mesh", type=utf8_text, metavar="SLUG", help="which joined mesh (slug or id)"
+    )
     group.add_argument(
         "--session",
+        type=folder_id("session name"),
         metavar="NAME",
         help=f"session name; its key pair is kept, so every run is one peer ({default_session})",
     )
-    group.add_argument("--name", metavar="NAME", help="display name to announce")
-    group.add_argument("--url", metavar="URL", help="broker URL (default: the mesh's brokerUrl)")
+    group.add_argument("--name", type=display_name, metavar="NAME", help="display name to announce")
+    group.add_argument(
+        "--url", type=utf8_text, metavar="URL", help="broker URL (default: the mesh's brokerUrl)"
+    )
     group.add_argument("--cafile", metavar="PEM", help="CA certificates for a wss:// broker")
     group.add_argument(
         "--retry-max",
@@ -255,9 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_send(send: argparse.ArgumentParser) -> None:
     send.add_argument(
-        "target", help="a peer's display name or pubkey, '*', '@all', '@group' or '#topic'"
+        "target",
+        type=utf8_text,
+        help="a peer's display name or pubkey, '*', '@all', '@group' or '#topic'",
     )
-    send.add_argument("message", help="the text to send; '-' reads it from stdin")
+    send.add_argument("message", type=utf8_text, help="the text to send; '-' reads it from stdin")
     send.add_argument(
         "-p", "--priority", choices=("now", "next", "low"), default="next", help="(default: next)"
     )
@@ -270,6 +286,7 @@ def _add_send(send: argparse.ArgumentParser) -> None:
     )
     send.add_argument(
         "--client-message-id",
+        type=client_message_id,
         metavar="ID",
         help="retry an earlier send whose outcome was unknown, under its key (the receiver "
         "deduplicates on it, so the retry cannot deliver a second copy)",
@@ -327,13 +344,27 @@ def _add_mesh(mesh: argparse.ArgumentParser) -> None:
         formatter_class=_Formatter,
     )
     _add_output_options(init)
-    init.add_argument("--name", default="local mesh", help="the mesh's name (default: %(default)s)")
     init.add_argument(
-        "--members", required=True, metavar="A,B,...", help="member names, comma separated"
+        "--name",
+        type=mesh_name,
+        default="local mesh",
+        help="the mesh's name (default: %(default)s)",
     )
-    init.add_argument("--group", action="append", metavar="NAME", help="put every member in it")
     init.add_argument(
-        "--broker-url", default="ws://127.0.0.1:7900/ws", help="(default: %(default)s)"
+        "--members",
+        type=member_names,
+        required=True,
+        metavar="A,B,...",
+        help="member names, comma separated",
+    )
+    init.add_argument(
+        "--group", type=group_name, action="append", metavar="NAME", help="put every member in it"
+    )
+    init.add_argument(
+        "--broker-url",
+        type=utf8_text,
+        default="ws://127.0.0.1:7900/ws",
+        help="(default: %(default)s)",
     )
     init.add_argument("--dir", default="mesh", help="output folder (default: %(default)s)")
     init.add_argument(
@@ -348,15 +379,25 @@ def _add_mesh(mesh: argparse.ArgumentParser) -> None:
 def _add_mcp(mcp: argparse.ArgumentParser) -> None:
     mcp.add_argument("--config-dir", metavar="DIR", help="claudemesh config dir")
     mcp.add_argument(
-        "--mesh", action="append", metavar="SLUG", help="join only this mesh (repeat for several)"
+        "--mesh",
+        type=utf8_text,
+        action="append",
+        metavar="SLUG",
+        help="join only this mesh (repeat for several)",
     )
     mcp.add_argument(
         "--session",
+        type=folder_id("session name"),
         metavar="NAME",
         help="pin the session name (default: the first free of mcp-1, mcp-2, ...)",
     )
-    mcp.add_argument("--name", metavar="NAME", help="display name to announce")
-    mcp.add_argument("--url", metavar="URL", help="broker URL for every mesh (default: brokerUrl)")
+    mcp.add_argument("--name", type=display_name, metavar="NAME", help="display name to announce")
+    mcp.add_argument(
+        "--url",
+        type=utf8_text,
+        metavar="URL",
+        help="broker URL for every mesh (default: brokerUrl)",
+    )
     mcp.add_argument("--cafile", metavar="PEM", help="CA certificates for a wss:// broker")
     mcp.add_argument("--log-file", metavar="PATH", help="log here instead of to stderr")
     mcp.set_defaults(run="mcp")
@@ -364,7 +405,7 @@ def _add_mcp(mcp: argparse.ArgumentParser) -> None:
 
 def _add_broker(broker: _Subparser) -> None:
     broker.add_argument(
-        "--host", default="127.0.0.1", help="address to bind (default: %(default)s)"
+        "--host", type=utf8_text, default="127.0.0.1", help="address to bind (default: %(default)s)"
     )
     broker.add_argument(
         "--port", type=_port, default=7900, help="port, 0 for a free one (default: %(default)s)"
@@ -375,6 +416,7 @@ def _add_broker(broker: _Subparser) -> None:
     )
     source.add_argument(
         "--open-mesh",
+        type=folder_id("mesh id"),
         default="local",
         metavar="ID",
         help="without --mesh: admit any key that signs its hello into this mesh "
@@ -534,6 +576,10 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(level=level, handlers=[handler])
 
 
+#: The most of stdin ``send TARGET -`` reads: far more than a message may hold, and bounded.
+_STDIN_MOST = 1 << 20
+
+
 def _read_body(args: argparse.Namespace) -> None:
     """``send TARGET -``: the body is stdin (read before the event loop, so Ctrl-C works)."""
     if args.message != "-":
@@ -543,7 +589,14 @@ def _read_body(args: argparse.Namespace) -> None:
         return
     if sys.stdin is None:  # `<&-`: Python has no stdin at all
         raise CommandError("nothing to send: stdin is closed")
-    data = sys.stdin.buffer.read()
+    data = sys.stdin.buffer.read(_STDIN_MOST + 1)  # never to the end of /dev/zero
+    if len(data) > _STDIN_MOST:
+        from meshproto import MAX_FRAME_BYTES  # noqa: PLC0415 (loaded by now)
+
+        raise CommandError(
+            f"stdin holds more than {_STDIN_MOST >> 20} MiB; a message is at most "
+            f"{MAX_FRAME_BYTES} bytes"
+        )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -256,12 +256,7 @@ async def cmd_mesh_init(args: argparse.Namespace) -> int:
         parse_ws_url(args.broker_url)  # every member would fail to connect to it
     except LocalProtocolError as exc:
         raise CommandError(f"--broker-url: {exc}") from None
-    names = [n.strip() for n in args.members.split(",") if n.strip()]
-    if not names or len(set(names)) != len(names):
-        raise CommandError("--members needs distinct names, separated by commas")
-    for name in names:
-        if name in (".", "..") or "/" in name or "\\" in name or not name.isprintable():
-            raise CommandError(f"{name!r} cannot be a member name (it names a folder)")
+    names: list[str] = args.members  # distinct, each a name and a folder (_arguments)
     directory = Path(args.dir)
     members_path = directory / "members.json"
     replaces: frozenset[str] = frozenset()

@@ -124,17 +124,62 @@ def write_private_json(path: Path, data: Any) -> None:
         raise
 
 
-def _read_json(path: Path, *, secret: bool) -> Any:
+#: What a path that is not a regular file is, for messages (``stat.S_IFMT`` → words).
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _missing(path: Path) -> FileProblem:
+    """Why ``path`` cannot be opened although something may be there: a link to nothing."""
+    if path.is_symlink():  # to a missing file, or around in a loop
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return FileProblem(f"{path} is a broken link (to {target})")
+    return FileProblem(f"{path} does not exist")
+
+
+def _read_bytes(path: Path) -> tuple[bytes, os.stat_result]:
+    """The content of the regular file ``path``, and its status, or a :class:`FileProblem`.
+
+    The file is opened without waiting (``O_NONBLOCK``) and checked to be a
+    regular file before anything is read: a FIFO would wait for a writer for
+    ever, and a device such as ``/dev/zero`` never ends.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        raise FileProblem(f"{path} does not exist") from None
+        raise _missing(path) from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _missing(path) from None
         raise FileProblem(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise FileProblem(f"{path} is {kind}, not a file")
+        try:
+            return handle.read(), info
+        except OSError as exc:
+            raise FileProblem(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _read_json(path: Path, *, secret: bool) -> Any:
+    data, info = _read_bytes(path)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FileProblem(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if secret:
-        mode = path.stat().st_mode
+        mode = info.st_mode
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             logger.warning(
                 "%s holds secret keys but others can read it (mode %o); run: chmod 600 %s",
@@ -207,9 +252,13 @@ class JoinedMesh:
 
 
 def load_joined_meshes(directory: Path) -> list[JoinedMesh]:
-    """The meshes in ``directory/config.json`` (an empty list if the file is absent)."""
+    """The meshes in ``directory/config.json`` (an empty list if nothing is there).
+
+    A link there that leads nowhere is not "nothing": it is a problem, so
+    that a mesh on a drive not mounted yet is never taken for no mesh.
+    """
     path = directory / "config.json"
-    if not path.exists():
+    if not os.path.lexists(path):
         return []
     data = _read_json(path, secret=True)
     if not isinstance(data, dict) or data.get("version") != 1:
@@ -275,7 +324,7 @@ def load_or_create_session_keys(
     ``generate`` returns a fresh ``(pubkey, secretKey)`` pair when none is stored.
     """
     path = _session_dir(directory, mesh_id, session_name) / f"{session_name}.json"
-    if path.exists():
+    if os.path.lexists(path):  # a broken link is a problem, not a reason for a new key
         data = _read_json(path, secret=True)
         if isinstance(data, dict):
             pubkey, secret = data.get("pubkey"), data.get("secretKey")

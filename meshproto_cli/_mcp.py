@@ -47,15 +47,15 @@ hello is a result with ``isError: true`` and one line that says what to do.
 The process's stdout carries nothing but the protocol: ``stdio_server``
 points file descriptor 1 at stderr while it serves, and logs go to stderr
 or ``--log-file``. Standard input is read without a worker thread, so that
-Ctrl-C and SIGTERM end the server even while its client keeps stdin open.
+Ctrl-C and SIGTERM end the server even while its client keeps stdin open,
+one line at most 4 MiB, and a line that is no JSON-RPC message (not JSON,
+not UTF-8, too long) is answered with a JSON-RPC error (:mod:`._mcp_stdin`).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import logging
-import os
 import ssl
 import sys
 from collections.abc import Sequence
@@ -63,7 +63,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 from mcp import types
 from mcp.server.connection import Connection
 from mcp.server.context import ServerRequestContext
@@ -81,6 +80,7 @@ from ._files import config_dir, load_joined_meshes, select_mesh
 from ._identity import Identity, load_identity
 from ._mcp_mesh import Arrival, McpMesh, McpOptions, Reply
 from ._mcp_session import lease_session
+from ._mcp_stdin import StdinLines, answer_bad_lines
 from ._mcp_tools import (
     CHANNEL_CAPABILITY,
     CHANNEL_METHOD,
@@ -176,12 +176,15 @@ async def serve_mcp(
     mesh: McpMesh,
     read_stream: Any,
     write_stream: Any,
+    stdin: StdinLines | None = None,
 ) -> None:
     """Serve one MCP connection over a stream pair until the client goes away.
 
     ``read_stream`` and ``write_stream`` are the SDK's ``SessionMessage``
     streams (from ``stdio_server()``, or the in-memory pair in tests).
-    ``mesh`` must be running.
+    ``mesh`` must be running. A line that is no JSON-RPC message is answered
+    with an error (``stdin``, if given, is the file whose refused lines are
+    answered with its reasons: :mod:`._mcp_stdin`).
     """
     server = build_server(mesh)
     options = server.create_initialization_options(
@@ -193,6 +196,7 @@ async def serve_mcp(
         # The handshake is handled in the read loop, so that a request the
         # client pipelines right behind it sees an initialized connection.
         inline_methods=frozenset({"initialize"}),
+        on_stream_exception=answer_bad_lines(write_stream, stdin),
     )
     connection = Connection.for_loop(dispatcher)
     async with anyio.create_task_group() as tasks:
@@ -229,34 +233,6 @@ def _log_to_file(path: str) -> None:
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-
-
-class _StdinLines(anyio.AsyncFile[str]):
-    """Standard input as lines for ``stdio_server``, read without a worker thread.
-
-    The SDK reads stdin in a worker thread, and a cancellation has to wait for
-    that thread: Ctrl-C or SIGTERM would not end a server whose client keeps
-    stdin open. This waits for the descriptor to be readable instead, which a
-    cancellation ends at once. (POSIX only; elsewhere the SDK reads stdin.)
-    """
-
-    def __init__(self, fd: int = 0) -> None:
-        super().__init__(io.StringIO())  # only to be an AsyncFile; reads go to ``fd``
-        self._fd = fd
-        self._pending = b""
-        self._eof = False
-
-    async def readline(self) -> str:
-        while b"\n" not in self._pending and not self._eof:
-            try:
-                await anyio.wait_readable(self._fd)
-            except OSError:  # a regular file cannot be polled, and never blocks
-                await anyio.lowlevel.checkpoint()
-            chunk = os.read(self._fd, 65_536)
-            self._eof = not chunk
-            self._pending += chunk
-        line, newline, self._pending = self._pending.partition(b"\n")
-        return (line + newline).decode("utf-8", errors="replace")
 
 
 def _stdio_failure(error: BaseException) -> OSError | None:
@@ -320,7 +296,7 @@ async def _serve(
             file=sys.stderr,
             flush=True,
         )
-        stdin = None if sys.platform == "win32" else _StdinLines()
+        stdin = None if sys.platform == "win32" else StdinLines()
         async with mesh.running(), stdio_server(stdin=stdin) as (read_stream, write_stream):
-            await serve_mcp(mesh, read_stream, write_stream)
+            await serve_mcp(mesh, read_stream, write_stream, stdin)
     return 0

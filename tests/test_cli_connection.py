@@ -209,6 +209,16 @@ def test_a_certificate_the_client_does_not_trust_is_shown_as_the_cause(
 # --- 6, 7 and 8: what listen and peers show, send from stdin, JSON, exit codes ---------
 
 
+def _rename(mesh: Path, name: str, new_name: str) -> None:
+    """Give member ``name`` the display name ``new_name`` in the members file."""
+    members_path = mesh / "members.json"
+    data = json.loads(members_path.read_text(encoding="utf-8"))
+    for row in data["members"]:
+        if row["displayName"] == name:
+            row["displayName"] = new_name
+    members_path.write_text(json.dumps(data), encoding="utf-8")
+
+
 def test_listen_names_senders_and_shows_hostile_text_inert(
     mesh: Path, broker: BrokerProcess
 ) -> None:
@@ -228,11 +238,11 @@ def test_listen_names_senders_and_shows_hostile_text_inert(
                 input="two\nlines\n",
             ),
             run_cli("send", "*", "\x1b[2Jcleared?", *member(mesh, "alice", url)),
-            run_cli(
-                "send", "*", "from a stranger", "--name", "\x1b]0;pwned\x07eve",
-                *member(mesh, "alice", url),
-            ),
         ]  # fmt: skip
+        # The command announces no such --name (bad usage), but another client, or a
+        # members file, can: the broker rereads it at the next hello.
+        _rename(mesh, "alice", "\x1b]0;pwned\x07eve")
+        sends.append(run_cli("send", "*", "from a stranger", *member(mesh, "alice", url)))
         assert [s.returncode for s in sends] == [0, 0, 0], [s.stderr for s in sends]
         assert text.wait() == 0 and script.wait() == 0
         listed = run_cli("peers", *member(mesh, "alice", url))

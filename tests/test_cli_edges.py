@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from anyio.from_thread import start_blocking_portal
 from anyio_helpers import MESH, WsPeer, fake_broker, make_broker
-from cli_helpers import TIMEOUT, command, environment
+from cli_helpers import TIMEOUT, command, environment, run_cli
 from sync_helpers import in_portal, served
 
 from meshproto import AcceptingVerifier, Broker, Member, StaticRegistry
@@ -310,6 +310,30 @@ def test_send_from_a_closed_stdin_is_one_line(
     assert _one_error(capsys) == "nothing to send: stdin is closed"
 
 
+class _Endless(io.RawIOBase):
+    """``/dev/zero`` as stdin: every read is full, and reading to the end never ends."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        buffer[:] = b"x" * len(buffer)
+        return len(buffer)
+
+    def readall(self) -> bytes:
+        raise AssertionError("read to the end of an endless stream")
+
+
+def test_send_from_an_endless_stdin_reads_a_bounded_amount_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `meshproto send bob - < /dev/zero` once read until memory ran out.
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BufferedReader(_Endless())))
+    status = main(["send", "*", "-", "--config-dir", str(tmp_path)])
+    assert status == 1
+    assert _one_error(capsys) == ("stdin holds more than 1 MiB; a message is at most 65536 bytes")
+
+
 @pytest.mark.parametrize("body", ["", "\n"])
 def test_an_empty_message_is_refused_before_connecting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], body: str
@@ -368,6 +392,70 @@ def test_a_config_file_no_parser_can_read_is_a_file_problem(
     captured = capsys.readouterr()
     assert json.loads(captured.out)["error"] == "file"
     assert captured.err == f"meshproto: error: {tmp_path / complaint}\n"
+
+
+def _file_error(tmp_path: Path, *run: str) -> str:
+    """The one error line of ``meshproto RUN --json`` on config dir ``tmp_path`` (bounded)."""
+    result = run_cli(*run, "--json", "--config-dir", str(tmp_path), timeout=TIMEOUT)
+    assert result.returncode == 1, result.stderr
+    assert json.loads(result.stdout)["error"] == "file"
+    (line,) = result.stderr.splitlines()
+    return line.removeprefix("meshproto: error: ")
+
+
+@pytest.mark.parametrize("target", ["missing.json", "config.json"], ids=["dangling", "loop"])
+def test_a_config_json_that_is_a_broken_link_says_so_rather_than_no_joined_mesh(
+    tmp_path: Path, target: str
+) -> None:
+    # Once "no joined mesh in …; create one with 'meshproto mesh init'": the way to lose a mesh.
+    (tmp_path / "config.json").symlink_to(target)
+    assert _file_error(tmp_path, "peers") == (
+        f"{tmp_path / 'config.json'} is a broken link (to {target})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "kind"),
+    [
+        (os.mkfifo, "a FIFO"),  # once a hang: open() waits for a writer
+        (lambda path: path.symlink_to("/dev/zero"), "a character device"),  # once endless reading
+    ],
+    ids=["fifo", "device"],
+)
+def test_a_config_json_that_is_not_a_file_is_refused_without_reading_it(
+    tmp_path: Path, make: Any, kind: str
+) -> None:
+    make(tmp_path / "config.json")
+    assert _file_error(tmp_path, "peers") == f"{tmp_path / 'config.json'} is {kind}, not a file"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file whatever its mode")
+def test_a_config_json_nobody_may_read_is_a_file_problem(tmp_path: Path) -> None:
+    _write(tmp_path / "config.json", b"{}").chmod(0)
+    assert _file_error(tmp_path, "peers") == (
+        f"cannot read {tmp_path / 'config.json'}: Permission denied"
+    )
+
+
+def test_a_session_key_file_that_is_a_broken_link_is_not_replaced_by_a_new_key(
+    tmp_path: Path,
+) -> None:
+    # A new key would make the session a stranger to the broker; the link may point at a
+    # drive that is not mounted yet.
+    config, sessions = _joined(tmp_path)
+    sessions.mkdir(parents=True)
+    (sessions / "listen.json").symlink_to(tmp_path / "unmounted" / "listen.json")
+    assert _file_error(config, "listen", "--timeout", "1") == (
+        f"{sessions / 'listen.json'} is a broken link (to {tmp_path / 'unmounted' / 'listen.json'})"
+    )
+    assert (sessions / "listen.json").is_symlink()
+
+
+def test_a_members_file_that_is_a_fifo_stops_the_broker_in_one_line(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "members.json")
+    result = run_cli("broker", "--port", "0", "--mesh", str(tmp_path / "members.json"))
+    assert result.returncode == 1
+    assert result.stderr == f"meshproto: error: {tmp_path / 'members.json'} is a FIFO, not a file\n"
 
 
 def test_a_deeply_nested_members_file_stops_the_broker_in_one_line(
