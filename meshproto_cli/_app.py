@@ -39,6 +39,7 @@ from ._errors import (
     CommandError,
     OutputFailed,
     Terminated,
+    escape_what_stdout_cannot_encode,
     say,
     silence_stdout,
 )
@@ -638,6 +639,7 @@ def _fail(args: argparse.Namespace | None, error: CommandError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit status (see :mod:`meshproto_cli._errors`)."""
+    escape_what_stdout_cannot_encode()
     try:
         with _terminate_cleanly():
             return _main(argv)

@@ -47,6 +47,7 @@ __all__ = [
     "Refused",
     "Terminated",
     "TimedOut",
+    "escape_what_stdout_cannot_encode",
     "say",
     "silence_stdout",
     "sole_exception",
@@ -172,6 +173,20 @@ def say(text: str) -> None:
         return
     with contextlib.suppress(OSError, ValueError):  # ValueError: a closed stream
         print(text, file=stream, flush=True)
+
+
+def escape_what_stdout_cannot_encode() -> None:
+    """Let stdout write what its encoding cannot take as Python escapes, as stderr does.
+
+    A path that is not UTF-8 (its bytes kept as surrogates) or a name on a
+    stdout of another encoding (``PYTHONIOENCODING=ascii``) would otherwise
+    fail the command in its last line, after its work was done. They are
+    shown instead as ``\\udcff`` or ``\\xe9``. ``--json`` lines are ASCII anyway.
+    """
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:
+        with contextlib.suppress(Exception):  # a stdout that is not a text file
+            reconfigure(errors="backslashreplace")
 
 
 def silence_stdout() -> None:

@@ -244,6 +244,31 @@ def test_stdout_on_a_full_disk_is_one_line_even_at_exit(tmp_path: Path) -> None:
     assert result.stderr == "meshproto: error: cannot write to stdout: No space left on device\n"
 
 
+@pytest.mark.parametrize(
+    ("encoding", "folder", "name", "shown"),
+    [
+        ("utf-8", b"mesh-\xff", "team", "mesh-\\udcff"),  # a path that is not UTF-8
+        ("ascii", b"mesh-e", "caf\u00e9", "caf\\xe9"),  # a name the stdout cannot encode
+    ],
+    ids=["path-not-utf8", "name-stdout-cannot-encode"],
+)
+def test_output_a_stdout_cannot_encode_is_escaped_not_an_error(
+    tmp_path: Path, encoding: str, folder: bytes, name: str, shown: str
+) -> None:
+    target = os.path.join(os.fsencode(tmp_path), folder)
+    result = subprocess.run(
+        [os.fsencode(arg) for arg in command("mesh", "init", "--name", name, "--members", "alice")]
+        + [b"--dir", target],
+        capture_output=True,
+        timeout=TIMEOUT,
+        check=False,
+        env=environment({"PYTHONIOENCODING": encoding}),
+    )
+    assert (result.returncode, result.stderr) == (0, b"")
+    assert shown.encode() in result.stdout  # escaped, as Python escapes what stderr cannot take
+    assert os.path.isdir(target)
+
+
 def test_a_broker_whose_stdout_reader_went_away_serves_on(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
