@@ -38,6 +38,18 @@ from meshproto_cli._mcp import McpMesh, McpOptions, serve_mcp
 from meshproto_cli._mcp_tools import CHANNEL_METHOD
 from meshproto_crypto import Ed25519Verifier, KeyPair
 
+#: The first request of an MCP client, as a test that speaks JSON-RPC itself writes it.
+INITIALIZE_REQUEST: dict[str, Any] = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "edge", "version": "1"},
+    },
+}
+
 #: Short waits and fast reconnects: no test sits through a real backoff or timeout.
 FAST_CLIENT = ClientOptions(
     connect_timeout=2.0,

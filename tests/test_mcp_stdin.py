@@ -26,22 +26,13 @@ import anyio
 import pytest
 from anyio_helpers import anyio_backend
 from cli_helpers import TIMEOUT, Lines
-from mcp_helpers import SignedMesh
+from mcp_helpers import INITIALIZE_REQUEST, SignedMesh
 
 from meshproto_cli._mcp_stdin import LINE_LIMIT, StdinLines
 
 __all__ = ["anyio_backend"]  # the fixture: the reader runs on asyncio and trio
 
-_INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "edge", "version": "1"},
-    },
-}
+_INITIALIZE = INITIALIZE_REQUEST
 _LIST_TOOLS = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
 
 

@@ -23,6 +23,7 @@ from mcp import Client, StdioServerParameters, types
 from mcp.client import ClientExtension, NotificationBinding
 from mcp.client.stdio import stdio_client
 from mcp_helpers import (
+    INITIALIZE_REQUEST,
     ChannelParams,
     SignedMesh,
     eventually_true,
@@ -152,11 +153,7 @@ def _rpc(*messages: dict[str, Any]) -> bytes:
 
 async def test_nothing_but_protocol_appears_on_stdout(tmp_path: Path) -> None:
     mesh = SignedMesh.create(tmp_path, "alice")
-    initialize = {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "test", "version": "0"},
-    }
+    initialize = INITIALIZE_REQUEST["params"]
     with anyio.fail_after(60):
         async with serving(signed_broker(mesh)) as server:
             command = [sys.executable, *_command(mesh.members["alice"].config_dir, server.url)]
@@ -258,21 +255,7 @@ def test_sigterm_stops_the_server_while_its_client_keeps_stdin_open(tmp_path: Pa
     assert err.strip() == "terminated"
 
 
-_INITIALIZE = (
-    json.dumps(
-        {
-            "jsonrpc": "2.0",
-            "id": 1,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "edge", "version": "1"},
-            },
-        }
-    )
-    + "\n"
-)
+_INITIALIZE = json.dumps(INITIALIZE_REQUEST) + "\n"
 
 
 @pytest.mark.parametrize("closed", ["<&-", ">&-"])
