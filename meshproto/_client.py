@@ -70,11 +70,11 @@ Rules
   event is produced (``inbox_limit=0``). An application that must use a
   message before the broker may forget it (print it, store it) takes it
   with ``take_messages(acknowledge=False)`` and calls
-  ``acknowledge(message)`` once it has; until then the message counts
-  toward the inbox's limit, and one never acknowledged is pushed again by
-  the broker to a later connection. Acknowledgements due while no
+  ``acknowledge(message)`` once it has; one never acknowledged is pushed
+  again by the broker to a later connection. Acknowledgements due while no
   transport is attached are written after the next ``hello_ack``. While the
-  inbox is full (waiting and unacknowledged messages together)
+  inbox is full (``inbox_limit`` messages waiting, or ``dedupe_window -
+  inbox_limit`` taken and not yet acknowledged)
   :attr:`ClientConnection.reading_paused` is true and the adapter stops
   reading; nothing is ever dropped. With ``accept_messages=False`` no
   message is taken or acknowledged at all.
@@ -301,10 +301,13 @@ class ClientConnection(_ClientLink):
 
         With ``acknowledge=False`` nothing is acknowledged yet: each message
         returned is *taken, unacknowledged* until :meth:`acknowledge` is
-        called with it. It is never returned again, a re-push of it is not
-        acknowledged either, and it counts toward the inbox's limit
-        (:attr:`reading_paused`). One never acknowledged stays with the
-        broker, which pushes it again to a later connection.
+        called with it. It is never returned again and a re-push of it is not
+        acknowledged either. Its place in the inbox is free at once, so the
+        socket is read while the application uses it (and may wait on the
+        broker meanwhile); only ``dedupe_window - inbox_limit`` messages held
+        unacknowledged at once stop the reading (:attr:`reading_paused`).
+        One never acknowledged stays with the broker, which pushes it again
+        to a later connection.
         """
         inbox = self._inbox
         was_full = inbox.full

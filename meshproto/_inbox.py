@@ -34,22 +34,30 @@ Every push is known by its dedupe key (``client_message_id``, else
 So ``client_ack`` is written exactly when a message reaches the
 application's hands and it says so (a take that acknowledges, or
 :meth:`Inbox.acknowledge`), or when the broker re-pushes one that already
-has. The inbox never drops a message: instead, while it holds ``limit`` or
-more, waiting and taken-unacknowledged alike, the connection asks its
-adapter to stop reading the socket (:attr:`Inbox.full`), which pushes back
-on the broker through TCP; an application that takes without ever
-acknowledging thus stops the reading, rather than growing the memory
-without bound. It can grow past ``limit`` by what one read of the socket
-had already brought in.
+has. The inbox never drops a message: instead, while ``limit`` messages or
+more wait in it, the connection asks its adapter to stop reading the socket
+(:attr:`Inbox.full`), which pushes back on the broker through TCP. It can
+grow past ``limit`` by what one read of the socket had already brought in.
+
+A message taken without acknowledging leaves its place in the inbox at once:
+the application is using it, and may wait on the broker meanwhile (a peer
+list, the ack of a reply), so the socket must be read. What it holds is
+bounded apart: ``window - limit`` messages held unacknowledged at once also
+stop the reading (:attr:`Inbox.hold_limit`), so that the keys of every
+message waiting or held always fit in the window, and an application that
+never acknowledges stops the reading rather than growing the memory
+without bound.
 
 Acknowledging a message that is not taken-unacknowledged (one still
-waiting, one already acknowledged, one this inbox never held) is the
-caller's error: :class:`~meshproto.LocalProtocolError`, and nothing changes.
+waiting, one already acknowledged, one this inbox never held, or another
+connection's copy of one it holds) is the caller's error:
+:class:`~meshproto.LocalProtocolError`, and nothing changes.
 
-Keys are remembered, in arrival order, up to ``window`` of them. When the
-window is full the oldest *handed over* keys are forgotten; a waiting or
-taken-unacknowledged key is never forgotten (``ClientOptions`` keeps
-``limit`` at most half the window).
+Keys are remembered up to ``window`` of them. The keys of waiting and held
+messages are never forgotten; when the window is full, the keys handed over
+longest ago are (``ClientOptions`` keeps ``limit`` at most half the window).
+Forgetting costs the same however many messages are held: the two kinds of
+key are kept apart.
 """
 
 from __future__ import annotations
@@ -110,19 +118,18 @@ def ack_for(push: Push) -> ClientAck:
 class Inbox:
     """Dedupe, the bounded inbox and the acknowledgements owed; see the module docstring."""
 
-    __slots__ = ("_queue", "_seen", "_taken", "duplicates", "limit", "window")
+    __slots__ = ("_handed", "_pending", "_queue", "_taken", "duplicates", "limit", "window")
 
     def __init__(self, *, limit: int, window: int) -> None:
         self.limit = limit
         self.window = window
         self._queue: deque[_Waiting] = deque()
-        # Taken without acknowledging, by key, in the order taken.
+        # Waiting or taken-unacknowledged, by key: never forgotten.
+        self._pending: dict[str, _Waiting] = {}
+        # The taken-unacknowledged among them, in the order taken.
         self._taken: dict[str, _Waiting] = {}
-        # Every remembered key: its waiting or taken entry, or None once handed over.
-        # Ordered, so that finding the oldest keys is not a walk over the slots a
-        # plain dict keeps for the keys deleted from its front: a put and take
-        # once the window of 4,096 is full cost 3.3 us instead of 4.0 us.
-        self._seen: OrderedDict[str, _Waiting | None] = OrderedDict()
+        # Handed-over keys, oldest first: the ones the window forgets.
+        self._handed: OrderedDict[str, None] = OrderedDict()
         self.duplicates = 0
 
     def __len__(self) -> int:
@@ -134,14 +141,21 @@ class Inbox:
         return len(self._taken)
 
     @property
+    def hold_limit(self) -> int:
+        """How many taken-unacknowledged messages stop the reading: the window's room for them."""
+        return self.window - self.limit
+
+    @property
     def full(self) -> bool:
-        """Whether waiting and taken-unacknowledged messages reach ``limit`` (read no more)."""
-        return self.limit > 0 and len(self._queue) + len(self._taken) >= self.limit
+        """Whether to read no more: ``limit`` messages waiting, or ``hold_limit`` held."""
+        return self.limit > 0 and (
+            len(self._queue) >= self.limit or len(self._taken) >= self.hold_limit
+        )
 
     @property
     def remembered(self) -> int:
         """How many dedupe keys are remembered."""
-        return len(self._seen)
+        return len(self._pending) + len(self._handed)
 
     def duplicate(self, push: Push) -> tuple[bool, ClientAck | None]:
         """Whether ``push`` was seen before, and the ``client_ack`` to write for it now.
@@ -150,26 +164,27 @@ class Inbox:
         acknowledgement to the acknowledging take, or to :meth:`acknowledge`.
         """
         key = push.dedupe_key
-        if key not in self._seen:
-            return False, None
-        self.duplicates += 1
-        waiting = self._seen[key]
-        ack = ack_for(push)
+        waiting = self._pending.get(key)
         if waiting is None:
-            return True, ack
+            if key not in self._handed:
+                return False, None
+            self.duplicates += 1
+            return True, ack_for(push)
+        self.duplicates += 1
+        ack = ack_for(push)
         if ack not in waiting.acks:
             waiting.acks.append(ack)
         return True, None
 
     def handed_over(self, push: Push) -> None:
         """Remember ``push`` as handed over (a system message, or an event-mode message)."""
-        self._seen[push.dedupe_key] = None
+        self._handed[push.dedupe_key] = None
         self._trim()
 
     def put(self, push: Push, message: Message) -> None:
         """Keep ``message`` (from ``push``, not a duplicate) waiting in the inbox."""
         waiting = _Waiting(push.dedupe_key, message, ack_for(push))
-        self._seen[waiting.key] = waiting
+        self._pending[waiting.key] = waiting
         self._queue.append(waiting)
         self._trim()
 
@@ -185,23 +200,25 @@ class Inbox:
         count = len(queue) if limit is None else max(0, min(limit, len(queue)))
         messages: list[Message] = []
         acks: list[ClientAck] = []
-        seen = self._seen
-        taken = self._taken
         for _ in range(count):
             waiting = queue.popleft()
             messages.append(waiting.message)
             if acknowledge:
-                seen[waiting.key] = None
+                del self._pending[waiting.key]
+                self._handed[waiting.key] = None
                 acks.extend(waiting.acks)
             else:
-                taken[waiting.key] = waiting
+                self._taken[waiting.key] = waiting
+        if acknowledge:
+            self._trim()
         return messages, acks
 
     def acknowledge(self, message: Message) -> list[ClientAck]:
         """The acknowledgements now due for ``message``, taken without acknowledging.
 
         It becomes handed over. Raises :class:`~meshproto.LocalProtocolError`,
-        changing nothing, if ``message`` is not taken-unacknowledged here.
+        changing nothing, if ``message`` is not taken-unacknowledged here:
+        the very object :meth:`take` returned, not another connection's copy.
         """
         if not isinstance(message, (MessageReceived, UnreadableMessage)):
             raise LocalProtocolError(
@@ -209,27 +226,26 @@ class Inbox:
                 f"not {type(message).__name__}"
             )
         key = message.push.dedupe_key
-        waiting = self._taken.pop(key, None)
-        if waiting is None:
-            if key in self._seen:
-                why = "already acknowledged" if self._seen[key] is None else "not taken yet"
+        waiting = self._taken.get(key)
+        if waiting is None or waiting.message is not message:
+            if waiting is not None:
+                why = "that copy was not taken from this connection"
+            elif key in self._pending:
+                why = "not taken yet"
+            elif key in self._handed:
+                why = "already acknowledged"
             else:
                 why = "never taken from this connection, or acknowledged long ago"
             raise LocalProtocolError(f"cannot acknowledge message {key}: {why}")
-        self._seen[key] = None
+        del self._taken[key]
+        del self._pending[key]
+        self._handed[key] = None
+        self._trim()
         return waiting.acks
 
     def _trim(self) -> None:
-        seen = self._seen
-        excess = len(seen) - self.window
-        if excess <= 0:
-            return
-        # Handed-over keys only; an acknowledgement may have freed more than one.
-        forget: list[str] = []
-        for key, waiting in seen.items():
-            if waiting is None:
-                forget.append(key)
-                if len(forget) == excess:
-                    break
-        for key in forget:
-            del seen[key]
+        handed = self._handed
+        excess = len(self._pending) + len(handed) - self.window
+        while excess > 0 and handed:
+            handed.popitem(last=False)
+            excess -= 1

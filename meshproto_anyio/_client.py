@@ -254,7 +254,7 @@ class Client:
         With ``acknowledge=False`` a message is acknowledged only once you
         have used it and pass it to :meth:`acknowledge`; one never acknowledged
         (the program failed first) is delivered again to the next session.
-        Until acknowledged it counts toward the inbox's limit.
+        Holding ``dedupe_window - inbox_limit`` unacknowledged stops the reading.
         """
         if self._core.options.inbox_limit == 0:
             raise LocalProtocolError("messages() needs an inbox: inbox_limit is 0")

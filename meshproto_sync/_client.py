@@ -257,8 +257,9 @@ class Client:
         is passed to :meth:`acknowledge`, once the program has used it
         (printed it, stored it): one never acknowledged (the program failed
         first) stays with the broker, which delivers it again to the next
-        session. Messages returned and not yet acknowledged count toward the
-        inbox's limit, so a program that never acknowledges stops the reading.
+        session. A program that holds ``dedupe_window - inbox_limit``
+        messages unacknowledged at once stops the reading until it
+        acknowledges one.
         """
         self._check_inbox()
         deadline = Deadline(timeout)

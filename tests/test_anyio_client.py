@@ -3,6 +3,7 @@ loopback sockets, on asyncio and on trio."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -191,6 +192,24 @@ async def test_a_message_handed_over_unacknowledged_comes_back_to_the_next_sessi
             with anyio.fail_after(5):
                 again = await anext(b.messages(acknowledge=False))
     assert first.message_id == again.message_id == message_id
+
+
+async def test_a_request_made_while_using_a_message_taken_from_a_full_inbox_is_answered() -> None:
+    async with running_broker(make_broker("b")) as server:
+        async with join(server.url, "a") as a:
+            with anyio.fail_after(5):
+                await a.wait_state(OPEN)
+                for index in range(2):
+                    await a.send(member("b").pubkey, f"stored {index}")
+        full_at_two = dataclasses.replace(FAST, inbox_limit=2)
+        async with join(server.url, "b", options=full_at_two) as b:
+            with anyio.fail_after(5):
+                await eventually(lambda: b._core.reading_paused)  # both arrived: full
+                message = await anext(b.messages(acknowledge=False))
+                peers = await b.list_peers()  # while the message is in use
+                await b.acknowledge(message)
+    assert isinstance(message, MessageReceived) and message.text == "stored 0"
+    assert isinstance(peers, tuple)
 
 
 async def test_an_acknowledged_message_is_forgotten_by_the_broker() -> None:

@@ -143,27 +143,56 @@ def test_acknowledging_a_message_this_connection_never_had_is_an_error() -> None
     assert_misuse_changes_nothing(client, lambda: client.acknowledge(elsewhere))
 
 
+def test_acknowledging_another_connections_copy_of_a_message_it_holds_too_is_an_error() -> None:
+    # Two clients of one process that both took the same broadcast.
+    other, _ = open_client()
+    feed(other, push("m-1"), now=1.0)
+    [elsewhere] = other.take_messages(acknowledge=False)
+    client, _ = open_client()
+    feed(client, push("m-1"), now=1.0)
+    [mine] = client.take_messages(acknowledge=False)
+
+    assert_misuse_changes_nothing(client, lambda: client.acknowledge(elsewhere))
+    client.acknowledge(mine)
+
+
 def test_acknowledging_what_is_not_a_message_is_an_error() -> None:
     client, _ = open_client()
 
     assert_misuse_changes_nothing(client, lambda: client.acknowledge("m-1"))  # type: ignore[arg-type]
 
 
-def test_unacknowledged_messages_fill_the_inbox_and_acknowledging_resumes_reading() -> None:
+def test_a_message_taken_without_acknowledging_frees_its_place_in_the_inbox() -> None:
+    # The application is using it, and may wait on the broker meanwhile (a
+    # peer list, the ack of a reply): the socket must be read again.
     client, _ = open_client(ClientOptions(inbox_limit=2))
     feed(client, push("m-0"), now=1.0)
     feed(client, push("m-1"), now=1.0)
-    taken = client.take_messages(acknowledge=False)
-    assert client.inbox_size == 0
-    assert client.reading_paused  # the application holds the limit, unacknowledged
+    assert client.reading_paused
 
-    client.acknowledge(taken[0])
+    client.take_messages(1, acknowledge=False)
 
     assert not client.reading_paused
 
 
-def test_liveness_is_suspended_while_unacknowledged_messages_fill_the_inbox() -> None:
-    client, _ = open_client(ClientOptions(inbox_limit=1))
+def test_holding_as_many_unacknowledged_messages_as_the_window_has_room_for_stops_reading() -> None:
+    # The window keeps dedupe_window - inbox_limit keys for messages held.
+    client, _ = open_client(ClientOptions(inbox_limit=2, dedupe_window=5))
+    held = []
+    for i in range(3):
+        feed(client, push(f"m-{i}"), now=1.0)
+        assert not client.reading_paused
+        held.extend(client.take_messages(acknowledge=False))
+    assert client.unacknowledged == 3
+    assert client.reading_paused
+
+    client.acknowledge(held[0])
+
+    assert not client.reading_paused
+
+
+def test_liveness_is_suspended_while_unacknowledged_messages_stop_the_reading() -> None:
+    client, _ = open_client(ClientOptions(inbox_limit=1, dedupe_window=2))
     feed(client, push("m-0"), now=1.0)
     [taken] = client.take_messages(acknowledge=False)
     client.handle_timer(1000.0)  # long past the liveness timeout: the silence is ours

@@ -58,7 +58,9 @@ class ClientOracle:
       until acknowledged; a connection that accepts no messages acknowledges
       none;
     * the messages taken and not acknowledged are the ones the connection
-      counts (``unacknowledged``), and they count toward the inbox's bound;
+      counts (``unacknowledged``); the messages waiting stay within
+      ``inbox_limit``, and those waiting and held together within
+      ``dedupe_window`` (each plus what arrived while reading was paused);
     * no :class:`~meshproto.InternalError` (a bug) ever happens;
     * after ``handle_timer(now)`` no deadline is at or before ``now``.
     """
@@ -204,11 +206,18 @@ class ClientOracle:
                 f"the client counts {client.unacknowledged} messages unacknowledged, "
                 f"the application {len(self.unacknowledged)}"
             )
+        if client.inbox_size > options.inbox_limit + self.paused_arrivals:
+            self._fail(
+                f"inbox holds {client.inbox_size} waiting > inbox_limit {options.inbox_limit} "
+                f"+ {self.paused_arrivals} arrivals while paused"
+            )
+        # A message is read only while fewer than the limit wait and fewer than
+        # the window's room for them are held; a take moves one from one to the other.
         held = client.inbox_size + client.unacknowledged
-        if held > options.inbox_limit + self.paused_arrivals:
+        if options.inbox_limit and held > options.dedupe_window + self.paused_arrivals:
             self._fail(
                 f"inbox holds {client.inbox_size} waiting and {client.unacknowledged} "
-                f"unacknowledged > inbox_limit {options.inbox_limit} "
+                f"unacknowledged > dedupe_window {options.dedupe_window} "
                 f"+ {self.paused_arrivals} arrivals while paused"
             )
         if client.reconnect_pending != self.reconnect_pending:

@@ -63,7 +63,7 @@ def _duplicate_delivery() -> tuple[type, str, Callable[..., Any]]:
     original = Inbox.duplicate
 
     def duplicate(self: Inbox, push: Any) -> Any:
-        if self._seen.get(push.dedupe_key, ...) is None:
+        if push.dedupe_key in self._handed:
             return False, None  # the bug: a handed-over key counts as new
         return original(self, push)
 
