@@ -320,11 +320,13 @@ class ClientConnection(_ClientLink):
 
         The ``client_ack`` of every push of it seen so far is written now
         (see ``drain_actions()``), or after the next ``hello_ack`` if no
-        transport is attached; the broker then forgets it. Raises
+        transport is attached; the broker then forgets it. Once the
+        connection is closed nothing is written, and the broker delivers the
+        message again to the member's next session. Raises
         :class:`LocalProtocolError`, before any state changes, for a message
         that is not taken and unacknowledged: one acknowledged already
         (twice is an error, not a no-op), one still waiting in the inbox,
-        one this connection never handed over.
+        one this connection never handed over (another connection's copy).
         """
         inbox = self._inbox
         was_full = inbox.full
@@ -649,8 +651,12 @@ class ClientConnection(_ClientLink):
             self._events.append(StateChanged(old, new))
 
     def _acknowledged(self, acks: list[ClientAck], was_full: bool) -> None:
-        """Write ``acks`` (or owe them to the next ``hello_ack``); note room made in the inbox."""
-        if acks:
+        """Write ``acks`` (or owe them to the next ``hello_ack``); note room made in the inbox.
+
+        Closed, there is no next ``hello_ack``: the acks are dropped, and the
+        broker delivers those messages again to the member's next session.
+        """
+        if acks and self._state is not ConnectionState.CLOSED:
             if self._attached:
                 for ack in acks:
                     self._write(encode(ack))
