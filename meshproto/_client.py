@@ -271,10 +271,11 @@ class ClientConnection(_ClientLink):
     def reading_paused(self) -> bool:
         """Whether the adapter should stop reading the socket: the inbox is full.
 
-        Full counts the messages waiting and those taken but not yet
-        acknowledged. Check it after every input, every ``take_messages()``
-        and every ``acknowledge()``; reading resumes once a take or an
-        acknowledgement makes room. Nothing is ever dropped instead.
+        Full is ``inbox_limit`` messages waiting, or ``dedupe_window -
+        inbox_limit`` taken and not yet acknowledged. Check it after every
+        input, every ``take_messages()`` and every ``acknowledge()``; reading
+        resumes once a take or an acknowledgement makes room. Nothing is
+        ever dropped instead.
         """
         return self._inbox.full
 

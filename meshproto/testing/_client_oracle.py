@@ -61,6 +61,8 @@ class ClientOracle:
       counts (``unacknowledged``); the messages waiting stay within
       ``inbox_limit``, and those waiting and held together within
       ``dedupe_window`` (each plus what arrived while reading was paused);
+      reading is paused exactly while ``inbox_limit`` wait or ``dedupe_window
+      - inbox_limit`` are held;
     * no :class:`~meshproto.InternalError` (a bug) ever happens;
     * after ``handle_timer(now)`` no deadline is at or before ``now``.
     """
@@ -211,6 +213,15 @@ class ClientOracle:
                 f"inbox holds {client.inbox_size} waiting > inbox_limit {options.inbox_limit} "
                 f"+ {self.paused_arrivals} arrivals while paused"
             )
+        if options.inbox_limit:
+            held_limit = options.dedupe_window - options.inbox_limit
+            full = client.inbox_size >= options.inbox_limit or client.unacknowledged >= held_limit
+            if client.reading_paused != full:
+                self._fail(
+                    f"reading_paused is {client.reading_paused} with {client.inbox_size} "
+                    f"waiting (inbox_limit {options.inbox_limit}) and {client.unacknowledged} "
+                    f"held (room for {held_limit})"
+                )
         # A message is read only while fewer than the limit wait and fewer than
         # the window's room for them are held; a take moves one from one to the other.
         held = client.inbox_size + client.unacknowledged
