@@ -105,6 +105,7 @@ def join(
     *,
     options: ClientOptions = FAST,
     events: list[Event] | None = None,
+    close_timeout: float = 0.5,
     **kwargs: Any,
 ) -> AbstractAsyncContextManager[Client]:
     """``connect`` as member ``name`` (one session per call unless ``session_id`` is given)."""
@@ -116,7 +117,7 @@ def join(
         display_name=name,
         options=options,
         rng=random.Random(zlib.crc32(name.encode())),
-        close_timeout=0.5,
+        close_timeout=close_timeout,
         on_event=events.append if events is not None else None,
         **kwargs,
     )

@@ -80,6 +80,7 @@ def join(
     *,
     options: ClientOptions = FAST,
     events: list[Event] | None = None,
+    close_timeout: float = 0.5,
     **kwargs: Any,
 ) -> Client:
     """A blocking client as member ``name`` (one session per call unless ``session_id``).
@@ -96,7 +97,7 @@ def join(
         display_name=name,
         options=options,
         rng=random.Random(zlib.crc32(name.encode())),
-        close_timeout=0.5,
+        close_timeout=close_timeout,
         **kwargs,
     )
 
