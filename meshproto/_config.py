@@ -130,7 +130,11 @@ class ClientOptions:
     in the inbox until taken, each acknowledged to the broker only when it is
     taken, and the connection asks its adapter to stop reading while the
     inbox holds ``inbox_limit`` or more; 0 hands each message over as an
-    event and acknowledges it at once. ``accept_messages=False`` is for a
+    event and acknowledges it at once. ``dedupe_window`` is how many keys of
+    the messages handed over last are remembered, so that the broker pushing
+    one again does not deliver it twice; the keys of messages waiting or held
+    unacknowledged are remembered besides, and ``dedupe_window -
+    inbox_limit`` held at once stop the reading. ``accept_messages=False`` is for a
     peer that only sends: it takes no message at all and leaves every push
     unacknowledged, so that the broker keeps it for the member's other
     sessions. ``proven_after`` is how long a connection must stay open after

@@ -43,8 +43,7 @@ A message taken without acknowledging leaves its place in the inbox at once:
 the application is using it, and may wait on the broker meanwhile (a peer
 list, the ack of a reply), so the socket must be read. What it holds is
 bounded apart: ``window - limit`` messages held unacknowledged at once also
-stop the reading (:attr:`Inbox.hold_limit`), so that the keys of every
-message waiting or held always fit in the window, and an application that
+stop the reading (:attr:`Inbox.hold_limit`), so that an application that
 never acknowledges stops the reading rather than growing the memory
 without bound.
 
@@ -53,11 +52,13 @@ waiting, one already acknowledged, one this inbox never held, or another
 connection's copy of one it holds) is the caller's error:
 :class:`~meshproto.LocalProtocolError`, and nothing changes.
 
-Keys are remembered up to ``window`` of them. The keys of waiting and held
-messages are never forgotten; when the window is full, the keys handed over
-longest ago are (``ClientOptions`` keeps ``limit`` at most half the window).
-Forgetting costs the same however many messages are held: the two kinds of
-key are kept apart.
+The ``window`` keys handed over last are remembered, and the keys of the
+messages waiting or held besides: those are never forgotten, and take no
+room from the others, so a message acknowledged a moment ago is still known
+when the broker pushes it again, however many are held. So at most
+``window + limit + hold_limit`` keys (twice the window), plus what one read
+brought in. Forgetting costs the same however many messages are held: the
+two kinds of key are kept apart.
 """
 
 from __future__ import annotations
@@ -142,7 +143,7 @@ class Inbox:
 
     @property
     def hold_limit(self) -> int:
-        """How many taken-unacknowledged messages stop the reading: the window's room for them."""
+        """How many taken-unacknowledged messages stop the reading: ``window - limit``."""
         return self.window - self.limit
 
     @property
@@ -213,6 +214,12 @@ class Inbox:
             self._trim()
         return messages, acks
 
+    def holds_another_copy(self, message: Message) -> bool:
+        """Whether a message of ``message``'s key is held here, but not ``message`` itself."""
+        push = getattr(message, "push", None)
+        waiting = self._taken.get(push.dedupe_key) if isinstance(push, Push) else None
+        return waiting is not None and waiting.message is not message
+
     def acknowledge(self, message: Message) -> list[ClientAck]:
         """The acknowledgements now due for ``message``, taken without acknowledging.
 
@@ -245,7 +252,5 @@ class Inbox:
 
     def _trim(self) -> None:
         handed = self._handed
-        excess = len(self._pending) + len(handed) - self.window
-        while excess > 0 and handed:
+        while len(handed) > self.window:
             handed.popitem(last=False)
-            excess -= 1

@@ -191,6 +191,41 @@ def test_holding_as_many_unacknowledged_messages_as_the_window_has_room_for_stop
     assert not client.reading_paused
 
 
+def test_messages_held_unacknowledged_take_no_room_from_the_keys_handed_over() -> None:
+    # A is re-pushed (its ack lost with the link) after 3 newer keys; the
+    # window of 8 remembers it however many messages are held.
+    client, transport_id = open_client(ClientOptions(inbox_limit=2, dedupe_window=8))
+    for i in range(5):
+        feed(client, push(f"held-{i}"), now=1.0)
+        client.take_messages(acknowledge=False)
+    feed(client, push("A"), now=1.0)
+    client.take_messages()
+    for later in ("B", "C", "D"):
+        feed(client, push(later), now=1.0)
+        client.take_messages()
+    step(client)
+    client.transport_closed(transport_id, now=2.0, code=1006)
+    reconnect(client)
+
+    feed(client, push("A"), now=100.0)
+
+    assert step(client).of(MessageReceived) == []
+
+
+def test_a_key_handed_over_just_now_is_remembered_past_one_read_of_many_pushes() -> None:
+    client, _ = open_client(ClientOptions(inbox_limit=2, dedupe_window=4))
+    feed(client, push("held"), now=1.0)
+    client.take_messages(acknowledge=False)
+    for message_id in ("A", "B", "C", "D"):  # one read of the socket, past the pause
+        feed(client, push(message_id), now=1.0)
+    client.take_messages(1)  # A, acknowledged
+    step(client)
+
+    feed(client, push("A"), now=1.0)  # the broker had not read the ack yet
+
+    assert step(client).of(MessageReceived) == []
+
+
 def test_liveness_is_suspended_while_unacknowledged_messages_stop_the_reading() -> None:
     client, _ = open_client(ClientOptions(inbox_limit=1, dedupe_window=2))
     feed(client, push("m-0"), now=1.0)
@@ -222,8 +257,8 @@ def test_the_dedupe_window_never_forgets_a_message_taken_unacknowledged() -> Non
     assert _acks(client) == [(None, "kept")]
 
 
-def test_a_recording_with_acknowledgements_replays_to_the_same_events(tmp_path: Path) -> None:
-    lines: list[str] = []
+def _open_recording(lines: list[str]) -> RecordingConnection:
+    """A recording connection, open, its records appended to ``lines``."""
     config = ClientConfig(
         url="ws://127.0.0.1:7900/ws",
         mesh_id="mesh",
@@ -238,23 +273,50 @@ def test_a_recording_with_acknowledgements_replays_to_the_same_events(tmp_path: 
     transport_id = step(client).open_transport_id()
     client.transport_opened(transport_id, now=0.0, wall_time_ms=1_795_738_827_449)
     feed(client, {"type": "hello_ack", "presenceId": "p"}, now=0.0)
+    return client
+
+
+def _replays_the_same(lines: list[str], tmp_path: Path) -> None:
+    path = tmp_path / "recording.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = replay(load(path))
+    assert result.same, result.difference
+
+
+def test_a_recording_with_acknowledgements_replays_to_the_same_events(tmp_path: Path) -> None:
+    lines: list[str] = []
+    client = _open_recording(lines)
     feed(client, push("m-1"), now=1.0)
     client.drain_events()
     [taken] = client.take_messages(acknowledge=False)
     client.acknowledge(taken)
     with pytest.raises(LocalProtocolError):
         client.acknowledge(taken)
-    path = tmp_path / "recording.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
-    result = replay(load(path))
-
-    assert result.same, result.difference
+    _replays_the_same(lines, tmp_path)
     assert [r.get("in") for r in map(json.loads, lines)][-3:] == [
         "take_messages",
         "acknowledge",
         "acknowledge",
     ]
+
+
+def test_a_recorded_refusal_of_another_connections_copy_replays_as_a_refusal(
+    tmp_path: Path,
+) -> None:
+    other, _ = open_client()
+    feed(other, push("m-1"), now=1.0)
+    [elsewhere] = other.take_messages(acknowledge=False)
+    lines: list[str] = []
+    client = _open_recording(lines)
+    feed(client, push("m-1"), now=1.0)
+    client.drain_events()
+    [mine] = client.take_messages(acknowledge=False)
+    with pytest.raises(LocalProtocolError):
+        client.acknowledge(elsewhere)
+    client.acknowledge(mine)
+
+    _replays_the_same(lines, tmp_path)
 
 
 def test_a_message_left_unacknowledged_is_not_acknowledged_when_the_connection_closes() -> None:

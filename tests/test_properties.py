@@ -25,9 +25,9 @@ from meshproto import ClientOptions
 from meshproto.testing import ClientHarness
 
 small = st.integers(min_value=0, max_value=255)
-# The receiving side's pushes carry four messages, each under one of two
-# dedupe keys (messageId, or client_message_id with flag 1): eight keys.
-_MESSAGES = 4
+# The receiving side's pushes carry eight messages, each under one of two
+# dedupe keys (messageId, or client_message_id with flag 1): sixteen keys.
+_MESSAGES = 8
 _PUSH_KEYS = 2 * _MESSAGES
 
 
@@ -56,12 +56,27 @@ class ClientAgainstScriptedBroker(_AgainstScriptedBroker):
         inbox=st.integers(min_value=0, max_value=6),
         accept=st.booleans() | st.just(True),
         opened=st.booleans(),
+        spare=st.integers(min_value=0, max_value=6) | st.just(4096),
     )
     def start(
-        self, seed: int, resend: bool, outbox: int, inbox: int, accept: bool, *, opened: bool
+        self,
+        seed: int,
+        resend: bool,
+        outbox: int,
+        inbox: int,
+        accept: bool,
+        *,
+        opened: bool,
+        spare: int,
     ) -> None:
+        # Mostly a dedupe window smaller than the 32 keys the pushes use, so that
+        # keys are forgotten and pushed again; the oracle knows which may be.
         options = ClientOptions(
-            resend_in_flight=resend, max_outbox=outbox, inbox_limit=inbox, accept_messages=accept
+            resend_in_flight=resend,
+            max_outbox=outbox,
+            inbox_limit=inbox,
+            accept_messages=accept,
+            dedupe_window=max(1, 2 * inbox) + spare,
         )
         self.harness = ClientHarness(seed=seed, options=options)
         if opened:  # half the runs start on an open link, where the inbox fills
@@ -177,20 +192,19 @@ class ReceivingSideAgainstScriptedBroker(_AgainstScriptedBroker):
 
     The rules above reach a full inbox rarely (most inputs go elsewhere); these
     keep a link open most of the time, so that messages pile up, are taken
-    unacknowledged, and are pushed again while held. The dedupe window is as
-    small as the eight dedupe keys the pushes use allow (a smaller one would rightly
-    forget a key the broker then pushes again), so that the messages held
-    reach its room for them, ``dedupe_window - inbox_limit``, and stop the
-    reading.
+    unacknowledged, and are pushed again while held. The dedupe window is
+    mostly smaller than the sixteen keys the pushes use, so that messages held
+    reach ``dedupe_window - inbox_limit`` and stop the reading, and keys are
+    forgotten around them (the oracle knows which may be).
     """
 
     @initialize(
         seed=st.integers(min_value=0, max_value=2**32 - 1),
         inbox=st.integers(min_value=1, max_value=6),
-        spare=st.integers(min_value=0, max_value=2),
+        spare=st.integers(min_value=0, max_value=6),
     )
     def start(self, seed: int, inbox: int, spare: int) -> None:
-        window = max(_PUSH_KEYS, 2 * inbox) + spare
+        window = 2 * inbox + spare
         options = ClientOptions(inbox_limit=inbox, dedupe_window=window)
         self.harness = ClientHarness(seed=seed, options=options)
         self.reconnect()

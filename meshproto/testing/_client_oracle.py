@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import OrderedDict
 from random import Random
 from typing import Any
 
@@ -74,6 +75,12 @@ class ClientOracle:
         self.resolved: dict[str, SendAcked | SendFailed | SendOutcomeUnknown] = {}
         self.announced: set[str] = set()
         self.handed: set[str] = set()
+        # Handed-over keys in the order handed over: what the connection's dedupe
+        # window remembers is the last dedupe_window of them (see _handed_over).
+        self.handed_order: OrderedDict[str, None] = OrderedDict()
+        # Handed over, then forgotten, and not pushed since: the ack written as a
+        # take hands one over may follow its forgetting in the same step.
+        self.forgotten: set[str] = set()
         self.unacknowledged: set[str] = set()  # taken without acknowledging, not since
         self.system: set[str] = set()
         self.seen_keys: set[str] = set()
@@ -103,6 +110,7 @@ class ClientOracle:
         if key not in self.seen_keys and accepted:
             # What a key is, is decided by the first push the client keeps (one
             # that a send-only client declines leaves no trace).
+            self.forgotten.discard(key)
             self.seen_keys.add(key)
             if system:
                 self.system.add(key)
@@ -121,7 +129,10 @@ class ClientOracle:
                 self._fail(f"message {key} handed to the application twice")
             if key not in self.announced:
                 self._fail(f"message {key} taken but never announced")
-            (self.handed if acknowledge else self.unacknowledged).add(key)
+            if acknowledge:
+                self._handed_over(key)
+            else:
+                self.unacknowledged.add(key)
 
     def acknowledged(self, message: MessageReceived | UnreadableMessage) -> None:
         """The application acknowledged ``message``, which it took without acknowledging."""
@@ -129,7 +140,23 @@ class ClientOracle:
         if key not in self.unacknowledged:
             self._fail(f"message {key} acknowledged, but it was not taken unacknowledged")
         self.unacknowledged.discard(key)
+        self._handed_over(key)
+
+    def _handed_over(self, key: str) -> None:
+        """``key`` is handed over; past ``dedupe_window`` such keys, the oldest is forgotten.
+
+        The connection then treats a push of a forgotten key as a new
+        message, rightly: announcing it again is no fault. Any earlier, a
+        second announcement is.
+        """
         self.handed.add(key)
+        self.handed_order[key] = None
+        while len(self.handed_order) > self.client.options.dedupe_window:
+            old, _ = self.handed_order.popitem(last=False)
+            for keys in (self.seen_keys, self.announced, self.handed, self.system):
+                keys.discard(old)
+            self.unanswered = {pair for pair in self.unanswered if pair[1] != old}
+            self.forgotten.add(old)
 
     def observe(self, actions: list[Action], events: list[Event]) -> None:
         for event in events:
@@ -158,12 +185,13 @@ class ClientOracle:
                 self._fail(f"message {key} announced by a connection that accepts none")
             self.announced.add(key)
             if self.client.options.inbox_limit == 0:
-                self.handed.add(key)  # the event is the hand-over
+                self._handed_over(key)  # the event is the hand-over
         elif isinstance(event, SystemMessage):
             key = event.push.dedupe_key
             if key in self.announced:
                 self._fail(f"system message {key} announced twice")
             self.announced.add(key)
+            self._handed_over(key)
         elif isinstance(event, ReconnectScheduled):
             if self.reconnect_pending:
                 self._fail("a second reconnect was scheduled while one was pending")
@@ -192,7 +220,9 @@ class ClientOracle:
             elif isinstance(frame, ClientAck) and frame.broker_message_id is not None:
                 # An ack names its push as the push named itself: the key is the same.
                 key = frame.client_message_id or frame.broker_message_id
-                if key not in self.seen_keys:
+                if key in self.forgotten:
+                    pass  # handed over (and acknowledged) as it was forgotten
+                elif key not in self.seen_keys:
                     self._fail(f"client_ack for a message never pushed: {frame}")
                 elif key not in self.handed and key not in self.system:
                     self._fail(f"client_ack for {key} before the application had it")
@@ -222,8 +252,8 @@ class ClientOracle:
                     f"waiting (inbox_limit {options.inbox_limit}) and {client.unacknowledged} "
                     f"held (room for {held_limit})"
                 )
-        # A message is read only while fewer than the limit wait and fewer than
-        # the window's room for them are held; a take moves one from one to the other.
+        # A message is read only while fewer than inbox_limit wait and fewer than
+        # dedupe_window - inbox_limit are held; a take moves one from one to the other.
         held = client.inbox_size + client.unacknowledged
         if options.inbox_limit and held > options.dedupe_window + self.paused_arrivals:
             self._fail(
