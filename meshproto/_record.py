@@ -24,7 +24,8 @@ The records, in order:
   ``set_summary``, ``list_peers``, ``take_messages`` (when the inbox holds
   something: taking from an empty one changes nothing; ``"acknowledge":
   false`` when it took without acknowledging), ``acknowledge`` (the
-  message by its dedupe key, ``"key"``) and ``close``. A call that raised
+  message by its dedupe key, ``"key"``; ``"copy": true`` when it was
+  another connection's copy of a message this one holds) and ``close``. A call that raised
   says so (``"raised"``);
 * ``{"out": "events", "events": [...]}`` each time the adapter drained
   events: what the application saw, to compare a replay against.
@@ -512,9 +513,10 @@ class RecordingConnection(ClientConnection):
     def acknowledge(self, message: Message) -> None:
         push = getattr(message, "push", None)
         key = push.dedupe_key if isinstance(push, Push) else None
-        self._record(
-            {"in": "acknowledge", "key": key}, lambda: ClientConnection.acknowledge(self, message)
-        )
+        record: dict[str, Any] = {"in": "acknowledge", "key": key}
+        if self._inbox.holds_another_copy(message):
+            record["copy"] = True  # another connection's copy of a message this one holds
+        self._record(record, lambda: ClientConnection.acknowledge(self, message))
 
     def close(self, *, now: float) -> None:
         self._record({"in": "close", "now": now}, lambda: ClientConnection.close(self, now=now))

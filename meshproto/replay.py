@@ -20,6 +20,7 @@ to do).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -280,17 +281,20 @@ class _Replayed(ClientConnection):
             self.handed[message.push.dedupe_key] = message
         return messages
 
-    def acknowledge_key(self, key: object) -> None:
-        """``acknowledge()`` of the message handed over under ``key`` (it raises as recorded)."""
+    def acknowledge_key(self, key: object, *, copy: bool = False) -> None:
+        """``acknowledge()`` of the message handed over under ``key`` (it raises as recorded).
+
+        With ``copy``, of an equal copy of it, as another connection's would be.
+        """
         message = self.handed.get(key) if isinstance(key, str) else None
         if message is None:
             raise LocalProtocolError(f"cannot acknowledge message {key}: never taken")
-        self.acknowledge(message)
+        self.acknowledge(dataclasses.replace(message) if copy else message)
 
 
 def _acknowledge(core: ClientConnection, record: Mapping[str, Any]) -> None:
     assert isinstance(core, _Replayed)
-    core.acknowledge_key(record["key"])
+    core.acknowledge_key(record["key"], copy=record.get("copy", False) is True)
 
 
 def _connection(recording: Recording, tapes: _Tapes) -> ClientConnection:
