@@ -30,6 +30,7 @@ from meshproto import (
     ClientOptions,
     LocalProtocolError,
     MessageReceived,
+    UnreadableMessage,
 )
 from meshproto.replay import RecordingConnection, load, replay
 from meshproto.testing import FakeSigner
@@ -37,6 +38,14 @@ from meshproto.testing import FakeSigner
 
 def _acks(client: ClientConnection) -> list[tuple[str | None, str | None]]:
     return [(a.client_message_id, a.broker_message_id) for a in step(client).frames_of(ClientAck)]
+
+
+def _held_elsewhere(message_id: str) -> MessageReceived | UnreadableMessage:
+    """Message ``message_id`` as another connection took it, unacknowledged."""
+    other, _ = open_client()
+    feed(other, push(message_id), now=1.0)
+    [message] = other.take_messages(acknowledge=False)
+    return message
 
 
 def test_a_message_taken_without_acknowledging_is_not_acknowledged() -> None:
@@ -123,9 +132,7 @@ def test_acknowledging_a_message_taken_with_its_acknowledgement_is_an_error() ->
 
 
 def test_acknowledging_a_message_still_waiting_in_the_inbox_is_an_error() -> None:
-    other, _ = open_client()
-    feed(other, push("m-1"), now=1.0)
-    [elsewhere] = other.take_messages(acknowledge=False)
+    elsewhere = _held_elsewhere("m-1")
     client, _ = open_client()
     feed(client, push("m-1"), now=1.0)
 
@@ -135,9 +142,7 @@ def test_acknowledging_a_message_still_waiting_in_the_inbox_is_an_error() -> Non
 
 
 def test_acknowledging_a_message_this_connection_never_had_is_an_error() -> None:
-    other, _ = open_client()
-    feed(other, push("m-1"), now=1.0)
-    [elsewhere] = other.take_messages(acknowledge=False)
+    elsewhere = _held_elsewhere("m-1")
     client, _ = open_client()
 
     assert_misuse_changes_nothing(client, lambda: client.acknowledge(elsewhere))
@@ -145,9 +150,7 @@ def test_acknowledging_a_message_this_connection_never_had_is_an_error() -> None
 
 def test_acknowledging_another_connections_copy_of_a_message_it_holds_too_is_an_error() -> None:
     # Two clients of one process that both took the same broadcast.
-    other, _ = open_client()
-    feed(other, push("m-1"), now=1.0)
-    [elsewhere] = other.take_messages(acknowledge=False)
+    elsewhere = _held_elsewhere("m-1")
     client, _ = open_client()
     feed(client, push("m-1"), now=1.0)
     [mine] = client.take_messages(acknowledge=False)
@@ -304,9 +307,7 @@ def test_a_recording_with_acknowledgements_replays_to_the_same_events(tmp_path: 
 def test_a_recorded_refusal_of_another_connections_copy_replays_as_a_refusal(
     tmp_path: Path,
 ) -> None:
-    other, _ = open_client()
-    feed(other, push("m-1"), now=1.0)
-    [elsewhere] = other.take_messages(acknowledge=False)
+    elsewhere = _held_elsewhere("m-1")
     lines: list[str] = []
     client = _open_recording(lines)
     feed(client, push("m-1"), now=1.0)
