@@ -648,7 +648,8 @@ async def connect(
     ``signer`` holds the member key; with ``session_signer`` every socket
     opens with a ``session_hello`` (docs/protocol.md §3.2). ``session_id``
     defaults to a fresh random id, stable for this client's life. ``rng``
-    (ids, nonces, backoff jitter) defaults to :class:`random.SystemRandom`.
+    (ids, nonces, backoff jitter) defaults to a
+    :class:`~meshproto_ws.PooledSystemRandom` (the operating system's bytes).
     ``ssl_context`` is used for ``wss://`` (default:
     :func:`ssl.create_default_context`). ``max_message_bytes`` caps a
     received message (see :data:`meshproto_ws.CLIENT_MAX_MESSAGE_BYTES`).

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
-import random
 import socket
 import sqlite3
 import ssl
@@ -28,6 +27,7 @@ from meshproto import BrokerOptions, LocalProtocolError, StaticRegistry
 from meshproto_anyio import running_broker
 from meshproto_anyio.sqlite_store import SqliteStore
 from meshproto_crypto import Ed25519Verifier
+from meshproto_ws import PooledSystemRandom
 
 from ._brokerlog import LoggingBroker
 from ._errors import CommandError, silence_stdout
@@ -151,7 +151,7 @@ async def cmd_broker(args: argparse.Namespace) -> int:
             registry,
             verifier=Ed25519Verifier(),
             store=store,
-            rng=random.SystemRandom(),
+            rng=PooledSystemRandom(),
             options=options,
         )
         started = False

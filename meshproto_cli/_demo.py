@@ -21,7 +21,6 @@ message counts and sizes, never a body, and nothing secret is logged.
 
 from __future__ import annotations
 
-import random
 import sys
 import tempfile
 import time
@@ -52,6 +51,7 @@ from meshproto import (
 from meshproto_anyio import BrokerServer, Client, connect, running_broker
 from meshproto_anyio.sqlite_store import SqliteStore
 from meshproto_crypto import BoxSealer, Ed25519Signer, Ed25519Verifier, KeyPair
+from meshproto_ws import PooledSystemRandom
 
 __all__ = ["run_demo"]
 
@@ -130,7 +130,7 @@ async def _broker_generation(
             registry,
             verifier=Ed25519Verifier(),
             store=store,
-            rng=random.SystemRandom(),
+            rng=PooledSystemRandom(),
             options=BROKER_OPTIONS,
         )
         async with running_broker(broker, port=port) as server:

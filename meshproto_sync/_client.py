@@ -449,9 +449,10 @@ def connect(
     the member key; with ``session_signer`` every socket opens with a
     ``session_hello``. ``session_id`` defaults to a fresh random id, stable
     for this client's life. ``rng`` (ids, nonces, backoff jitter) defaults
-    to :class:`random.SystemRandom`. ``ssl_context`` is used for ``wss://``
-    (default: :func:`ssl.create_default_context`). ``max_message_bytes``
-    caps a received message. ``on_event`` is called with every core event,
+    to a :class:`~meshproto_ws.PooledSystemRandom` (the operating system's
+    bytes). ``ssl_context`` is used for ``wss://`` (default:
+    :func:`ssl.create_default_context`). ``max_message_bytes`` caps a
+    received message. ``on_event`` is called with every core event,
     in order, from the I/O thread (without the client's lock): it must not
     block; exceptions it raises are logged and ignored. ``record`` records
     the connection's inputs for ``python -m meshproto.replay``, as in

@@ -55,6 +55,7 @@ from ._connection import (
     WsEvent,
     WsState,
 )
+from ._entropy import PooledSystemRandom
 from ._outcomes import Outcomes, Waiter, Wake
 from ._record import RECORD_BODIES_ENV, RECORD_ENV, Recording, RecordSetting
 from ._url import DEFAULT_PATH, WsAddress, parse_ws_url
@@ -107,6 +108,7 @@ __all__ = [
     "Opened",
     "Outcomes",
     "PingReceived",
+    "PooledSystemRandom",
     "PongReceived",
     "RecordSetting",
     "Recording",

@@ -27,7 +27,7 @@ Outputs: ``drain_commands(now=...)`` (:data:`SocketCommand` values, in order),
 
 :func:`client_driver` builds a driver from the parameters every adapter's
 ``connect()`` takes, filling in the defaults ``connect()`` documents (a
-:class:`random.SystemRandom`, a random ``session_id``, no encryption) and
+:class:`~meshproto_ws.PooledSystemRandom`, a random ``session_id``, no encryption) and
 what the core leaves to the adapters (this process's ``pid`` and ``cwd``).
 
 How the core's actions become commands:
@@ -103,6 +103,7 @@ from ._connection import (
     WsEvent,
     WsState,
 )
+from ._entropy import PooledSystemRandom
 from ._record import RecordFile, RecordSetting, recording_for
 from ._url import WsAddress, parse_ws_url
 
@@ -405,7 +406,7 @@ def client_driver(
 ) -> ClientDriver:
     """The driver behind an adapter's ``connect()``, from ``connect()``'s parameters.
 
-    ``rng`` defaults to :class:`random.SystemRandom`; ``session_id`` to 64
+    ``rng`` defaults to a :class:`~meshproto_ws.PooledSystemRandom`; ``session_id`` to 64
     bits drawn from ``rng``; ``sealer`` to :class:`~meshproto.PlaintextSealer`.
     The hello reports this process's ``pid`` and ``cwd``. ``record`` records
     the connection's inputs to a file for ``python -m meshproto.replay``
@@ -415,7 +416,7 @@ def client_driver(
     :class:`~meshproto.LocalProtocolError` at once for a URL that is not
     ``ws://`` or ``wss://``.
     """
-    rng = rng if rng is not None else random.SystemRandom()
+    rng = rng if rng is not None else PooledSystemRandom()
     config = ClientConfig(
         url=url,
         mesh_id=mesh_id,

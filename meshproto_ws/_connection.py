@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import os
 import re
 from dataclasses import dataclass
 
@@ -53,6 +52,7 @@ import wsproto
 import wsproto.events as wse
 import wsproto.utilities
 
+from ._entropy import fresh_mask
 from ._frames import (
     OP_BINARY,
     OP_CLOSE,
@@ -250,7 +250,7 @@ class WsConnection:
         if self.role is Role.SERVER:
             self._queue(server_text_frame(text))  # no mask, no extension: framed here
         else:
-            self._queue(client_text_frame(text, os.urandom(4)))  # framed here too
+            self._queue(client_text_frame(text, fresh_mask()))  # framed here too
         return True
 
     def send_framed(self, frame: bytes) -> bool:

@@ -16,7 +16,8 @@ Writing
 
 :func:`encode_frame` builds one whole frame. A server's frames are unmasked;
 a client's are masked with a key it draws fresh for every frame
-(:func:`os.urandom`), applied as one integer XOR over the payload rather than
+(:func:`~meshproto_ws._entropy.fresh_mask`: the operating system's bytes,
+drawn in blocks), applied as one integer XOR over the payload rather than
 byte by byte. :func:`server_text_frame` and :func:`client_text_frame` are the
 text cases, the only frames meshproto sends per message.
 
@@ -56,8 +57,9 @@ than that. Once a close frame has been read, the reader reads nothing more.
 from __future__ import annotations
 
 import codecs
-import os
 from typing import Final
+
+from ._entropy import fresh_mask
 
 __all__ = [
     "OP_BINARY",
@@ -139,7 +141,7 @@ def encode_frame(opcode: int, payload: bytes, *, masked: bool) -> bytes:
     """One whole, final frame of ``opcode``; ``masked`` for a client (a fresh key)."""
     if not masked:
         return _header(0x80 | opcode, len(payload), 0) + payload
-    key = os.urandom(4)
+    key = fresh_mask()
     return _header(0x80 | opcode, len(payload), 0x80) + key + _mask(payload, key)
 
 
@@ -162,8 +164,8 @@ def client_text_frame(text: str, mask: bytes) -> bytes:
     """One complete text frame of ``text`` as a client sends it: masked with ``mask``.
 
     ``mask`` is the frame's 4-byte masking key, fresh and unpredictable for
-    every frame (RFC 6455 §5.3; the connection draws it from
-    :func:`os.urandom`).
+    every frame (RFC 6455 §5.3; the connection draws it with
+    :func:`~meshproto_ws._entropy.fresh_mask`).
     """
     payload = text.encode("utf-8")
     return _header(0x81, len(payload), 0x80) + mask + _mask(payload, mask)
