@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from ._quick import quick_init
+
 __all__ = [
     "BrokerOutput",
     "CloseConnection",
@@ -27,6 +29,7 @@ __all__ = [
 ]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SendText:
     """Write ``text`` as one WebSocket text message on socket ``conn_id``."""

@@ -16,6 +16,7 @@ from ._backoff import Backoff
 from ._codec import is_unicode_text
 from ._errors import LocalProtocolError
 from ._frames import Group
+from ._quick import quick_init
 from ._seams import PlaintextSealer, Sealer, Signer
 
 __all__ = [
@@ -203,6 +204,7 @@ class Counters:
     declined_pushes: int = 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SendHandle:
     """What ``send()`` returns at once; the outcome arrives as an event with ``id``.

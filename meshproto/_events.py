@@ -15,6 +15,7 @@ from typing import Any
 
 from ._errors import RemoteProtocolError
 from ._frames import HelloAck, Peer, Push
+from ._quick import quick_init
 from ._reasons import FailureReason
 
 __all__ = [
@@ -68,6 +69,7 @@ class OpenTransport:
     transport_id: int
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class WriteFrame:
     """Write ``text`` as one WebSocket text message on the current transport."""
@@ -113,6 +115,7 @@ class HandshakeComplete:
     ack: HelloAck
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class SendAcked:
     """The broker accepted send ``send_id`` as ``message_id``."""
@@ -150,6 +153,7 @@ class SendOutcomeUnknown:
     reason: FailureReason
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
     """A message pushed to us, seen for the first time, with its opened body.

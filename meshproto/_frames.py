@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ._quick import quick_init
+
 __all__ = [
     "Ack",
     "ClientAck",
@@ -183,6 +185,7 @@ class Push:
         return self.client_message_id or self.message_id
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class ClientAck:
     """The client has taken a push (§4.3)."""

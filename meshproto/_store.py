@@ -41,9 +41,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ._quick import quick_init
+
 __all__ = ["BatchedStore", "MemoryStore", "Store", "StoredMessage"]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A direct message accepted by the broker and not yet acknowledged by its recipient.

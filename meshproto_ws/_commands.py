@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshproto._quick import quick_init
+
 from ._url import WsAddress
 
 __all__ = ["CloseSocket", "OpenSocket", "SocketCommand", "WriteBytes"]
@@ -23,6 +25,7 @@ class OpenSocket:
     address: WsAddress
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class WriteBytes:
     """Write ``data`` on the socket, after everything written before."""

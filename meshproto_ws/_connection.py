@@ -52,6 +52,8 @@ import wsproto
 import wsproto.events as wse
 import wsproto.utilities
 
+from meshproto._quick import quick_init
+
 from ._entropy import fresh_mask
 from ._frames import (
     OP_BINARY,
@@ -125,6 +127,7 @@ class Opened:
     target: str
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TextReceived:
     """A complete text message (fragments already joined)."""
