@@ -57,6 +57,7 @@ from ._frames import (
     SetSummary,
     UnknownFrame,
 )
+from ._quick import slot_setters
 
 __all__ = [
     "FRAME_TYPES",
@@ -380,13 +381,13 @@ def _construction(cls: type[Any], namespace: dict[str, Any]) -> list[str]:
     (a push: 1.0 us instead of 1.6 us). Any other class is called.
     """
     attrs = [spec[0] for spec in _TABLES[cls]]
-    slots = getattr(cls, "__slots__", ())
-    if hasattr(cls, "__post_init__") or not set(attrs) <= set(slots):
+    setters = slot_setters(cls, attrs)
+    if setters is None:
         return [f"    return cls({', '.join(f'v{i}' for i in range(len(attrs)))})"]
     namespace["new"] = object.__new__
     lines = ["    frame = new(cls)"]
-    for i, attr in enumerate(attrs):
-        namespace[f"s{i}"] = getattr(cls, attr).__set__  # the slot's own setter
+    for i, setter in enumerate(setters):
+        namespace[f"s{i}"] = setter  # the slot's own setter
         lines.append(f"    s{i}(frame, v{i})")
     lines.append("    return frame")
     return lines

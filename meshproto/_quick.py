@@ -22,9 +22,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TypeVar
 
-__all__ = ["quick_init"]
+__all__ = ["quick_init", "slot_setters"]
 
 _T = TypeVar("_T")
+
+
+def slot_setters(cls: type[Any], attrs: list[str]) -> list[Any] | None:
+    """The slot setter of each of ``attrs``, in order, or ``None`` if ``cls`` must be called.
+
+    ``None`` for a class with a ``__post_init__`` (setting the slots would
+    skip it) or without a slot for each of ``attrs``. The codec's decoders
+    fill a frame this way too.
+    """
+    slots = getattr(cls, "__slots__", ())
+    if hasattr(cls, "__post_init__") or not set(attrs) <= set(slots):
+        return None
+    return [getattr(cls, attr).__set__ for attr in attrs]
 
 
 def quick_init(cls: type[_T]) -> type[_T]:
@@ -35,6 +48,8 @@ def quick_init(cls: type[_T]) -> type[_T]:
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__qualname__}: quick_init cannot run __post_init__")
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    setters = slot_setters(cls, [field.name for field in fields])
+    assert setters is not None  # frozen, slotted, no __post_init__: checked above
     namespace: dict[str, Any] = {}
     positional: list[str] = []
     keyword: list[str] = []
@@ -47,7 +62,7 @@ def quick_init(cls: type[_T]) -> type[_T]:
             namespace[f"_d{i}"] = field.default
             param = f"{field.name}=_d{i}"
         (keyword if field.kw_only else positional).append(param)
-        namespace[f"_s{i}"] = cls.__dict__[field.name].__set__  # the slot's own setter
+        namespace[f"_s{i}"] = setters[i]  # the slot's own setter
         body.append(f"    _s{i}(self, {field.name})")
     params_text = ", ".join(["self", *positional, *(["*", *keyword] if keyword else [])])
     source = "\n".join([f"def __init__({params_text}):", *(body or ["    pass"])])
