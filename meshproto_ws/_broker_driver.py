@@ -22,7 +22,9 @@ bytes (:class:`WriteBytes`); ``CloseConnection`` → a close frame, then a
 bounded wait (``close_timeout``) for the client's echo or EOF, then
 :class:`CloseSocket`. A socket that does not finish its handshake within
 ``handshake_timeout`` is closed. The broker's outputs are carried out after
-every broker input, in order.
+every broker input, in order; the bytes for each socket are written once
+per read (one :class:`WriteBytes` for all the frames a read's messages
+called for), and once per other input.
 
 The clock is the broker's: Unix wall-clock seconds (``now`` of every input).
 
@@ -172,6 +174,7 @@ class BrokerDriver:
                 return
             for event in sock.ws.receive_data(data):
                 self._feed(socket_id, sock, event, now)
+            self._flush_dirty()  # what the read's messages called for, one write per socket
             self._flush(socket_id, sock.ws)
             self._settle(socket_id, sock, now)
         except Exception:
@@ -273,17 +276,19 @@ class BrokerDriver:
         elif isinstance(event, Closed):
             sock.registered = False
             broker.connection_closed(socket_id, now=now)
-        self._pump(now)
+        self._pump(now, flush=False)
 
-    def _pump(self, now: float) -> None:
+    def _pump(self, now: float, *, flush: bool = True) -> None:
         """Carry out the broker's outputs; one that fails costs only its own socket.
 
         The texts for many sockets are framed once and the same bytes go to
         each (a server's frames are not masked); a text in several such
         outputs (a batch of system pushes) is framed once for all of them.
-        Each socket written to is flushed once, at the end, as one write.
+        Each socket written to is flushed once, at the end, as one write;
+        with ``flush=False`` they wait for :meth:`_flush_dirty` (a read's
+        events are carried out one by one, and written once).
         """
-        sockets, dirty = self._sockets, self._dirty
+        sockets = self._sockets
         framed: dict[int, bytes] = {}  # id(text) -> its frame, while the outputs hold the texts
         while outputs := self._broker.drain_outputs():
             for output in outputs:
@@ -298,7 +303,7 @@ class BrokerDriver:
                     for conn_id in output.conn_ids:
                         sock = sockets.get(conn_id)
                         if sock is not None and sock.ws.send_framed(blob):
-                            dirty[conn_id] = sock.ws
+                            self._dirty[conn_id] = sock.ws
                     continue
                 conn_id = output.conn_id  # type: ignore[union-attr]
                 sock = sockets.get(conn_id)
@@ -314,6 +319,11 @@ class BrokerDriver:
                     )
                     self._close_for_bug(conn_id, now)
             framed.clear()
+        if flush:
+            self._flush_dirty()
+
+    def _flush_dirty(self) -> None:
+        dirty = self._dirty
         if dirty:
             self._dirty = {}
             for conn_id, ws in dirty.items():

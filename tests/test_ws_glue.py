@@ -764,6 +764,33 @@ def test_drivers_in_memory_send_ack_and_push() -> None:
     assert net.broker.broker.claimed_count == 0  # b's client_ack came back
 
 
+def test_broker_driver_writes_once_per_socket_for_all_the_messages_of_one_read() -> None:
+    net = MemoryNet(make_broker_driver())
+    a = net.add("a")
+    net.add("b")
+    net.run()
+    handles = [
+        a.connection.send(FakeSigner("b").public_key, f"hi {i}", "now", now=net.now)
+        for i in range(3)
+    ]
+    (write,) = a.drain_commands(now=net.now)  # the three sends, in one read of the broker's
+    assert isinstance(write, WriteBytes)
+    net.broker.receive_data(net.to_server[("a", write.socket_id)], write.data, now=net.now)
+    commands = net.broker.drain_commands(now=net.now)
+    assert all(isinstance(c, WriteBytes) for c in commands)
+    by_client = {net.to_client[c.socket_id][0]: c for c in commands}
+    assert sorted(by_client) == ["a", "b"] and len(commands) == 2
+    for command in commands:
+        net._broker_command(command)
+    acked = [e.send_id for e in a.drain_events() if isinstance(e, SendAcked)]
+    assert acked == [h.id for h in handles]  # three acks, in order, from one write
+    assert [m.body for m in net.clients["b"].connection.take_messages()] == [
+        b"hi 0",
+        b"hi 1",
+        b"hi 2",
+    ]
+
+
 def test_broker_driver_tells_the_broker_once_when_a_client_leaves() -> None:
     net = MemoryNet(make_broker_driver())
     a = net.add("a")
