@@ -137,7 +137,6 @@ from ._events import (
 )
 from ._frames import (
     Ack,
-    ClientAck,
     ErrorFrame,
     Frame,
     HelloAck,
@@ -201,7 +200,7 @@ class ClientConnection(_ClientLink):
         self._events: list[Event] = []
         self._inbox = Inbox(limit=self.options.inbox_limit, window=self.options.dedupe_window)
         # client_acks due while no transport was attached (after the next hello_ack).
-        self._owed_acks: list[ClientAck] = []
+        self._owed_acks: list[str] = []  # their texts
         # Sends: every unresolved one by id; the unwritten ones in order; the
         # written ones in write order (so the first has the earliest deadline).
         self._sends: dict[str, PendingSend] = {}
@@ -623,11 +622,11 @@ class ClientConnection(_ClientLink):
         duplicate, ack = inbox.duplicate(push)
         if duplicate:
             if ack is not None:  # already handed over: the broker missed our ack
-                self._write(encode(ack))
+                self._write(ack)
             return
         if push.subtype == "system":
             inbox.handed_over(push)
-            self._write(encode(ack_for(push)))
+            self._write(ack_for(push))
             self._events.append(
                 SystemMessage(push.event or "", push.event_data or {}, push.message_id, push)
             )
@@ -641,7 +640,7 @@ class ClientConnection(_ClientLink):
             inbox.put(push, message)  # acknowledged when taken
         else:
             inbox.handed_over(push)  # the event is the hand-over
-            self._write(encode(ack_for(push)))
+            self._write(ack_for(push))
 
     # --- internals ------------------------------------------------------------
 
@@ -651,7 +650,7 @@ class ClientConnection(_ClientLink):
             self._state = new
             self._events.append(StateChanged(old, new))
 
-    def _acknowledged(self, acks: list[ClientAck], was_full: bool) -> None:
+    def _acknowledged(self, acks: list[str], was_full: bool) -> None:
         """Write ``acks`` (or owe them to the next ``hello_ack``); note room made in the inbox.
 
         Closed, there is no next ``hello_ack``: the acks are dropped, and the
@@ -660,7 +659,7 @@ class ClientConnection(_ClientLink):
         if acks and self._state is not ConnectionState.CLOSED:
             if self._attached:
                 for ack in acks:
-                    self._write(encode(ack))
+                    self._write(ack)
             else:
                 self._owed_acks.extend(acks)
         if was_full and not self._inbox.full:

@@ -38,7 +38,7 @@ from ._events import (
     SendFailed,
     SendOutcomeUnknown,
 )
-from ._frames import ClientAck, ErrorFrame, HelloAck, SetStatus, SetSummary
+from ._frames import ErrorFrame, HelloAck, SetStatus, SetSummary
 from ._reasons import CONNECTION_LOST, REFUSED, FailureReason, classify_error_frame
 from ._refusals import PERMANENT_REFUSALS
 
@@ -60,7 +60,7 @@ class _ClientLink:
         _state: ConnectionState
         _actions: list[Action]
         _events: list[Event]
-        _owed_acks: list[ClientAck]
+        _owed_acks: list[str]
         _sends: dict[str, PendingSend]
         _outbox: deque[PendingSend]
         _in_flight: dict[str, PendingSend]
@@ -94,7 +94,7 @@ class _ClientLink:
         if self._owed_acks:
             owed, self._owed_acks = self._owed_acks, []
             for client_ack in owed:
-                self._write(encode(client_ack))
+                self._write(client_ack)
         if self._status is not None:
             self._write(encode(SetStatus(self._status)))
         if self._summary is not None:

@@ -66,6 +66,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict, deque
 
+from ._codec import frame_text
 from ._errors import LocalProtocolError
 from ._events import MessageReceived, UnreadableMessage
 from ._frames import ClientAck, Push
@@ -84,7 +85,7 @@ class _Waiting:
 
     __slots__ = ("acks", "key", "message")
 
-    def __init__(self, key: str, message: Message, ack: ClientAck) -> None:
+    def __init__(self, key: str, message: Message, ack: str) -> None:
         self.key = key
         self.message = message
         self.acks = [ack]
@@ -111,9 +112,12 @@ def open_message(sealer: Sealer, push: Push) -> Message:
     )
 
 
-def ack_for(push: Push) -> ClientAck:
-    """The ``client_ack`` that answers ``push``."""
-    return ClientAck(push.client_message_id, push.message_id)
+_client_ack_text = frame_text(ClientAck)
+
+
+def ack_for(push: Push) -> str:
+    """The text of the ``client_ack`` that answers ``push`` (what is kept, and written)."""
+    return _client_ack_text(push.client_message_id, push.message_id)
 
 
 class Inbox:
@@ -158,7 +162,7 @@ class Inbox:
         """How many dedupe keys are remembered."""
         return len(self._pending) + len(self._handed)
 
-    def duplicate(self, push: Push) -> tuple[bool, ClientAck | None]:
+    def duplicate(self, push: Push) -> tuple[bool, str | None]:
         """Whether ``push`` was seen before, and the ``client_ack`` to write for it now.
 
         A duplicate of a waiting or taken-unacknowledged message owes its
@@ -191,7 +195,7 @@ class Inbox:
 
     def take(
         self, limit: int | None, *, acknowledge: bool = True
-    ) -> tuple[list[Message], list[ClientAck]]:
+    ) -> tuple[list[Message], list[str]]:
         """Hand over up to ``limit`` messages, oldest first, with the acknowledgements now due.
 
         With ``acknowledge=False`` none is due: each message taken becomes
@@ -200,7 +204,7 @@ class Inbox:
         queue = self._queue
         count = len(queue) if limit is None else max(0, min(limit, len(queue)))
         messages: list[Message] = []
-        acks: list[ClientAck] = []
+        acks: list[str] = []
         for _ in range(count):
             waiting = queue.popleft()
             messages.append(waiting.message)
@@ -220,7 +224,7 @@ class Inbox:
         waiting = self._taken.get(push.dedupe_key) if isinstance(push, Push) else None
         return waiting is not None and waiting.message is not message
 
-    def acknowledge(self, message: Message) -> list[ClientAck]:
+    def acknowledge(self, message: Message) -> list[str]:
         """The acknowledgements now due for ``message``, taken without acknowledging.
 
         It becomes handed over. Raises :class:`~meshproto.LocalProtocolError`,
