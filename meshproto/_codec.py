@@ -329,6 +329,8 @@ def _compact_json() -> Callable[[Any], str]:
 
 #: Compact JSON, as every frame is written (see :func:`_compact_json`).
 compact_json = _compact_json()
+#: A string as the encoder writes it, quotes and escapes (``ensure_ascii=False``).
+_quote: Callable[[str], str] = json.encoder.encode_basestring
 
 
 def _decode_field(v: object, where: str, spec: _Field) -> Any:
@@ -456,24 +458,64 @@ def frame_text(cls: Callable[P, Any]) -> Callable[P, str]:
     for the frames the broker and the client write per message, whose
     instances nobody reads. Written out once from ``cls``'s table, with its
     constructor's parameters, in order, and their defaults.
+
+    The text is joined from pieces rather than dumped from a dict: each key
+    with its punctuation is a constant, a string value goes through the same
+    C escaper the encoder uses, and any other value is dumped on its own
+    (the encoder writes a value inside an object exactly as it writes it
+    alone). So the text is byte for byte what :func:`encode` writes, in about
+    half the time.
     """
     table = _TABLES[cls]  # type: ignore[index]
-    namespace: dict[str, Any] = {"value": _enc_value, "dumps": compact_json}
+    namespace: dict[str, Any] = {
+        "value": _enc_value,
+        "dumps": compact_json,
+        "quote": _quote,
+        "join": "".join,
+    }
     params = []
-    lines = [f"    out = {{'type': {cls.TYPE!r}}}"]  # type: ignore[attr-defined]
+    body: list[str] = []
+    # The pieces since the last optional field: a constant (True) or an expression.
+    run: list[tuple[bool, str]] = [(True, '{"type":' + json.dumps(cls.TYPE))]  # type: ignore[attr-defined]
+
+    def add_constant(text: str) -> None:
+        if run and run[-1][0]:
+            run[-1] = (True, run[-1][1] + text)
+        else:
+            run.append((True, text))
+
+    def flush_run() -> None:
+        if run:
+            items = ", ".join(repr(text) if constant else text for constant, text in run)
+            body.append(f"    parts += ({items},)" if body else f"    parts = [{items}]")
+            run.clear()
+
     for i, (attr, wire, kind, required, default) in enumerate(table):
         if required:
             params.append(attr)
         else:
             namespace[f"d{i}"] = default
             params.append(f"{attr}=d{i}")
-        written = attr if kind in ("str", "int", "bool") else f"value({kind!r}, {attr})"
-        if required:
-            lines.append(f"    out[{wire!r}] = {written}")
+        if kind == "str":
+            written = f"(quote({attr}) if {attr}.__class__ is str else dumps({attr}))"
+        elif kind == "bool":
+            written = f"('true' if {attr} is True else 'false' if {attr} is False else "
+            written += f"dumps({attr}))"
+        elif kind == "int":
+            written = f"dumps({attr})"
         else:
-            lines.append(f"    if {attr} is not None: out[{wire!r}] = {written}")
-    lines.append("    return dumps(out)")
-    return _compile("text", [f"def text({', '.join(params)}):", *lines], namespace)  # type: ignore[no-any-return]
+            written = f"dumps(value({kind!r}, {attr}))"
+        key = "," + json.dumps(wire) + ":"
+        if required:
+            add_constant(key)
+            run.append((False, written))
+        else:
+            flush_run()
+            body.append(f"    if {attr} is not None: parts += ({key!r}, {written})")
+    add_constant("}")
+    flush_run()
+    body.append("    return join(parts)")
+    return _compile("text", [f"def text({', '.join(params)}):", *body], namespace)  # type: ignore[no-any-return]
 
 
 def _encode_object(obj: Any, into: dict[str, Any] | None = None) -> dict[str, Any]:
