@@ -348,12 +348,17 @@ def _compile(name: str, lines: list[str], namespace: dict[str, Any]) -> Any:
     return namespace[name]
 
 
+#: The kinds whose values are checked by their type alone (``_dec_str``, ``_dec_bool``).
+_PLAIN_KINDS = {"str": "str", "bool": "bool"}
+
+
 def _make_decoder(cls: type[Any]) -> Callable[[dict[str, Any], str], Any]:
     """A function ``(obj, where) -> cls(...)`` written out for ``cls``'s table.
 
     What a loop over the table would do, field by field and in the same
-    order (so the same first error), without the loop: a string field that
-    holds a string, the common case, costs one ``get`` and one type check.
+    order (so the same first error), without the loop: a string (or boolean)
+    field that holds one, the common case, costs one ``get`` and one type
+    check.
     """
     table = _TABLES[cls]
     namespace: dict[str, Any] = {"cls": cls, "ABSENT": _ABSENT, "field": _decode_field}
@@ -361,15 +366,22 @@ def _make_decoder(cls: type[Any]) -> Callable[[dict[str, Any], str], Any]:
     for i, spec in enumerate(table):
         _attr, wire, kind, required, default = spec
         namespace[f"f{i}"], namespace[f"d{i}"] = spec, default
-        if kind != "str":  # checked by its kind's decoder, always
+        plain = _PLAIN_KINDS.get(kind)  # a kind whose whole rule is its type
+        if plain is None:  # checked by its kind's decoder, always
             lines.append(f"    v{i} = field(get({wire!r}, ABSENT), where, f{i})")
         elif required:
             lines.append(f"    v{i} = get({wire!r}, ABSENT)")
-            lines.append(f"    if type(v{i}) is not str: v{i} = field(v{i}, where, f{i})")
+            lines.append(f"    if type(v{i}) is not {plain}: v{i} = field(v{i}, where, f{i})")
+        elif default is None:  # absent and null are the same: None
+            lines.append(f"    v{i} = get({wire!r})")
+            lines.append(
+                f"    if v{i} is not None and type(v{i}) is not {plain}: "
+                f"v{i} = field(v{i}, where, f{i})"
+            )
         else:  # absent and null are the same: the default
             lines.append(f"    v{i} = get({wire!r})")
             lines.append(f"    if v{i} is None: v{i} = d{i}")
-            lines.append(f"    elif type(v{i}) is not str: v{i} = field(v{i}, where, f{i})")
+            lines.append(f"    elif type(v{i}) is not {plain}: v{i} = field(v{i}, where, f{i})")
     lines.extend(_construction(cls, namespace))
     return _compile("decode", lines, namespace)  # type: ignore[no-any-return]
 
@@ -420,6 +432,26 @@ def decode(data: str | bytes | bytearray) -> Frame:
     JSON value that is not an object, a missing or non-string ``type``, or a
     known frame whose fields have the wrong types or are missing.
     """
+    # The frame nearly every message is: ASCII (so valid Unicode), with no
+    # escape that could make a lone surrogate, one object and nothing around
+    # it, of a known type. Anything else, including every error, takes the
+    # full path below, which parses it again and says what was wrong.
+    if type(data) is str and data[:1] == "{" and data.isascii() and "\\u" not in data:
+        try:
+            obj, end = _scan_once(data, 0)
+        except (StopIteration, ValueError, RecursionError):
+            pass
+        else:
+            if end == len(data):
+                frame_type = obj.get("type")
+                if type(frame_type) is str:
+                    decoder = _DECODE_BY_TYPE.get(frame_type)
+                    if decoder is not None:
+                        return decoder(obj, frame_type)  # type: ignore[no-any-return]
+    return _decode_in_full(data)
+
+
+def _decode_in_full(data: str | bytes | bytearray) -> Frame:
     if not isinstance(data, str):
         raise RemoteProtocolError(
             f"binary message of {len(data)} bytes: the protocol allows only text messages"
@@ -497,7 +529,7 @@ def frame_text(cls: Callable[P, Any]) -> Callable[P, str]:
             namespace[f"d{i}"] = default
             params.append(f"{attr}=d{i}")
         if kind == "str":
-            written = f"(quote({attr}) if {attr}.__class__ is str else dumps({attr}))"
+            written = f"(quote({attr}) if type({attr}) is str else dumps({attr}))"
         elif kind == "bool":
             written = f"('true' if {attr} is True else 'false' if {attr} is False else "
             written += f"dumps({attr}))"
@@ -527,6 +559,8 @@ def _encode_object(obj: Any, into: dict[str, Any] | None = None) -> dict[str, An
 #: Per class: its decoder and its encoder, written out once from its table.
 _DECODE = {cls: _make_decoder(cls) for cls in _TABLES}
 _ENCODE = {cls: _make_encoder(cls) for cls in _TABLES}
+#: Per frame type on the wire: its decoder.
+_DECODE_BY_TYPE = {name: _DECODE[cls] for name, cls in FRAME_TYPES.items()}
 
 
 def encode(frame: Frame) -> str:
