@@ -367,8 +367,11 @@ def _make_decoder(cls: type[Any]) -> Callable[[dict[str, Any], str], Any]:
         _attr, wire, kind, required, default = spec
         namespace[f"f{i}"], namespace[f"d{i}"] = spec, default
         plain = _PLAIN_KINDS.get(kind)  # a kind whose whole rule is its type
-        if plain is None:  # checked by its kind's decoder, always
+        if plain is None and required:  # checked by its kind's decoder, always
             lines.append(f"    v{i} = field(get({wire!r}, ABSENT), where, f{i})")
+        elif plain is None:  # absent and null are the same: the default
+            lines.append(f"    v{i} = get({wire!r})")
+            lines.append(f"    v{i} = d{i} if v{i} is None else field(v{i}, where, f{i})")
         elif required:
             lines.append(f"    v{i} = get({wire!r}, ABSENT)")
             lines.append(f"    if type(v{i}) is not {plain}: v{i} = field(v{i}, where, f{i})")
