@@ -80,7 +80,7 @@ class SocketLink:
         """Bytes written but not yet handed to the socket."""
         return len(self._buffer)
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes | memoryview) -> bool:
         """Queue ``data``; ``False`` if the link is closing or the buffer would overflow."""
         if self._closing:
             return False

@@ -194,7 +194,7 @@ class ProtocolLink(asyncio.BufferedProtocol):
         self._tls_pending = tls_after_connect
         self._plain: asyncio.Transport | None = None
         self._in_turn = False  # this turn's first write went out: hold the rest
-        self._held: list[bytes] = []
+        self._held: list[bytes | memoryview] = []
         self._held_size = 0
 
     # --- what the owner calls --------------------------------------------------------
@@ -211,7 +211,7 @@ class ProtocolLink(asyncio.BufferedProtocol):
         held = self._held_size
         return held + transport.get_write_buffer_size() if transport is not None else held
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes | memoryview) -> bool:
         """Send ``data``; ``False`` if the link is closing or the buffer would overflow."""
         transport = self._transport
         if self._closing or transport is None:

@@ -312,7 +312,7 @@ class SocketLink:
 
     # --- writing and closing -----------------------------------------------------
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes | memoryview) -> bool:
         """Buffer ``data``; ``False`` if closing, or if the buffer would overflow."""
         if self.closing or len(self._buffer) + len(data) > self._max_buffered:
             return False

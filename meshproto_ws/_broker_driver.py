@@ -113,6 +113,45 @@ class _Socket:
     deadline: float | None = None  # handshake deadline, then close deadline
 
 
+class _Joined:
+    """The frames of a pump's many-socket outputs, joined once for all of them.
+
+    A batch of system pushes goes out as tails of one sequence of texts:
+    each socket hears the batch from its first event after it arrived. The
+    longest tail is framed and joined once; every tail that ends it is a
+    view into those bytes, not a copy. So a batch to thousands of sockets
+    that joined at different moments costs one copy of its frames, not one
+    per distinct tail (which, in a join storm, was hundreds of megabytes).
+    """
+
+    __slots__ = ("_blob", "_offsets", "_texts")
+
+    def __init__(self) -> None:
+        self._texts: tuple[str, ...] = ()
+        self._blob = b""
+        self._offsets: list[int] = [0]  # where each text's frame starts in the blob, and the end
+
+    def frames_of(self, texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes | memoryview:
+        if len(texts) == 1:
+            return server_text_frame(texts[0])
+        known = self._texts
+        skip = len(known) - len(texts)
+        if skip >= 0 and known[skip:] == texts:  # equal texts make equal frames
+            return self._blob if skip == 0 else memoryview(self._blob)[self._offsets[skip] :]
+        parts = []
+        offsets = [0]
+        for text in texts:
+            frame = framed.get(id(text))
+            if frame is None:
+                frame = framed[id(text)] = server_text_frame(text)
+            parts.append(frame)
+            offsets.append(offsets[-1] + len(frame))
+        blob = b"".join(parts)
+        if len(texts) > len(known):  # the longest so far: the one later tails are part of
+            self._texts, self._blob, self._offsets = texts, blob, offsets
+        return blob
+
+
 class BrokerDriver:
     """Drives one :class:`~meshproto.Broker` (any :class:`BrokerMachine`) over many sockets."""
 
@@ -290,11 +329,12 @@ class BrokerDriver:
         """
         sockets = self._sockets
         framed: dict[int, bytes] = {}  # id(text) -> its frame, while the outputs hold the texts
+        joined = _Joined()
         while outputs := self._broker.drain_outputs():
             for output in outputs:
                 if type(output) is SendTextMany:
                     try:
-                        blob = self._frames_of(output.texts, framed)
+                        blob = joined.frames_of(output.texts, framed)
                     except Exception:
                         logger.exception("unexpected error while framing texts for many sockets")
                         for conn_id in output.conn_ids:
@@ -319,6 +359,7 @@ class BrokerDriver:
                     )
                     self._close_for_bug(conn_id, now)
             framed.clear()
+            joined = _Joined()
         if flush:
             self._flush_dirty()
 
@@ -328,18 +369,6 @@ class BrokerDriver:
             self._dirty = {}
             for conn_id, ws in dirty.items():
                 self._flush(conn_id, ws)
-
-    @staticmethod
-    def _frames_of(texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes:
-        if len(texts) == 1:
-            return server_text_frame(texts[0])
-        parts = []
-        for text in texts:
-            frame = framed.get(id(text))
-            if frame is None:
-                frame = framed[id(text)] = server_text_frame(text)
-            parts.append(frame)
-        return b"".join(parts)
 
     def _carry_out(self, output: BrokerOutput, conn_id: int, sock: _Socket, now: float) -> None:
         ws = sock.ws

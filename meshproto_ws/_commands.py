@@ -28,10 +28,15 @@ class OpenSocket:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class WriteBytes:
-    """Write ``data`` on the socket, after everything written before."""
+    """Write ``data`` on the socket, after everything written before.
+
+    ``data`` is bytes, or, from a broker's fan-out, a :class:`memoryview` of
+    bytes that other sockets are sent part of too: write it as it is (a
+    socket's ``send`` takes either), and copy it only if it must be kept.
+    """
 
     socket_id: int
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,7 +198,7 @@ class WsConnection:
         self._path = path
         self._state = WsState.CONNECTING
         self._target = address.target if address is not None else ""
-        self._out: list[bytes] = []  # what is to be sent, as produced (not copied)
+        self._out: list[bytes | memoryview] = []  # what is to be sent, as produced (not copied)
         self._masked = role is Role.CLIENT  # a client masks what it sends
         # The handshake, over wsproto, and the bytes it has been fed (a head
         # is at most h11's 16 KiB); both go once the connection opens.
@@ -229,11 +229,12 @@ class WsConnection:
 
     # --- output ------------------------------------------------------------------
 
-    def data_to_send(self) -> bytes:
+    def data_to_send(self) -> bytes | memoryview:
         """Everything produced so far for the socket, in order; the buffer is emptied.
 
-        One frame is handed over as it is (for a server's fan-out: the same
-        bytes object for every socket), several are joined once.
+        One piece is handed over as it is (for a server's fan-out: the same
+        bytes object, or a view of it, for every socket), several are joined
+        once. Only :meth:`send_framed` can queue a memoryview.
         """
         out = self._out
         if not out:
@@ -242,7 +243,7 @@ class WsConnection:
         out.clear()
         return data
 
-    def _queue(self, data: bytes) -> None:
+    def _queue(self, data: bytes | memoryview) -> None:
         if data:
             self._out.append(data)
 
@@ -256,11 +257,13 @@ class WsConnection:
             self._queue(client_text_frame(text, fresh_mask()))  # framed here too
         return True
 
-    def send_framed(self, frame: bytes) -> bool:
-        """Queue a whole frame made by :func:`server_text_frame` (server side, OPEN only).
+    def send_framed(self, frame: bytes | memoryview) -> bool:
+        """Queue whole frames made by :func:`server_text_frame` (server side, OPEN only).
 
         How a server hands the same bytes to many sockets without framing
-        them again for each. Returns ``False`` (and queues nothing) otherwise.
+        them again for each; a memoryview (part of frames shared with other
+        sockets) is queued without a copy. Returns ``False`` (and queues
+        nothing) otherwise.
         """
         if self._state is not WsState.OPEN or self.role is not Role.SERVER:
             return False

@@ -368,7 +368,7 @@ class SocketBrokerHarness(BrokerHarness):
         self.peers[socket_id] = _Peer(socket_id, ws)
         self.slots[slot] = socket_id
         if ws is not None:  # its handshake request: everything it writes later is frames
-            self._to_driver(socket_id, ws.data_to_send())
+            self._to_driver(socket_id, bytes(ws.data_to_send()))
         return socket_id
 
     def _connect(self, slot: int) -> None:
@@ -476,7 +476,7 @@ class SocketBrokerHarness(BrokerHarness):
             for peer in list(self.peers.values()):
                 if peer.ws is None or peer.socket_id not in self.peers:
                     continue
-                data = peer.ws.data_to_send()
+                data = bytes(peer.ws.data_to_send())
                 if data and peer.socket_id not in self.silent:
                     wrote = True
                     self._to_driver(peer.socket_id, _remasked(data))
@@ -501,7 +501,7 @@ class SocketBrokerHarness(BrokerHarness):
         if isinstance(command, WriteBytes):
             if reads:
                 assert peer.ws is not None
-                for event in peer.ws.receive_data(command.data):
+                for event in peer.ws.receive_data(bytes(command.data)):
                     self._client_event(socket_id, event)
             return
         del self.peers[socket_id]
@@ -578,7 +578,7 @@ class SocketBrokerHarness(BrokerHarness):
         else:
             socket_id = self._accept(slot, None)
             if kind == "half":
-                request = WsConnection.client(_ADDRESS).data_to_send()
+                request = bytes(WsConnection.client(_ADDRESS).data_to_send())
                 self._to_driver(socket_id, request[: len(request) // 2])
             elif kind == "garbage":
                 self._to_driver(socket_id, _GARBAGE_REQUEST)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import struct
+import tracemalloc
 
 import pytest
 import wsproto
@@ -27,6 +28,7 @@ from meshproto import (
     SendAcked,
     SendFailed,
     StaticRegistry,
+    SystemMessage,
 )
 from meshproto.testing import FakeSigner
 from meshproto_ws import (
@@ -729,7 +731,8 @@ class MemoryNet:
         client = self.clients[name]
         wall = int(self.now * 1000)
         if isinstance(command, WriteBytes):
-            client.receive_data(client_id, command.data, now=self.now, wall_time_ms=wall)
+            data = bytes(command.data)  # what a socket would read
+            client.receive_data(client_id, data, now=self.now, wall_time_ms=wall)
         elif isinstance(command, CloseSocket):
             del self.to_client[command.socket_id]
             del self.to_server[target]
@@ -789,6 +792,39 @@ def test_broker_driver_writes_once_per_socket_for_all_the_messages_of_one_read()
         b"hi 1",
         b"hi 2",
     ]
+
+
+def test_a_presence_batch_to_sockets_that_joined_in_turn_holds_one_copy_of_its_frames() -> None:
+    net = MemoryNet(make_broker_driver())
+    names = [f"p{i:03d}" for i in range(120)]
+    for name in names:  # one after the other: each hears only the later arrivals
+        net.add(name)
+        net.run()
+    for client in net.clients.values():
+        client.drain_events()
+    net.now += 1.0  # the batch window is over
+    tracemalloc.start()
+    try:
+        net.broker.handle_timer(net.now)
+        commands = net.broker.drain_commands(now=net.now)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    longest = max(len(c.data) for c in commands if isinstance(c, WriteBytes))
+    # One copy of the batch (and small change), not one per socket's own tail.
+    assert peak < 8 * longest, (peak, longest)
+    for command in commands:
+        net._broker_command(command)
+    net.run()
+    for i, name in enumerate(names):
+        heard = [
+            e.data["pubkey"]
+            for e in net.clients[name].drain_events()
+            if isinstance(e, SystemMessage) and e.event == "peer_joined"
+        ]
+        # p001's arrival went out at once (drained above): the batch is the rest.
+        later = names[max(i + 1, 2) :]
+        assert heard == [FakeSigner(n).public_key for n in later], name
 
 
 def test_broker_driver_tells_the_broker_once_when_a_client_leaves() -> None:
