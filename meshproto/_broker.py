@@ -265,8 +265,12 @@ class Broker(_Hellos, _Messages, _Peers, _BrokerBase):
                     self._drop_presence(presence, now)
             elif kind == _T_PRESENCE:
                 batch = self._batches.get(key)
-                if batch is not None and batch.until <= now:
-                    self._flush_batch(key, now)
+                if batch is not None and batch.timer_at == _when:
+                    if batch.until <= now:
+                        self._flush_batch(key, now)
+                    else:  # events moved the end of the window: wait for it
+                        batch.timer_at = batch.until
+                        self._push_timer(batch.until, _T_PRESENCE, key, 0)
             elif self._expiry_at is not None and self._expiry_at <= now:
                 self._expiry_at = None
                 expired = self.store.expire(now)

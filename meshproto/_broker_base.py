@@ -65,14 +65,20 @@ _Timer = tuple[float, int, int, Any, int]
 class PresenceBatch:
     """A mesh's system pushes inside one batch window (see ``_broker_peers``).
 
-    ``events`` are ``(text, the socket that caused it or None, arrival order)``.
+    ``events`` are ``(text, the socket that caused it or None, arrival order)``,
+    ``size`` the characters of their texts. The window closes at ``until``,
+    which each event moves to ``gap`` after it, but never past ``latest``;
+    ``timer_at`` is when its timer runs (and then looks at ``until`` again).
     """
 
-    __slots__ = ("events", "until")
+    __slots__ = ("events", "gap", "latest", "size", "timer_at", "until")
 
-    def __init__(self, until: float) -> None:
-        self.until = until
+    def __init__(self, now: float, gap: float, span: float) -> None:
+        self.gap = gap
+        self.until = self.timer_at = now + gap
+        self.latest = now + span
         self.events: list[tuple[str, int | None, int]] = []
+        self.size = 0
 
 
 class _BrokerBase:
@@ -153,7 +159,7 @@ class _BrokerBase:
             return presence is None or presence.conn is not None or presence.grace_token != token
         if kind == _T_PRESENCE:
             batch = self._batches.get(key)
-            return batch is None or batch.until != when
+            return batch is None or batch.timer_at != when
         return self._expiry_at != when
 
     def _close(self, conn: Conn, code: int, reason: str, now: float) -> None:

@@ -16,7 +16,8 @@ class BrokerOptions:
 
     ``hello_timeout`` (how long a socket may stay open without an accepted
     hello) is ours: the protocol names no such limit. So are
-    ``presence_batch`` (the batch window of system pushes, see
+    ``presence_batch`` (the batch window of system pushes, which stays open
+    while they keep coming, up to eight windows; see
     ``meshproto._broker_peers``) and ``push_window`` (the bytes of stored
     messages pushed to one socket and not yet known to be read, above which
     the rest wait for the pong to a ping; see ``meshproto._broker_messages``).

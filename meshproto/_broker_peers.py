@@ -20,6 +20,16 @@ a whole batch as one write, framed once for every socket, instead of one
 write per event. An event goes only to the sockets that were live when it
 happened (a later joiner learns of earlier peers from ``list_peers``), and a
 socket that closes before the batch goes out gets nothing of it.
+
+A window ends once the mesh has been quiet for a whole window: each event
+moves its end to a window after it, but never past ``SPAN_WINDOWS`` windows
+after it opened. So while a storm lasts, the broker answers hellos and
+keeps their news; the news goes out when the storm ends, or every
+``SPAN_WINDOWS`` windows if it does not (at 5,000 live sockets, a window is
+half a second and news waits at most four). A batch whose texts reach
+``MAX_BATCH_CHARS`` goes out at once, so that no socket is handed more than
+about 2 MiB at a time (half of a default send buffer, see
+``meshproto_anyio.ServerOptions.max_send_buffer``).
 """
 
 from __future__ import annotations
@@ -39,10 +49,14 @@ from ._codec import encode
 from ._frames import Push
 from ._presence import Conn, Presence
 
-__all__ = ["SOCKETS_PER_WINDOW"]
+__all__ = ["MAX_BATCH_CHARS", "SOCKETS_PER_WINDOW", "SPAN_WINDOWS"]
 
 #: A mesh of this many live sockets (or fewer) has batch windows of ``presence_batch``.
 SOCKETS_PER_WINDOW = 500
+#: A batch kept open by events that keep coming goes out this many windows after it opened.
+SPAN_WINDOWS = 8
+#: A batch whose texts reach this many characters goes out at once (a socket's burst).
+MAX_BATCH_CHARS = 2 * 1_048_576
 
 
 def _without_nones(entry: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
@@ -105,9 +119,13 @@ class _Peers(_BrokerBase):
             self._flush_batch(mesh_id, now)
             batch = self._batches.get(mesh_id)
         if batch is not None:  # a window is open: wait in it (who hears it: at the flush)
-            batch.events.append(
-                (self._event_text(mesh_id, event, data, now), skip_id, self._attached)
-            )
+            text = self._event_text(mesh_id, event, data, now)
+            batch.events.append((text, skip_id, self._attached))
+            batch.size += len(text)
+            if batch.size >= MAX_BATCH_CHARS:
+                self._flush_batch(mesh_id, now)  # a socket's burst stays bounded
+            else:  # the window stays open while events keep coming, up to its span
+                batch.until = min(now + batch.gap, batch.latest)
             return
         conns = self._presences.live_conns(mesh_id)
         if not conns or (len(conns) == 1 and conns[0] is skip):
@@ -117,10 +135,7 @@ class _Peers(_BrokerBase):
         targets = tuple(c.conn_id for c in conns if c is not skip)
         if targets:
             self._outputs.append(SendTextMany(targets, (text,)))
-        window = self._window(len(conns))
-        if window > 0:
-            self._batches[mesh_id] = PresenceBatch(now + window)
-            self._push_timer(now + window, _T_PRESENCE, mesh_id, 0)
+        self._open_batch(mesh_id, len(conns), now)
 
     def _flush_batch(self, mesh_id: str, now: float) -> None:
         """A batch window ended: its events go out, in order, to the sockets live for each.
@@ -134,9 +149,13 @@ class _Peers(_BrokerBase):
             return  # the mesh was quiet: the next event goes out at once
         live = self._presences.live_conns(mesh_id)
         self._send_batch(batch.events, live)
-        window = self._window(len(live))
-        self._batches[mesh_id] = PresenceBatch(now + window)  # and the next window opens
-        self._push_timer(now + window, _T_PRESENCE, mesh_id, 0)
+        self._open_batch(mesh_id, len(live), now)  # and the next window opens
+
+    def _open_batch(self, mesh_id: str, sockets: int, now: float) -> None:
+        window = self._window(sockets)
+        if window > 0:
+            batch = self._batches[mesh_id] = PresenceBatch(now, window, SPAN_WINDOWS * window)
+            self._push_timer(batch.timer_at, _T_PRESENCE, mesh_id, 0)
 
     def _send_batch(self, events: list[tuple[str, int | None, int]], live: list[Conn]) -> None:
         texts = tuple(text for text, _, _ in events)

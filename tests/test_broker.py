@@ -29,9 +29,11 @@ from meshproto import (
     PingConnection,
     SendText,
     StaticRegistry,
+    _broker_peers,
     expand_outputs,
     hello_signing_payload,
 )
+from meshproto._broker_peers import SPAN_WINDOWS
 from meshproto.testing import FakeSigner
 
 MESH = "mesh-test"
@@ -1499,6 +1501,52 @@ def test_joins_inside_a_batch_window_are_announced_together_in_order_when_it_end
     net.advance(net.broker.options.presence_batch)
     events = [(e["event"], e["eventData"]["name"]) for e in net.system(a)]
     assert events == [("peer_joined", "peer-c"), ("peer_returned", "peer-b")]
+
+
+def test_a_batch_window_stays_open_while_arrivals_keep_coming_up_to_its_span() -> None:
+    net = Net()
+    window = net.broker.options.presence_batch
+    a = net.joined("a")
+    net.joined("b")  # at once: a window opens, to close after at most SPAN_WINDOWS windows
+    net.system(a)
+    span = SPAN_WINDOWS * window
+    opened, names = net.now, []
+    while net.now + 0.6 * window < opened + span:  # each arrival sooner than a window
+        net.advance(0.6 * window)
+        names.append(f"s{len(names)}")
+        net.joined("c", sessionId=names[-1])
+        assert net.system(a) == []  # still waiting: the mesh has not been quiet
+    net.advance(opened + span - net.now)
+    heard = [e["event"] for e in net.system(a)]
+    assert heard == ["peer_joined"] + ["peer_returned"] * (len(names) - 1)
+
+
+def test_a_batch_window_goes_out_once_the_mesh_is_quiet_for_a_window() -> None:
+    net = Net()
+    window = net.broker.options.presence_batch
+    a = net.joined("a")
+    net.joined("b")
+    net.system(a)
+    net.advance(0.5 * window)
+    net.joined("c")  # moves the end of the window to a whole window from now
+    net.advance(0.9 * window)
+    assert net.system(a) == []
+    net.advance(0.1 * window)
+    assert [e["eventData"]["name"] for e in net.system(a)] == ["peer-c"]
+
+
+def test_a_batch_that_reaches_its_size_cap_goes_out_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    net = Net()
+    a = net.joined("a")
+    net.joined("b")
+    net.system(a)
+    net.joined("c")
+    assert net.system(a) == []  # waiting in the window
+    monkeypatch.setattr(_broker_peers, "MAX_BATCH_CHARS", 1)  # any text is too much now
+    net.joined("b", sessionId="second")
+    assert [e["eventData"]["name"] for e in net.system(a)] == ["peer-c", "peer-b"]
 
 
 def test_a_batched_event_goes_only_to_the_sockets_live_when_it_happened() -> None:
