@@ -99,6 +99,7 @@ if TYPE_CHECKING:  # loaded on first use, below; spelled out for type checkers
         PingConnection,
         SendText,
         SendTextMany,
+        SendTextTail,
         expand_outputs,
         without_connection,
     )
@@ -123,6 +124,7 @@ _LAZY = {
             "PingConnection",
             "SendText",
             "SendTextMany",
+            "SendTextTail",
             "expand_outputs",
             "without_connection",
         ),
@@ -213,6 +215,7 @@ __all__ = [
     "SendPing",
     "SendText",
     "SendTextMany",
+    "SendTextTail",
     "SessionHello",
     "SetStatus",
     "SetSummary",

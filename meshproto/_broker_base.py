@@ -67,18 +67,23 @@ class PresenceBatch:
 
     ``events`` are ``(text, the socket that caused it or None, arrival order)``,
     ``size`` the characters of their texts. The window closes at ``until``,
-    which each event moves to ``gap`` after it, but never past ``latest``;
-    ``timer_at`` is when its timer runs (and then looks at ``until`` again).
+    which each event moves a window after it (:meth:`extend`), but never
+    past ``spans`` windows after ``opened``; ``timer_at`` is when its timer
+    runs (and then looks at ``until`` again).
     """
 
-    __slots__ = ("events", "gap", "latest", "size", "timer_at", "until")
+    __slots__ = ("events", "opened", "size", "spans", "timer_at", "until")
 
-    def __init__(self, now: float, gap: float, span: float) -> None:
-        self.gap = gap
-        self.until = self.timer_at = now + gap
-        self.latest = now + span
+    def __init__(self, now: float, window: float, spans: int) -> None:
+        self.opened = now
+        self.spans = spans
+        self.until = self.timer_at = now + window
         self.events: list[tuple[str, int | None, int]] = []
         self.size = 0
+
+    def extend(self, window: float, now: float) -> None:
+        """An event at ``now``, in a mesh whose window is now ``window``: wait for quiet."""
+        self.until = max(self.until, min(now + window, self.opened + self.spans * window))
 
 
 class _BrokerBase:

@@ -22,11 +22,11 @@ happened (a later joiner learns of earlier peers from ``list_peers``), and a
 socket that closes before the batch goes out gets nothing of it.
 
 A window ends once the mesh has been quiet for a whole window: each event
-moves its end to a window after it, but never past ``SPAN_WINDOWS`` windows
-after it opened. So while a storm lasts, the broker answers hellos and
-keeps their news; the news goes out when the storm ends, or every
-``SPAN_WINDOWS`` windows if it does not (at 5,000 live sockets, a window is
-half a second and news waits at most four). A batch whose texts reach
+moves its end to a window after it (the window of the mesh's size then),
+but never past ``SPAN_WINDOWS`` such windows after it opened. So while a
+storm lasts, the broker answers hellos and keeps their news; the news goes
+out when the storm ends, or every ``SPAN_WINDOWS`` windows if it does not
+(at 5,000 peers, a window is half a second and news waits at most four). A batch whose texts reach
 ``MAX_BATCH_CHARS`` goes out at once, so that no socket is handed more than
 about 2 MiB at a time (half of a default send buffer, see
 ``meshproto_anyio.ServerOptions.max_send_buffer``).
@@ -38,7 +38,7 @@ from bisect import bisect_left
 from typing import Any
 
 from ._broker_base import _STATUSES, _T_GRACE, _T_PRESENCE, PresenceBatch, _BrokerBase
-from ._broker_outputs import SendTextMany
+from ._broker_outputs import SendTextMany, SendTextTail
 from ._brokerwire import (
     group_dicts,
     iso_ms,
@@ -125,7 +125,7 @@ class _Peers(_BrokerBase):
             if batch.size >= MAX_BATCH_CHARS:
                 self._flush_batch(mesh_id, now)  # a socket's burst stays bounded
             else:  # the window stays open while events keep coming, up to its span
-                batch.until = min(now + batch.gap, batch.latest)
+                batch.extend(self._window(self._presences.count(mesh_id)), now)
             return
         conns = self._presences.live_conns(mesh_id)
         if not conns or (len(conns) == 1 and conns[0] is skip):
@@ -154,7 +154,7 @@ class _Peers(_BrokerBase):
     def _open_batch(self, mesh_id: str, sockets: int, now: float) -> None:
         window = self._window(sockets)
         if window > 0:
-            batch = self._batches[mesh_id] = PresenceBatch(now, window, SPAN_WINDOWS * window)
+            batch = self._batches[mesh_id] = PresenceBatch(now, window, SPAN_WINDOWS)
             self._push_timer(batch.timer_at, _T_PRESENCE, mesh_id, 0)
 
     def _send_batch(self, events: list[tuple[str, int | None, int]], live: list[Conn]) -> None:
@@ -179,7 +179,7 @@ class _Peers(_BrokerBase):
             if start < len(texts):
                 tails.setdefault(start, []).append(conn.conn_id)
         for start, conn_ids in tails.items():
-            out.append(SendTextMany(tuple(conn_ids), texts[start:]))
+            out.append(SendTextTail(tuple(conn_ids), texts, start))
 
     def _window(self, sockets: int) -> float:
         """The batch window for a mesh of ``sockets`` live sockets.

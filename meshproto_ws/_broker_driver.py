@@ -45,7 +45,14 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from meshproto import BrokerOutput, CloseConnection, PingConnection, SendText, SendTextMany
+from meshproto import (
+    BrokerOutput,
+    CloseConnection,
+    PingConnection,
+    SendText,
+    SendTextMany,
+    SendTextTail,
+)
 
 from ._commands import CloseSocket, SocketCommand, WriteBytes
 from ._connection import (
@@ -116,12 +123,14 @@ class _Socket:
 class _Joined:
     """The frames of a pump's many-socket outputs, joined once for all of them.
 
-    A batch of system pushes goes out as tails of one sequence of texts:
-    each socket hears the batch from its first event after it arrived. The
-    longest tail is framed and joined once; every tail that ends it is a
-    view into those bytes, not a copy. So a batch to thousands of sockets
-    that joined at different moments costs one copy of its frames, not one
-    per distinct tail (which, in a join storm, was hundreds of megabytes).
+    A batch of system pushes goes out as tails of one sequence of texts
+    (:class:`~meshproto.SendTextTail`): each socket hears the batch from its
+    first event after it arrived. The whole batch is framed and joined once;
+    every tail is a view into those bytes, not a copy. So a batch to
+    thousands of sockets that joined at different moments costs one copy of
+    its frames, not one per distinct tail (which, in a join storm, was
+    hundreds of megabytes). A :class:`~meshproto.SendTextMany` whose texts
+    end the last joined ones is such a view too.
     """
 
     __slots__ = ("_blob", "_offsets", "_texts")
@@ -131,6 +140,13 @@ class _Joined:
         self._blob = b""
         self._offsets: list[int] = [0]  # where each text's frame starts in the blob, and the end
 
+    def tail_of(
+        self, texts: tuple[str, ...], start: int, framed: dict[int, bytes]
+    ) -> bytes | memoryview:
+        if texts is not self._texts:
+            self._join(texts, framed)
+        return self._blob if start == 0 else memoryview(self._blob)[self._offsets[start] :]
+
     def frames_of(self, texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes | memoryview:
         if len(texts) == 1:
             return server_text_frame(texts[0])
@@ -138,18 +154,26 @@ class _Joined:
         skip = len(known) - len(texts)
         if skip >= 0 and known[skip:] == texts:  # equal texts make equal frames
             return self._blob if skip == 0 else memoryview(self._blob)[self._offsets[skip] :]
+        if len(texts) > len(known):  # the longest so far: the one later tails are part of
+            return self._join(texts, framed)
+        return b"".join(self._frame(text, framed) for text in texts)
+
+    def _join(self, texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes:
         parts = []
         offsets = [0]
         for text in texts:
-            frame = framed.get(id(text))
-            if frame is None:
-                frame = framed[id(text)] = server_text_frame(text)
+            frame = self._frame(text, framed)
             parts.append(frame)
             offsets.append(offsets[-1] + len(frame))
-        blob = b"".join(parts)
-        if len(texts) > len(known):  # the longest so far: the one later tails are part of
-            self._texts, self._blob, self._offsets = texts, blob, offsets
-        return blob
+        self._texts, self._blob, self._offsets = texts, b"".join(parts), offsets
+        return self._blob
+
+    @staticmethod
+    def _frame(text: str, framed: dict[int, bytes]) -> bytes:
+        frame = framed.get(id(text))
+        if frame is None:
+            frame = framed[id(text)] = server_text_frame(text)
+        return frame
 
 
 class BrokerDriver:
@@ -332,9 +356,12 @@ class BrokerDriver:
         joined = _Joined()
         while outputs := self._broker.drain_outputs():
             for output in outputs:
-                if type(output) is SendTextMany:
+                if type(output) is SendTextMany or type(output) is SendTextTail:
                     try:
-                        blob = joined.frames_of(output.texts, framed)
+                        if type(output) is SendTextTail:
+                            blob = joined.tail_of(output.texts, output.start, framed)
+                        else:
+                            blob = joined.frames_of(output.texts, framed)
                     except Exception:
                         logger.exception("unexpected error while framing texts for many sockets")
                         for conn_id in output.conn_ids:

@@ -28,12 +28,14 @@ from meshproto import (
     MemoryStore,
     PingConnection,
     SendText,
+    SendTextTail,
     StaticRegistry,
     _broker_peers,
     expand_outputs,
     hello_signing_payload,
+    without_connection,
 )
-from meshproto._broker_peers import SPAN_WINDOWS
+from meshproto._broker_peers import SOCKETS_PER_WINDOW, SPAN_WINDOWS
 from meshproto.testing import FakeSigner
 
 MESH = "mesh-test"
@@ -341,6 +343,18 @@ def test_refusal_is_one_error_frame_then_the_close() -> None:
     assert [type(o) for o in outputs] == [SendText, CloseConnection]
     assert outputs[1] == CloseConnection(conn, 1008, "bad_signature")
     assert not net.broker.is_open(conn)
+
+
+def test_a_tail_of_a_batch_is_its_texts_from_its_start_for_each_socket_still_open() -> None:
+    outputs = without_connection([SendTextTail((1, 2, 3), ("x", "y", "z"), 1)], 2)
+
+    assert list(expand_outputs(outputs)) == [
+        SendText(1, "y"),
+        SendText(1, "z"),
+        SendText(3, "y"),
+        SendText(3, "z"),
+    ]
+    assert without_connection([SendTextTail((2,), ("x",), 0)], 2) == []
 
 
 def test_hello_within_60s_of_the_broker_clock_is_accepted() -> None:
@@ -1519,6 +1533,24 @@ def test_a_batch_window_stays_open_while_arrivals_keep_coming_up_to_its_span() -
     net.advance(opened + span - net.now)
     heard = [e["event"] for e in net.system(a)]
     assert heard == ["peer_joined"] + ["peer_returned"] * (len(names) - 1)
+
+
+def test_a_batch_window_opened_in_a_small_mesh_grows_with_the_storm_that_fills_it() -> None:
+    net = Net(options=BrokerOptions(max_connections_per_mesh=4 * SOCKETS_PER_WINDOW))
+    window = net.broker.options.presence_batch
+    a = net.joined("a")
+    net.joined("b")  # a window opens in a small mesh: at most SPAN_WINDOWS windows long
+    net.system(a)
+    joins = 2 * SOCKETS_PER_WINDOW  # past its span as it was opened, not as the mesh grew
+    step = 1.5 * SPAN_WINDOWS * window / joins
+    for i in range(joins):
+        net.advance(step)
+        # Gone at once, its presence kept for the grace window: the mesh grows
+        # as a storm grows it, and only a and b hear of each arrival.
+        net.close(net.joined("c", sessionId=f"s{i}"))
+    assert net.system(a) == []  # the storm is still on
+    net.advance(SPAN_WINDOWS * window)
+    assert len(net.system(a)) == joins
 
 
 def test_a_batch_window_goes_out_once_the_mesh_is_quiet_for_a_window() -> None:
