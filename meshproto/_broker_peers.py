@@ -26,10 +26,12 @@ moves its end to a window after it (the window of the mesh's size then),
 but never past ``SPAN_WINDOWS`` such windows after it opened. So while a
 storm lasts, the broker answers hellos and keeps their news; the news goes
 out when the storm ends, or every ``SPAN_WINDOWS`` windows if it does not
-(at 5,000 peers, a window is half a second and news waits at most four). A batch whose texts reach
-``MAX_BATCH_CHARS`` goes out at once, so that no socket is handed more than
-about 2 MiB at a time (half of a default send buffer, see
-``meshproto_anyio.ServerOptions.max_send_buffer``).
+(at 5,000 peers, a window is half a second and news waits at most four
+seconds). A batch whose texts reach ``MAX_BATCH_CHARS`` goes out at once,
+so that no socket is handed more than about 2 MiB at a time (half of a
+default send buffer, see ``meshproto_anyio.ServerOptions.max_send_buffer``).
+The batch goes out as one :class:`SendTextTail` per point sockets hear it
+from, all holding the batch's one tuple of texts.
 """
 
 from __future__ import annotations

@@ -129,8 +129,8 @@ class _Joined:
     every tail is a view into those bytes, not a copy. So a batch to
     thousands of sockets that joined at different moments costs one copy of
     its frames, not one per distinct tail (which, in a join storm, was
-    hundreds of megabytes). A :class:`~meshproto.SendTextMany` whose texts
-    end the last joined ones is such a view too.
+    hundreds of megabytes). Each text is framed once per pump, whichever
+    outputs hold it.
     """
 
     __slots__ = ("_blob", "_offsets", "_texts")
@@ -147,16 +147,10 @@ class _Joined:
             self._join(texts, framed)
         return self._blob if start == 0 else memoryview(self._blob)[self._offsets[start] :]
 
-    def frames_of(self, texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes | memoryview:
+    def frames_of(self, texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes:
         if len(texts) == 1:
             return server_text_frame(texts[0])
-        known = self._texts
-        skip = len(known) - len(texts)
-        if skip >= 0 and known[skip:] == texts:  # equal texts make equal frames
-            return self._blob if skip == 0 else memoryview(self._blob)[self._offsets[skip] :]
-        if len(texts) > len(known):  # the longest so far: the one later tails are part of
-            return self._join(texts, framed)
-        return b"".join(self._frame(text, framed) for text in texts)
+        return b"".join([self._frame(text, framed) for text in texts])
 
     def _join(self, texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes:
         parts = []
