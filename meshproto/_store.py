@@ -312,7 +312,9 @@ class MemoryStore:
         the oldest are dropped, all at once, back down to ``limit`` (so that a
         store on disk trims in batches rather than on every send).
         """
-        records = self._dedupe.setdefault((mesh_id, sender), OrderedDict())
+        records = self._dedupe.get((mesh_id, sender))
+        if records is None:
+            records = self._dedupe[(mesh_id, sender)] = OrderedDict()
         records.pop(client_message_id, None)
         records[client_message_id] = (message_id, expires_at)
         keep = limit if len(records) > limit + slack else limit + slack
