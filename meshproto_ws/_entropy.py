@@ -19,15 +19,17 @@ handed out in order, each byte once:
   when this one runs out; a draw of more than a quarter of a block goes to
   the operating system directly). A lock makes every draw its own, whichever
   threads draw at once;
-* :func:`fresh_mask` is a frame's 4-byte masking key, drawn so;
+* :func:`fresh_mask` is a frame's 4-byte masking key, from a block of its
+  own cut into keys: taking one is a single ``list.pop``, which no other
+  thread can interleave with, so it needs no lock;
 * :class:`PooledSystemRandom` is a :class:`random.SystemRandom` whose
   ``random``, ``getrandbits`` and ``randbytes`` (and so everything built on
   them: ``randrange``, ``choice``, ``uniform``) draw so. It is the clients'
   default ``rng`` and the ``meshproto broker`` command's;
 * a process made by ``fork`` forgets the block it inherited
-  (:func:`os.register_at_fork`), so that it never hands out the bytes its
-  parent hands out, and gets a lock of its own (one held by another thread at
-  the fork would never be let go in the child).
+  (:func:`os.register_at_fork`) and the keys cut from one, so that it never
+  hands out the bytes its parent hands out, and gets a lock of its own (one
+  held by another thread at the fork would never be let go in the child).
 
 The bytes are the operating system's; holding a few KiB of them in memory is
 what libc's ``arc4random`` and libsodium do too.
@@ -81,6 +83,9 @@ class _Pool:
 
 _POOL = _Pool()
 os.register_at_fork(after_in_child=_POOL.forget)
+#: Masking keys cut from blocks, handed out from the end.
+_MASKS: list[bytes] = []
+os.register_at_fork(after_in_child=_MASKS.clear)
 
 
 def random_bytes(n: int) -> bytes:
@@ -90,7 +95,13 @@ def random_bytes(n: int) -> bytes:
 
 def fresh_mask() -> bytes:
     """A client frame's masking key: 4 fresh bytes from the operating system."""
-    return _POOL.take(4)
+    masks = _MASKS
+    while True:
+        try:
+            return masks.pop()
+        except IndexError:  # none left: cut a new block (another thread may too)
+            block = os.urandom(BLOCK)
+            masks.extend([block[at : at + 4] for at in range(0, BLOCK, 4)])
 
 
 class PooledSystemRandom(random.SystemRandom):

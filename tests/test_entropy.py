@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 
 from meshproto_ws import PooledSystemRandom, WsConnection, WsState, parse_ws_url
-from meshproto_ws._entropy import BLOCK, random_bytes
+from meshproto_ws._entropy import BLOCK, fresh_mask, random_bytes
 
 
 def test_draws_never_hand_out_the_same_bytes_twice_even_from_threads_at_once() -> None:
@@ -34,21 +34,46 @@ def test_draws_never_hand_out_the_same_bytes_twice_even_from_threads_at_once() -
     assert len(set(draws)) == len(draws)
 
 
+def test_masking_keys_are_never_handed_out_twice_even_from_threads_at_once() -> None:
+    keys: list[bytes] = []
+    lock = threading.Lock()
+
+    def draw() -> None:
+        mine = [fresh_mask() for _ in range(3 * BLOCK // 4)]  # three blocks' worth
+        with lock:
+            keys.extend(mine)
+
+    threads = [threading.Thread(target=draw) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(keys) == 4 * 3 * BLOCK // 4 and all(len(key) == 4 for key in keys)
+    # 12,288 random 32-bit keys repeat by chance about once in 57 runs, and
+    # three times about once in a million; a key handed out twice repeats a block.
+    assert len(keys) - len(set(keys)) < 3
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
 def test_a_forked_process_does_not_hand_out_the_bytes_its_parent_does() -> None:
     script = textwrap.dedent(
         """
         import os
-        from meshproto_ws._entropy import random_bytes
-        random_bytes(1)  # the parent now holds a block
+        from meshproto_ws._entropy import fresh_mask, random_bytes
+        random_bytes(1)  # the parent now holds a block, and cut keys
+        fresh_mask()
+        def draw():
+            return random_bytes(32) + b"".join(fresh_mask() for _ in range(8))
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            os.write(write, random_bytes(32))
+            os.write(write, draw())
             os._exit(0)
         os.waitpid(pid, 0)
-        child = os.read(read, 32)
-        print("same" if child == random_bytes(32) else "different")
+        child = os.read(read, 64)
+        parent = draw()
+        print("same" if child[:32] == parent[:32] or child[32:] == parent[32:] else "different")
         """
     )
     done = subprocess.run(
