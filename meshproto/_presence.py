@@ -97,6 +97,7 @@ class Presence:
     """A peer of a mesh: one session of one member, with or without a live socket."""
 
     __slots__ = (
+        "_member",
         "attested",
         "conn",
         "connected_at",
@@ -106,7 +107,7 @@ class Presence:
         "group_names",
         "groups",
         "hostname",
-        "member",
+        "member_pubkey",
         "mesh_id",
         "peer_type",
         "pid",
@@ -119,7 +120,7 @@ class Presence:
 
     def __init__(self, presence_id: str, member: Member, connected_at: float) -> None:
         self.presence_id = presence_id
-        self.member = member
+        self.member = member  # and member_pubkey, read on every message
         self.mesh_id = member.mesh_id
         self.connected_at = connected_at
         self.conn: Conn | None = None
@@ -138,8 +139,13 @@ class Presence:
         self.peer_type: str | None = None
 
     @property
-    def member_pubkey(self) -> str:
-        return self.member.pubkey
+    def member(self) -> Member:
+        return self._member
+
+    @member.setter
+    def member(self, member: Member) -> None:
+        self._member = member
+        self.member_pubkey = member.pubkey
 
     @property
     def pubkey(self) -> str:
