@@ -68,6 +68,12 @@ def iso_ms(when: float) -> str:
         millis = int(when * 1000)
     except (OverflowError, ValueError):
         millis = 0
+    return _iso_millis(millis)
+
+
+@functools.lru_cache(maxsize=16)
+def _iso_millis(millis: int) -> str:
+    """:func:`iso_ms` of a whole millisecond; a busy broker stamps many pushes in each."""
     seconds, fraction = divmod(millis, 1000)
     if not _FIRST_SECOND <= seconds <= _LAST_SECOND:
         seconds, fraction = 0, 0

@@ -12,10 +12,13 @@ import json
 import re
 import string
 from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
 from random import Random
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meshproto import (
     AcceptingVerifier,
@@ -36,6 +39,7 @@ from meshproto import (
     without_connection,
 )
 from meshproto._broker_peers import SOCKETS_PER_WINDOW, SPAN_WINDOWS
+from meshproto._brokerwire import iso_ms
 from meshproto.testing import FakeSigner
 
 MESH = "mesh-test"
@@ -355,6 +359,19 @@ def test_a_tail_of_a_batch_is_its_texts_from_its_start_for_each_socket_still_ope
         SendText(3, "z"),
     ]
     assert without_connection([SendTextTail((2,), ("x",), 0)], 2) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(when=st.floats(min_value=-62_135_596_800, max_value=253_402_300_799))
+def test_created_at_is_the_millisecond_in_iso_8601_whichever_came_before(when: float) -> None:
+    millis = int(when * 1000)
+    moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(milliseconds=millis)
+    if not -62_135_596_800 <= millis // 1000 <= 253_402_300_799:
+        moment = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    expected = f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+
+    assert iso_ms(when) == expected
+    assert iso_ms(when) == expected  # the same, from the cache
 
 
 def test_hello_within_60s_of_the_broker_clock_is_accepted() -> None:
