@@ -18,7 +18,11 @@ class BrokerOptions:
     hello) is ours: the protocol names no such limit. So are
     ``presence_batch`` (the batch window of system pushes, which stays open
     while they keep coming, up to eight windows; see
-    ``meshproto._broker_peers``) and ``push_window`` (the bytes of stored
+    ``meshproto._broker_peers``), ``presence_batch_chars`` (a batch whose
+    texts reach this many characters goes out at once: what one socket may
+    be handed at a time, so keep it under the adapter's send buffer,
+    ``meshproto_anyio.ServerOptions.max_send_buffer``, 4 MiB by default) and
+    ``push_window`` (the bytes of stored
     messages pushed to one socket and not yet known to be read, above which
     the rest wait for the pong to a ping; see ``meshproto._broker_messages``).
     """
@@ -38,6 +42,7 @@ class BrokerOptions:
     dedupe_limit_per_member: int = 10_000
     hello_timeout: float = 10.0
     presence_batch: float = 0.05
+    presence_batch_chars: int = 2 * 1_048_576
     push_window: int = 1_048_576
 
     def __post_init__(self) -> None:
@@ -61,6 +66,7 @@ class BrokerOptions:
             "max_payload",
             "hard_frame_cap",
             "dedupe_limit_per_member",
+            "presence_batch_chars",
             "push_window",
         ):
             value = getattr(self, name)

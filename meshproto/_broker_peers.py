@@ -27,9 +27,9 @@ but never past ``SPAN_WINDOWS`` such windows after it opened. So while a
 storm lasts, the broker answers hellos and keeps their news; the news goes
 out when the storm ends, or every ``SPAN_WINDOWS`` windows if it does not
 (at 5,000 peers, a window is half a second and news waits at most four
-seconds). A batch whose texts reach ``MAX_BATCH_CHARS`` goes out at once,
-so that no socket is handed more than about 2 MiB at a time (half of a
-default send buffer, see ``meshproto_anyio.ServerOptions.max_send_buffer``).
+seconds). A batch whose texts reach ``presence_batch_chars`` (2 MiB) goes
+out at once, so that no socket is handed more than that at a time (half of
+a default send buffer, see ``meshproto_anyio.ServerOptions.max_send_buffer``).
 The batch goes out as one :class:`SendTextTail` per point sockets hear it
 from, all holding the batch's one tuple of texts.
 """
@@ -51,14 +51,12 @@ from ._codec import encode
 from ._frames import Push
 from ._presence import Conn, Presence
 
-__all__ = ["MAX_BATCH_CHARS", "SOCKETS_PER_WINDOW", "SPAN_WINDOWS"]
+__all__ = ["SOCKETS_PER_WINDOW", "SPAN_WINDOWS"]
 
 #: A mesh of this many live sockets (or fewer) has batch windows of ``presence_batch``.
 SOCKETS_PER_WINDOW = 500
 #: A batch kept open by events that keep coming goes out this many windows after it opened.
 SPAN_WINDOWS = 8
-#: A batch whose texts reach this many characters goes out at once (a socket's burst).
-MAX_BATCH_CHARS = 2 * 1_048_576
 
 
 def _without_nones(entry: dict[str, Any], optional: tuple[str, ...]) -> dict[str, Any]:
@@ -124,7 +122,7 @@ class _Peers(_BrokerBase):
             text = self._event_text(mesh_id, event, data, now)
             batch.events.append((text, skip_id, self._attached))
             batch.size += len(text)
-            if batch.size >= MAX_BATCH_CHARS:
+            if batch.size >= self.options.presence_batch_chars:
                 self._flush_batch(mesh_id, now)  # a socket's burst stays bounded
             else:  # the window stays open while events keep coming, up to its span
                 batch.extend(self._window(self._presences.count(mesh_id)), now)

@@ -33,7 +33,6 @@ from meshproto import (
     SendText,
     SendTextTail,
     StaticRegistry,
-    _broker_peers,
     expand_outputs,
     hello_signing_payload,
     without_connection,
@@ -1584,17 +1583,14 @@ def test_a_batch_window_goes_out_once_the_mesh_is_quiet_for_a_window() -> None:
     assert [e["eventData"]["name"] for e in net.system(a)] == ["peer-c"]
 
 
-def test_a_batch_that_reaches_its_size_cap_goes_out_at_once(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    net = Net()
+def test_a_batch_that_reaches_its_size_cap_goes_out_at_once() -> None:
+    net = Net(options=BrokerOptions(presence_batch_chars=600))  # about two texts
     a = net.joined("a")
     net.joined("b")
     net.system(a)
     net.joined("c")
     assert net.system(a) == []  # waiting in the window
-    monkeypatch.setattr(_broker_peers, "MAX_BATCH_CHARS", 1)  # any text is too much now
-    net.joined("b", sessionId="second")
+    net.joined("b", sessionId="second")  # the batch reaches its cap
     assert [e["eventData"]["name"] for e in net.system(a)] == ["peer-c", "peer-b"]
 
 
@@ -1662,6 +1658,12 @@ def test_with_no_batch_window_every_event_goes_out_at_once() -> None:
 def test_a_negative_batch_window_is_refused() -> None:
     with pytest.raises(LocalProtocolError):
         BrokerOptions(presence_batch=-1)
+
+
+@pytest.mark.parametrize("chars", [0, -1, 1.5, True])
+def test_a_batch_cap_that_is_not_a_positive_integer_is_refused(chars: object) -> None:
+    with pytest.raises(LocalProtocolError, match="presence_batch_chars"):
+        BrokerOptions(presence_batch_chars=chars)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 32])
