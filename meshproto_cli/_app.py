@@ -159,6 +159,7 @@ BROKER_LIMITS: tuple[tuple[str, str], ...] = (
     ("hello_timeout", "seconds a socket may stay open without an accepted hello"),
     ("skew", "seconds a hello's timestamp may be from the broker's clock"),
     ("presence_batch", "seconds system pushes wait to go out together (per 500 sockets)"),
+    ("presence_batch_chars", "characters of system pushes a batch holds before it goes out"),
     ("push_window", "bytes of held messages in flight to one socket before a ping"),
 )
 
