@@ -8,6 +8,7 @@ import sys
 import textwrap
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -15,41 +16,34 @@ from meshproto_ws import PooledSystemRandom, WsConnection, WsState, parse_ws_url
 from meshproto_ws._entropy import BLOCK, fresh_mask, random_bytes
 
 
-def test_draws_never_hand_out_the_same_bytes_twice_even_from_threads_at_once() -> None:
-    draws: list[bytes] = []
+def drawn_by_four_threads_at_once(draw: Callable[[], bytes], count: int) -> list[bytes]:
+    """What ``count`` calls of ``draw`` in each of four threads, run together, handed out."""
+    drawn: list[bytes] = []
     lock = threading.Lock()
 
-    def draw() -> None:
-        mine = [random_bytes(16) for _ in range(3 * BLOCK // 16)]  # three blocks' worth
+    def run() -> None:
+        mine = [draw() for _ in range(count)]
         with lock:
-            draws.extend(mine)
+            drawn.extend(mine)
 
-    threads = [threading.Thread(target=draw) for _ in range(4)]
+    threads = [threading.Thread(target=run) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
     assert not any(thread.is_alive() for thread in threads)
-    assert len(draws) == 4 * 3 * BLOCK // 16
-    assert len(set(draws)) == len(draws)
+    assert len(drawn) == 4 * count
+    return drawn
+
+
+def test_draws_never_hand_out_the_same_bytes_twice_even_from_threads_at_once() -> None:
+    draws = drawn_by_four_threads_at_once(lambda: random_bytes(16), 3 * BLOCK // 16)
+    assert len(set(draws)) == len(draws)  # three blocks' worth from each thread
 
 
 def test_masking_keys_are_never_handed_out_twice_even_from_threads_at_once() -> None:
-    keys: list[bytes] = []
-    lock = threading.Lock()
-
-    def draw() -> None:
-        mine = [fresh_mask() for _ in range(3 * BLOCK // 4)]  # three blocks' worth
-        with lock:
-            keys.extend(mine)
-
-    threads = [threading.Thread(target=draw) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    assert not any(thread.is_alive() for thread in threads)
-    assert len(keys) == 4 * 3 * BLOCK // 4 and all(len(key) == 4 for key in keys)
+    keys = drawn_by_four_threads_at_once(fresh_mask, 3 * BLOCK // 4)  # three blocks' worth
+    assert all(len(key) == 4 for key in keys)
     # 12,288 random 32-bit keys repeat by chance about once in 57 runs, and
     # three times about once in a million; a key handed out twice repeats a block.
     assert len(keys) - len(set(keys)) < 3
