@@ -120,53 +120,51 @@ class _Socket:
     deadline: float | None = None  # handshake deadline, then close deadline
 
 
-class _Joined:
-    """The frames of a pump's many-socket outputs, joined once for all of them.
+class _Framed:
+    """The frames of one batch of outputs for many sockets, each made once.
 
-    A batch of system pushes goes out as tails of one sequence of texts
-    (:class:`~meshproto.SendTextTail`): each socket hears the batch from its
-    first event after it arrived. The whole batch is framed and joined once;
-    every tail is a view into those bytes, not a copy. So a batch to
-    thousands of sockets that joined at different moments costs one copy of
-    its frames, not one per distinct tail (which, in a join storm, was
-    hundreds of megabytes). Each text is framed once per pump, whichever
-    outputs hold it.
+    A text in several outputs (a batch of system pushes) is framed once for
+    all of them. A batch goes out as tails of one sequence of texts
+    (:class:`~meshproto.SendTextTail`): each socket hears it from its first
+    event after it arrived. The whole batch is joined once, and every tail
+    is a view into those bytes, not a copy. So a batch to thousands of
+    sockets that joined at different moments costs one copy of its frames,
+    not one per distinct tail (which, in a join storm, was hundreds of
+    megabytes). Made only when a pump meets such an output.
     """
 
-    __slots__ = ("_blob", "_offsets", "_texts")
+    __slots__ = ("_blob", "_by_text", "_offsets", "_texts")
 
     def __init__(self) -> None:
+        self._by_text: dict[int, bytes] = {}  # id(text) -> its frame, while outputs hold it
         self._texts: tuple[str, ...] = ()
         self._blob = b""
         self._offsets: list[int] = [0]  # where each text's frame starts in the blob, and the end
 
-    def tail_of(
-        self, texts: tuple[str, ...], start: int, framed: dict[int, bytes]
-    ) -> bytes | memoryview:
-        if texts is not self._texts:
-            self._join(texts, framed)
-        return self._blob if start == 0 else memoryview(self._blob)[self._offsets[start] :]
-
-    def frames_of(self, texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes:
+    def of(self, output: SendTextMany | SendTextTail) -> bytes | memoryview:
+        texts = output.texts
+        if type(output) is SendTextTail:
+            if texts is not self._texts:
+                self._join(texts)
+            start = output.start
+            return self._blob if start == 0 else memoryview(self._blob)[self._offsets[start] :]
         if len(texts) == 1:
             return server_text_frame(texts[0])
-        return b"".join([self._frame(text, framed) for text in texts])
+        return b"".join([self._frame(text) for text in texts])
 
-    def _join(self, texts: tuple[str, ...], framed: dict[int, bytes]) -> bytes:
+    def _join(self, texts: tuple[str, ...]) -> None:
         parts = []
         offsets = [0]
         for text in texts:
-            frame = self._frame(text, framed)
+            frame = self._frame(text)
             parts.append(frame)
             offsets.append(offsets[-1] + len(frame))
         self._texts, self._blob, self._offsets = texts, b"".join(parts), offsets
-        return self._blob
 
-    @staticmethod
-    def _frame(text: str, framed: dict[int, bytes]) -> bytes:
-        frame = framed.get(id(text))
+    def _frame(self, text: str) -> bytes:
+        frame = self._by_text.get(id(text))
         if frame is None:
-            frame = framed[id(text)] = server_text_frame(text)
+            frame = self._by_text[id(text)] = server_text_frame(text)
         return frame
 
 
@@ -346,16 +344,14 @@ class BrokerDriver:
         events are carried out one by one, and written once).
         """
         sockets = self._sockets
-        framed: dict[int, bytes] = {}  # id(text) -> its frame, while the outputs hold the texts
-        joined = _Joined()
         while outputs := self._broker.drain_outputs():
+            framed: _Framed | None = None  # while these outputs hold their texts
             for output in outputs:
                 if type(output) is SendTextMany or type(output) is SendTextTail:
                     try:
-                        if type(output) is SendTextTail:
-                            blob = joined.tail_of(output.texts, output.start, framed)
-                        else:
-                            blob = joined.frames_of(output.texts, framed)
+                        if framed is None:
+                            framed = _Framed()
+                        blob = framed.of(output)
                     except Exception:
                         logger.exception("unexpected error while framing texts for many sockets")
                         for conn_id in output.conn_ids:
@@ -379,8 +375,6 @@ class BrokerDriver:
                         CLOSE_INTERNAL_ERROR,
                     )
                     self._close_for_bug(conn_id, now)
-            framed.clear()
-            joined = _Joined()
         if flush:
             self._flush_dirty()
 
