@@ -121,7 +121,7 @@ class Client:
         self._on_event = on_event
         self._tasks: TaskGroup | None = None
         self._links: dict[int, SocketLink | ProtocolLink] = {}
-        self._write_turn = WriteTurn()
+        self._write_turn = WriteTurn(self._end_turn)
         self._opening: dict[int, anyio.CancelScope] = {}
         self._outcomes = Outcomes(self._core, system_limit=SYSTEM_MESSAGE_LIMIT)
         self._rearm = anyio.Event()
@@ -371,7 +371,7 @@ class Client:
         self._apply(now)
         if self._loop is not None:
             self._turn_open = True
-            self._loop.call_soon(self._end_turn)
+            self._write_turn.defer()  # one callback ends the turn, the links' writes too
 
     def _end_turn(self) -> None:
         self._turn_open = False

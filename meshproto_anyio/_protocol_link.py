@@ -111,19 +111,44 @@ class WriteTurn:
     then every link that wrote hands over what it held back. A link whose
     hand-over fails (a bug) is logged and aborted; the others still hand
     over theirs, and their next turn is a turn like any.
+
+    An owner with work of its own for the end of the turn (the client's user
+    calls after the first, carried out together) passes ``on_end`` and calls
+    :meth:`defer`: the same one callback runs ``on_end`` first, then the
+    hand-over, so what ``on_end`` writes leaves with the rest of the turn's
+    writes and a turn costs the loop one callback, not two.
     """
 
-    __slots__ = ("_links",)
+    __slots__ = ("_deferred", "_links", "_on_end", "_scheduled")
 
-    def __init__(self) -> None:
+    def __init__(self, on_end: Callable[[], None] | None = None) -> None:
         self._links: list[ProtocolLink] = []
+        self._on_end = on_end
+        self._deferred = False
+        self._scheduled = False
+
+    def defer(self) -> None:
+        """Run ``on_end`` at the end of this turn (once, however often this is called)."""
+        self._deferred = True
+        self._schedule()
 
     def wrote(self, link: ProtocolLink) -> None:
-        if not self._links:
-            asyncio.get_running_loop().call_soon(self._end)
+        self._schedule()
         self._links.append(link)
 
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._end)
+
     def _end(self) -> None:
+        if self._deferred and self._on_end is not None:
+            self._deferred = False
+            try:
+                self._on_end()
+            except Exception:  # the owner's bug (it contains its own): the writes still go
+                logger.exception("the end of a loop turn failed")
+        self._scheduled = False
         links, self._links = self._links, []
         for link in links:
             try:

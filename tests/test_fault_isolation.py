@@ -218,7 +218,7 @@ async def test_a_bug_in_the_end_of_turn_pass_becomes_an_event_and_loses_no_send(
             finally:
                 ending[0] = False
 
-        monkeypatch.setattr(alice, "_end_turn", observed_end_turn)
+        monkeypatch.setattr(alice._write_turn, "_on_end", observed_end_turn)
         drain = alice._driver.drain_commands
         planted = [1]
 

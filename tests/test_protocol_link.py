@@ -240,6 +240,69 @@ def test_a_link_that_fails_at_the_end_of_a_turn_does_not_hold_up_the_others(
     assert [r for r in caplog.records if r.exc_text and "planted transport bug" in r.exc_text]
 
 
+def test_the_owners_end_of_turn_and_the_hand_over_are_one_loop_callback() -> None:
+    async def test() -> None:
+        loop = asyncio.get_running_loop()
+        scheduled: list[object] = []
+        call_soon = loop.call_soon
+
+        def counted(callback: Any, *args: Any, **kwargs: Any) -> asyncio.Handle:
+            scheduled.append(callback)
+            return call_soon(callback, *args, **kwargs)
+
+        loop.call_soon = counted  # type: ignore[method-assign]
+        ended: list[int] = []
+
+        def on_end() -> None:  # the owner's deferred calls: they write too
+            ended.append(len(transport.written))
+            link.write(b"deferred")
+
+        turn = WriteTurn(on_end)
+        owner = Owner()
+        link = owner.link(turn)
+        transport = ScriptedTransport()
+        link.connection_made(transport)
+        try:
+            link.write(b"first")  # the turn's first write leaves at once
+            turn.defer()
+            link.write(b"held")
+            turn.defer()  # deferring twice still ends the turn once
+            assert len(scheduled) == 1
+            await end_of_turn()
+        finally:
+            loop.call_soon = call_soon  # type: ignore[method-assign]
+        assert ended == [1]
+        # what the owner wrote at the end leaves with what the turn held, in one write
+        assert transport.written == [b"first", b"helddeferred"]
+
+    run(test)
+
+
+def test_an_owner_whose_end_of_turn_fails_still_gets_its_links_writes_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def test() -> None:
+        def on_end() -> None:
+            raise RuntimeError("planted end-of-turn bug")
+
+        turn = WriteTurn(on_end)
+        owner = Owner()
+        link, transport = opened(owner.link(turn))
+        link.write(b"first")
+        link.write(b"held")
+        turn.defer()
+        await end_of_turn()
+        assert transport.written == [b"first", b"held"]
+        assert not link.closing
+        link.write(b"next turn")  # the next turn is a turn like any
+        await end_of_turn()
+        assert transport.written == [b"first", b"held", b"next turn"]
+
+    with caplog.at_level(logging.ERROR):
+        run(test)
+    assert [r for r in caplog.records if r.exc_text and "planted end-of-turn bug" in r.exc_text]
+
+
 def test_reading_paused_before_tls_is_up_stays_paused_once_it_is() -> None:
     async def test() -> None:
         owner = Owner()
