@@ -153,9 +153,8 @@ class Inbox:
     @property
     def full(self) -> bool:
         """Whether to read no more: ``limit`` messages waiting, or ``hold_limit`` held."""
-        return self.limit > 0 and (
-            len(self._queue) >= self.limit or len(self._taken) >= self.hold_limit
-        )
+        limit = self.limit  # read after every input: ``hold_limit`` inlined
+        return limit > 0 and (len(self._queue) >= limit or len(self._taken) >= self.window - limit)
 
     @property
     def remembered(self) -> int:

@@ -93,6 +93,8 @@ __all__ = ["MAX_SEND_BUFFER", "SYSTEM_MESSAGE_LIMIT", "Client", "connect"]
 logger = logging.getLogger("meshproto.anyio")
 
 
+#: Not a socket id: the links have not been told which socket not to read.
+_NOT_TOLD = -1
 #: System messages kept for :meth:`Client.system_messages` (oldest dropped first).
 SYSTEM_MESSAGE_LIMIT = 256
 #: Bytes waiting to be written before the socket is given up on (a broker
@@ -132,6 +134,8 @@ class Client:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._turn_open = False
         self._owed = False
+        # The socket the links were last told not to read (_NOT_TOLD: tell them again).
+        self._paused_told: int | None = _NOT_TOLD
         self._messages_pulse = Pulse(self._new_signal)
         self._system_pulse = Pulse(self._new_signal)
         self._state_pulse = Pulse(self._new_signal)
@@ -412,11 +416,13 @@ class Client:
         for event in driver.drain_events():
             self._deliver(event)
         paused = driver.paused_socket
-        for socket_id, link in self._links.items():
-            if socket_id == paused:
-                link.pause_reading()
-            else:
-                link.resume_reading()
+        if paused != self._paused_told:  # links are told only when it changes
+            self._paused_told = paused
+            for socket_id, link in self._links.items():
+                if socket_id == paused:
+                    link.pause_reading()
+                else:
+                    link.resume_reading()
         # Wake the timer only if it sleeps past the next deadline; waking late
         # for one that moved later is harmless (nothing is due yet, it re-arms).
         due = driver.next_deadline()
@@ -457,6 +463,7 @@ class Client:
             max_buffered=self._max_send_buffer,
         )
         self._links[socket_id] = link
+        self._paused_told = _NOT_TOLD  # the new link hears whether to read
         try:
             self._guarded(
                 "an opened socket",
@@ -550,6 +557,7 @@ class Client:
             link.abort()
         else:
             self._links[socket_id] = link
+            self._paused_told = _NOT_TOLD  # the new link hears whether to read
             self._guarded(
                 "an opened socket",
                 lambda now: self._driver.socket_opened(socket_id, now=now),

@@ -212,6 +212,28 @@ async def test_a_request_made_while_using_a_message_taken_from_a_full_inbox_is_a
     assert isinstance(peers, tuple)
 
 
+async def test_a_socket_opened_while_the_inbox_is_full_is_not_read_until_room_is_made() -> None:
+    async with running_broker(make_broker("b")) as server:
+        async with join(server.url, "a") as a:
+            with anyio.fail_after(5):
+                await a.wait_state(OPEN)
+                for index in range(2):
+                    await a.send(member("b").pubkey, f"stored {index}")
+        full_at_two = dataclasses.replace(FAST, inbox_limit=2)
+        async with join(server.url, "b", options=full_at_two) as b:
+            with anyio.fail_after(5):
+                await eventually(lambda: b._core.reading_paused)  # both arrived: full
+                (first,) = b._links
+                assert server.abort_connections() == 1
+                # the reconnect's socket opens with the inbox still full: it is not read
+                await eventually(lambda: any(socket_id != first for socket_id in b._links))
+                (second,) = (link for socket_id, link in b._links.items() if socket_id != first)
+                assert second.reading_paused
+                taken = [await anext(b.messages()) for _ in range(2)]  # room: it is read
+                await eventually(lambda: b.state is OPEN and not second.reading_paused)
+    assert [getattr(m, "text", None) for m in taken] == ["stored 0", "stored 1"]
+
+
 async def test_an_acknowledged_message_is_forgotten_by_the_broker() -> None:
     broker = make_broker("b")
     async with running_broker(broker) as server:

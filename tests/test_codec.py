@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any
 
 import pytest
@@ -36,6 +37,7 @@ from meshproto import (
 )
 from meshproto import _codec as codec
 from meshproto._codec import compact_json, frame_text
+from meshproto._targets import check_target, is_direct_target
 
 # --- strategies ------------------------------------------------------------------
 
@@ -692,3 +694,23 @@ def test_decode_of_known_type_with_random_fields_never_raises_anything_else(
 def test_encoding_something_that_is_not_a_frame_is_a_local_error(thing: Any) -> None:
     with pytest.raises(LocalProtocolError):
         encode(thing)
+
+
+# --- target specs --------------------------------------------------------------------
+
+_PUBKEY_LIKE = st.one_of(
+    st.text(alphabet="0123456789abcdefABCDEF \n\u0663g", min_size=62, max_size=66),
+    st.text(max_size=70),
+    st.sampled_from(["*", "@all", "@ops", "#topic", "a" * 64 + "\n", "\u0663" * 64]),
+)
+
+
+@given(_PUBKEY_LIKE)
+def test_a_target_is_a_pubkey_exactly_when_it_is_64_lowercase_hex_digits(target: str) -> None:
+    hex64 = re.fullmatch(r"[0-9a-f]{64}", target) is not None
+    assert is_direct_target(target) == hex64
+    if hex64:
+        check_target(target)  # accepted without a word
+    elif len(target) == 64 and re.fullmatch(r"[0-9a-fA-F]{64}", target):
+        with pytest.raises(LocalProtocolError, match="lowercase hex"):
+            check_target(target)

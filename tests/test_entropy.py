@@ -1,4 +1,4 @@
-"""The operating system's random bytes, drawn in blocks (meshproto_ws._entropy)."""
+"""The operating system's random bytes, drawn in advance (meshproto_ws._entropy)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from meshproto_ws import PooledSystemRandom, WsConnection, WsState, parse_ws_url
-from meshproto_ws._entropy import BLOCK, fresh_mask, random_bytes
+from meshproto_ws._entropy import CUT_MAX, PIECES, fresh_mask, random_bytes
 
 
 def drawn_by_four_threads_at_once(draw: Callable[[], bytes], count: int) -> list[bytes]:
@@ -37,15 +37,15 @@ def drawn_by_four_threads_at_once(draw: Callable[[], bytes], count: int) -> list
 
 
 def test_draws_never_hand_out_the_same_bytes_twice_even_from_threads_at_once() -> None:
-    draws = drawn_by_four_threads_at_once(lambda: random_bytes(16), 3 * BLOCK // 16)
-    assert len(set(draws)) == len(draws)  # three blocks' worth from each thread
+    draws = drawn_by_four_threads_at_once(lambda: random_bytes(16), 3 * PIECES)
+    assert len(set(draws)) == len(draws)  # three cuts' worth from each thread
 
 
 def test_masking_keys_are_never_handed_out_twice_even_from_threads_at_once() -> None:
-    keys = drawn_by_four_threads_at_once(fresh_mask, 3 * BLOCK // 4)  # three blocks' worth
+    keys = drawn_by_four_threads_at_once(fresh_mask, 3 * PIECES)  # three cuts' worth
     assert all(len(key) == 4 for key in keys)
-    # 12,288 random 32-bit keys repeat by chance about once in 57 runs, and
-    # three times about once in a million; a key handed out twice repeats a block.
+    # 3,072 random 32-bit keys repeat by chance about once in 900 runs, and
+    # three times about once in 10**9; a key handed out twice repeats a whole cut.
     assert len(keys) - len(set(keys)) < 3
 
 
@@ -55,7 +55,7 @@ def test_a_forked_process_does_not_hand_out_the_bytes_its_parent_does() -> None:
         """
         import os
         from meshproto_ws._entropy import fresh_mask, random_bytes
-        random_bytes(1)  # the parent now holds a block, and cut keys
+        random_bytes(32)  # the parent now holds cut pieces, and cut keys
         fresh_mask()
         def draw():
             return random_bytes(32) + b"".join(fresh_mask() for _ in range(8))
@@ -76,7 +76,7 @@ def test_a_forked_process_does_not_hand_out_the_bytes_its_parent_does() -> None:
     assert done.stdout.strip() == "different"
 
 
-@pytest.mark.parametrize("n", [0, 1, 7, BLOCK // 4, BLOCK // 4 + 1, 3 * BLOCK])
+@pytest.mark.parametrize("n", [0, 1, 7, CUT_MAX, CUT_MAX + 1, 3 * 4096])
 def test_random_bytes_are_as_many_as_asked_for(n: int) -> None:
     assert len(random_bytes(n)) == n
     assert len(PooledSystemRandom().randbytes(n)) == n
