@@ -337,15 +337,18 @@ class ClientConnection(_ClientLink):
         best = self._state_deadline
         if self._state is ConnectionState.OPEN:
             due = self._ping_due
-            if not (self._inbox.full or self._liveness_restart):
+            if not (self._liveness_restart or self._inbox.full):
                 due = min(due, self._last_inbound + self.options.liveness_timeout)
-            best = due if best is None or due < best else best
-        if self._in_flight:
+            if best is None or due < best:
+                best = due
+        if self._in_flight:  # the oldest send's deadline is the earliest
             due = next(iter(self._in_flight.values())).deadline
-            best = due if best is None or due < best else best
+            if best is None or due < best:
+                best = due
         if self._requests:
             due = next(iter(self._requests.values())).deadline
-            best = due if best is None or due < best else best
+            if best is None or due < best:
+                best = due
         return best
 
     # --- user calls ---------------------------------------------------------

@@ -364,7 +364,7 @@ class Client:
         return self._core.state is ConnectionState.CLOSED
 
     def _new_signal(self) -> Signal:
-        return new_signal(self._loop is not None)
+        return new_signal(self._loop)
 
     def _carry_out(self, now: float | None = None) -> None:
         """Carry out a user call: at once if it is the first of this loop turn (or on trio),
@@ -393,7 +393,9 @@ class Client:
         driver = self._driver
         if now is None:
             now = self._clock()
-        while commands := driver.drain_commands(now=now):
+        commands = driver.drain_commands(now=now)
+        while commands:
+            failed = False  # only a failed socket can make more commands here
             for command in commands:
                 if isinstance(command, WriteBytes):
                     link = self._links.get(command.socket_id)
@@ -402,6 +404,7 @@ class Client:
                         driver.socket_failed(
                             command.socket_id, now=now, reason="send buffer overflow"
                         )
+                        failed = True
                 elif isinstance(command, OpenSocket):
                     assert self._tasks is not None
                     self._opening[command.socket_id] = anyio.CancelScope()
@@ -413,6 +416,7 @@ class Client:
                     scope = self._opening.get(command.socket_id)
                     if scope is not None:
                         scope.cancel()
+            commands = driver.drain_commands(now=now) if failed else []
         for event in driver.drain_events():
             self._deliver(event)
         paused = driver.paused_socket

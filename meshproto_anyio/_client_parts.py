@@ -18,6 +18,7 @@ import anyio.lowlevel
 
 __all__ = [
     "Arrivals",
+    "LoopEvent",
     "OneWaiter",
     "Outcome",
     "Pulse",
@@ -40,14 +41,54 @@ class Signal(Protocol):
     async def wait(self) -> object: ...
 
 
-def new_signal(on_asyncio: bool) -> Signal:
-    """An event for the waits of a :class:`Pulse`: asyncio's own on asyncio, anyio's elsewhere.
+def new_signal(loop: asyncio.AbstractEventLoop | None) -> Signal:
+    """An event for the waits of a :class:`Pulse`: a :class:`LoopEvent` on ``loop`` (asyncio),
+    anyio's elsewhere.
 
     On asyncio, :class:`anyio.Event` is a wrapper around :class:`asyncio.Event`
     that asks which library runs (sniffio) each time one is made, so the
-    client makes asyncio's directly.
+    client makes its own there.
     """
-    return asyncio.Event() if on_asyncio else anyio.Event()
+    return anyio.Event() if loop is None else LoopEvent(loop)
+
+
+class LoopEvent:
+    """A :class:`Signal` for any number of waiting tasks on one asyncio loop.
+
+    What :class:`asyncio.Event` does, on the loop it is given: asyncio's asks
+    for the running loop at each event's first wait, which on Python 3.11 is
+    a system call (``getpid``), and a :class:`Pulse` makes an event per wait:
+    per message, for a task reading messages. Each waiter awaits a future of
+    its own, so cancelling one cancels no other.
+    """
+
+    __slots__ = ("_loop", "_set", "_waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            for future in self._waiters:
+                if not future.done():  # a cancelled wait is done
+                    future.set_result(None)
+
+    def is_set(self) -> bool:
+        return self._set
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        future = self._loop.create_future()
+        self._waiters.append(future)
+        try:
+            await future
+            return True
+        finally:
+            self._waiters.remove(future)
 
 
 class OneWaiter:

@@ -119,9 +119,13 @@ class WriteTurn:
     writes and a turn costs the loop one callback, not two.
     """
 
-    __slots__ = ("_deferred", "_links", "_on_end", "_scheduled")
+    __slots__ = ("_deferred", "_links", "_loop", "_on_end", "_scheduled")
 
     def __init__(self, on_end: Callable[[], None] | None = None) -> None:
+        # The loop of the first turn (an owner's links all live on one loop),
+        # so that a turn does not ask for the running loop: on Python 3.11
+        # that asks the operating system for the process id every time.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._links: list[ProtocolLink] = []
         self._on_end = on_end
         self._deferred = False
@@ -139,7 +143,10 @@ class WriteTurn:
     def _schedule(self) -> None:
         if not self._scheduled:
             self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._end)
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
+            loop.call_soon(self._end)
 
     def _end(self) -> None:
         if self._deferred and self._on_end is not None:
