@@ -26,7 +26,8 @@ except ImportError as _exc:
 
 from meshproto._lazy import lazy_names
 
-from ._client import SYSTEM_MESSAGE_LIMIT, Client, connect
+from ._client import SYSTEM_MESSAGE_LIMIT, Client
+from ._connect import connect
 
 if TYPE_CHECKING:  # loaded on first use, below; spelled out for type checkers
     from ._server import (
