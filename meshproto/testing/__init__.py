@@ -26,14 +26,14 @@ from __future__ import annotations
 
 from ._broker_harness import BrokerHarness, ByteSource
 from ._broker_oracle import BrokerOracle
-from ._client_oracle import (
+from ._client_harness import (
     ACK_ERROR_TEXTS,
     PERMANENT_CLOSES,
     TARGETS,
     TRANSIENT_CLOSES,
     ClientHarness,
-    ClientOracle,
 )
+from ._client_oracle import ClientOracle
 from ._fakes import ContractViolation, FakeSigner
 
 __all__ = [
