@@ -149,13 +149,15 @@ class WriteTurn:
             loop.call_soon(self._end)
 
     def _end(self) -> None:
+        # What ``on_end`` defers again, or a link's first write in it, is the
+        # next turn's business: it schedules the next end.
+        self._scheduled = False
         if self._deferred and self._on_end is not None:
             self._deferred = False
             try:
                 self._on_end()
             except Exception:  # the owner's bug (it contains its own): the writes still go
                 logger.exception("the end of a loop turn failed")
-        self._scheduled = False
         links, self._links = self._links, []
         for link in links:
             try:

@@ -278,6 +278,27 @@ def test_the_owners_end_of_turn_and_the_hand_over_are_one_loop_callback() -> Non
     run(test)
 
 
+def test_work_the_owners_end_of_turn_defers_again_is_done_in_the_next_turn() -> None:
+    async def test() -> None:
+        ends: list[int] = []
+
+        def on_end() -> None:  # an on_event hook that makes a call: owed to the next turn
+            ends.append(len(link_transport.written))
+            if len(ends) == 1:
+                turn.defer()
+                link.write(b"from the hook")
+
+        turn = WriteTurn(on_end)
+        link, link_transport = opened(Owner().link(turn))
+        turn.defer()
+        for _ in range(3):
+            await end_of_turn()
+        assert ends == [0, 1]
+        assert link_transport.written == [b"from the hook"]
+
+    run(test)
+
+
 def test_an_owner_whose_end_of_turn_fails_still_gets_its_links_writes_out(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
