@@ -7,6 +7,8 @@ import dataclasses
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import anyio
 import pytest
@@ -36,7 +38,7 @@ from meshproto import (
     SendError,
     encode,
 )
-from meshproto_anyio import Client, running_broker
+from meshproto_anyio import BrokerServer, Client, running_broker
 from meshproto_ws import CLIENT_MAX_MESSAGE_BYTES
 from meshproto_ws import Closed as WsClosed
 
@@ -194,43 +196,42 @@ async def test_a_message_handed_over_unacknowledged_comes_back_to_the_next_sessi
     assert first.message_id == again.message_id == message_id
 
 
+@asynccontextmanager
+async def full_with_two(server: BrokerServer) -> AsyncIterator[Client]:
+    """``b`` joined with an inbox of two, full of the two messages ``a`` left for it."""
+    async with join(server.url, "a") as a:
+        with anyio.fail_after(5):
+            await a.wait_state(OPEN)
+            for index in range(2):
+                await a.send(member("b").pubkey, f"stored {index}")
+    full_at_two = dataclasses.replace(FAST, inbox_limit=2)
+    async with join(server.url, "b", options=full_at_two) as b:
+        with anyio.fail_after(5):
+            await eventually(lambda: b._core.reading_paused)  # both arrived: full
+        yield b
+
+
 async def test_a_request_made_while_using_a_message_taken_from_a_full_inbox_is_answered() -> None:
-    async with running_broker(make_broker("b")) as server:
-        async with join(server.url, "a") as a:
-            with anyio.fail_after(5):
-                await a.wait_state(OPEN)
-                for index in range(2):
-                    await a.send(member("b").pubkey, f"stored {index}")
-        full_at_two = dataclasses.replace(FAST, inbox_limit=2)
-        async with join(server.url, "b", options=full_at_two) as b:
-            with anyio.fail_after(5):
-                await eventually(lambda: b._core.reading_paused)  # both arrived: full
-                message = await anext(b.messages(acknowledge=False))
-                peers = await b.list_peers()  # while the message is in use
-                await b.acknowledge(message)
+    async with running_broker(make_broker("b")) as server, full_with_two(server) as b:
+        with anyio.fail_after(5):
+            message = await anext(b.messages(acknowledge=False))
+            peers = await b.list_peers()  # while the message is in use
+            await b.acknowledge(message)
     assert isinstance(message, MessageReceived) and message.text == "stored 0"
     assert isinstance(peers, tuple)
 
 
 async def test_a_socket_opened_while_the_inbox_is_full_is_not_read_until_room_is_made() -> None:
-    async with running_broker(make_broker("b")) as server:
-        async with join(server.url, "a") as a:
-            with anyio.fail_after(5):
-                await a.wait_state(OPEN)
-                for index in range(2):
-                    await a.send(member("b").pubkey, f"stored {index}")
-        full_at_two = dataclasses.replace(FAST, inbox_limit=2)
-        async with join(server.url, "b", options=full_at_two) as b:
-            with anyio.fail_after(5):
-                await eventually(lambda: b._core.reading_paused)  # both arrived: full
-                (first,) = b._links
-                assert server.abort_connections() == 1
-                # the reconnect's socket opens with the inbox still full: it is not read
-                await eventually(lambda: any(socket_id != first for socket_id in b._links))
-                (second,) = (link for socket_id, link in b._links.items() if socket_id != first)
-                assert second.reading_paused
-                taken = [await anext(b.messages()) for _ in range(2)]  # room: it is read
-                await eventually(lambda: b.state is OPEN and not second.reading_paused)
+    async with running_broker(make_broker("b")) as server, full_with_two(server) as b:
+        with anyio.fail_after(5):
+            (first,) = b._links
+            assert server.abort_connections() == 1
+            # the reconnect's socket opens with the inbox still full: it is not read
+            await eventually(lambda: any(socket_id != first for socket_id in b._links))
+            (second,) = (link for socket_id, link in b._links.items() if socket_id != first)
+            assert second.reading_paused
+            taken = [await anext(b.messages()) for _ in range(2)]  # room: it is read
+            await eventually(lambda: b.state is OPEN and not second.reading_paused)
     assert [getattr(m, "text", None) for m in taken] == ["stored 0", "stored 1"]
 
 
