@@ -79,6 +79,7 @@ from ._seams import (
     hello_signing_payload,
     session_hello_signing_payload,
 )
+from ._targets import is_pubkey
 
 __all__ = [
     "GROUPS_LIMIT",
@@ -96,7 +97,6 @@ __all__ = [
 
 logger = logging.getLogger("meshproto.broker")
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 
 POLICY_VIOLATION = 1008
@@ -195,12 +195,12 @@ def check_hello(hello: Hello, *, now: float, skew: float, verifier: Verifier) ->
     signature = hello.signature
     if (
         _oversized(hello)
-        or _HEX64.fullmatch(hello.pubkey) is None
+        or not is_pubkey(hello.pubkey)
         or signature is None
         or _HEX128.fullmatch(signature) is None
     ):
         return MALFORMED
-    if hello.session_pubkey is not None and _HEX64.fullmatch(hello.session_pubkey) is None:
+    if hello.session_pubkey is not None and not is_pubkey(hello.session_pubkey):
         return BAD_SESSION_PUBKEY
     payload = hello_signing_payload(hello.mesh_id, hello.member_id, hello.pubkey, timestamp)
     return None if _verified(verifier, hello.pubkey, payload, signature) else BAD_SIGNATURE
@@ -217,9 +217,9 @@ def check_session_hello(
     if signature is None or _HEX128.fullmatch(signature) is None or _oversized(hello):
         return SESSION_MALFORMED
     parent, session = hello.parent_member_pubkey, hello.session_pubkey
-    if _HEX64.fullmatch(parent) is None:
+    if not is_pubkey(parent):
         return BAD_PARENT_PUBKEY
-    if _HEX64.fullmatch(session) is None:
+    if not is_pubkey(session):
         return BAD_SESSION_PUBKEY
     attestation = hello.parent_attestation
     if attestation.session_pubkey != session or attestation.parent_member_pubkey != parent:

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshproto import is_pubkey
+
 __all__ = [
     "FileProblem",
     "JoinedMesh",
@@ -58,7 +60,6 @@ __all__ = [
 
 logger = logging.getLogger("meshproto.files")
 
-_HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX128 = re.compile(r"[0-9a-f]{128}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -244,7 +245,7 @@ class JoinedMesh:
             broker_url=_field(record, "brokerUrl", where),
             joined_at=_field(record, "joinedAt", where),
         )
-        if not _HEX64.fullmatch(mesh.pubkey):
+        if not is_pubkey(mesh.pubkey):
             raise FileProblem(f"{where}: pubkey must be 64 lowercase hex characters")
         if not _HEX128.fullmatch(mesh.secret_key) or mesh.secret_key[64:] != mesh.pubkey:
             raise FileProblem(f"{where}: secretKey must be 128 hex ending with the pubkey")
@@ -331,7 +332,7 @@ def load_or_create_session_keys(
             if (
                 isinstance(pubkey, str)
                 and isinstance(secret, str)
-                and _HEX64.fullmatch(pubkey)
+                and is_pubkey(pubkey)
                 and _HEX128.fullmatch(secret)
                 and secret[64:] == pubkey
             ):
@@ -475,7 +476,7 @@ def load_members_file(path: Path) -> MembersFile:
         if not isinstance(row, dict):
             raise FileProblem(f"{where}: must be an object")
         pubkey = _field(row, "pubkey", where)
-        if not _HEX64.fullmatch(pubkey):
+        if not is_pubkey(pubkey):
             raise FileProblem(f"{where}: pubkey must be 64 lowercase hex characters")
         if pubkey in first_row:  # which row's revoked and groups would count? neither
             raise FileProblem(
