@@ -153,8 +153,9 @@ class Inbox:
     @property
     def full(self) -> bool:
         """Whether to read no more: ``limit`` messages waiting, or ``hold_limit`` held."""
-        limit = self.limit  # read after every input: ``hold_limit`` inlined
-        return limit > 0 and (len(self._queue) >= limit or len(self._taken) >= self.window - limit)
+        return self.limit > 0 and (
+            len(self._queue) >= self.limit or len(self._taken) >= self.hold_limit
+        )
 
     @property
     def remembered(self) -> int:

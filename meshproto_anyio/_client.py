@@ -122,8 +122,8 @@ class Client:
         # The deadline the timer task sleeps until: it is woken only for an earlier one.
         self._armed = math.inf
         # On asyncio, user calls after the first of a loop turn are carried out at its end.
+        # (The turn is open while ``self._write_turn.deferred``.)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._turn_open = False
         self._owed = False
         # The socket the links were last told not to read (_NOT_TOLD: tell them again).
         self._paused_told: int | None = _NOT_TOLD
@@ -354,22 +354,24 @@ class Client:
     def _closed_now(self) -> bool:
         return self._core.state is ConnectionState.CLOSED
 
+    def _add_link(self, socket_id: int, link: SocketLink | ProtocolLink) -> None:
+        self._links[socket_id] = link
+        self._paused_told = _NOT_TOLD  # the new link hears whether to read
+
     def _new_signal(self) -> Signal:
         return new_signal(self._loop)
 
     def _carry_out(self, now: float | None = None) -> None:
         """Carry out a user call: at once if it is the first of this loop turn (or on trio),
         otherwise in one pass at the end of the turn (see the module docstring)."""
-        if self._turn_open:
+        if self._write_turn.deferred:
             self._owed = True
             return
         self._apply(now)
         if self._loop is not None:
-            self._turn_open = True
             self._write_turn.defer()  # one callback ends the turn, the links' writes too
 
     def _end_turn(self) -> None:
-        self._turn_open = False
         if self._owed:
             self._guarded("the calls of a loop turn", nothing_more, self._clock())
 
@@ -457,8 +459,7 @@ class Client:
             close_timeout=self._driver.close_timeout,
             max_buffered=self._max_send_buffer,
         )
-        self._links[socket_id] = link
-        self._paused_told = _NOT_TOLD  # the new link hears whether to read
+        self._add_link(socket_id, link)
         try:
             self._guarded(
                 "an opened socket",
@@ -551,8 +552,7 @@ class Client:
         if scope.cancel_called:  # abandoned just as it opened
             link.abort()
         else:
-            self._links[socket_id] = link
-            self._paused_told = _NOT_TOLD  # the new link hears whether to read
+            self._add_link(socket_id, link)
             self._guarded(
                 "an opened socket",
                 lambda now: self._driver.socket_opened(socket_id, now=now),

@@ -131,6 +131,11 @@ class WriteTurn:
         self._deferred = False
         self._scheduled = False
 
+    @property
+    def deferred(self) -> bool:
+        """Whether ``on_end`` is due at the end of this turn (it is not running yet)."""
+        return self._deferred
+
     def defer(self) -> None:
         """Run ``on_end`` at the end of this turn (once, however often this is called)."""
         self._deferred = True
