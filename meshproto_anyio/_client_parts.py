@@ -19,7 +19,6 @@ import anyio.lowlevel
 __all__ = [
     "Arrivals",
     "LoopEvent",
-    "OneWaiter",
     "Outcome",
     "Pulse",
     "Signal",
@@ -57,9 +56,10 @@ class LoopEvent:
 
     What :class:`asyncio.Event` does, on the loop it is given: asyncio's asks
     for the running loop at each event's first wait, which on Python 3.11 is
-    a system call (``getpid``), and a :class:`Pulse` makes an event per wait:
-    per message, for a task reading messages. Each waiter awaits a future of
-    its own, so cancelling one cancels no other.
+    a system call (``getpid``), and the client makes an event per wait: a
+    :class:`Pulse` per message, for a task reading messages, and an
+    :class:`Outcome` per send. Each waiter awaits a future of its own, so
+    cancelling one cancels no other.
     """
 
     __slots__ = ("_loop", "_set", "_waiters")
@@ -89,40 +89,6 @@ class LoopEvent:
             return True
         finally:
             self._waiters.remove(future)
-
-
-class OneWaiter:
-    """A :class:`Signal` for one waiting task on asyncio: a bare future, made by the wait.
-
-    What :class:`asyncio.Event` does for its first waiter, without its list of
-    waiters and its check of the running loop, for the outcome of a send (one
-    per send, awaited by the task that sent). It is not for many waiters:
-    cancelling one waiter cancels the future they would share.
-    """
-
-    __slots__ = ("_future", "_loop", "_set")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._future: asyncio.Future[None] | None = None
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-        future = self._future
-        if future is not None and not future.done():  # a cancelled wait is done
-            future.set_result(None)
-
-    def is_set(self) -> bool:
-        return self._set
-
-    async def wait(self) -> bool:
-        if not self._set:
-            future = self._future
-            if future is None or future.done():
-                future = self._future = self._loop.create_future()
-            await future
-        return True
 
 
 def nothing_more(now: float) -> None:
@@ -190,13 +156,13 @@ class Outcome(Generic[T]):
 
     A :class:`~meshproto_ws.Waiter`: :class:`~meshproto_ws.Outcomes` settles it,
     and only the task that made the call awaits it: on asyncio (``loop``) the
-    wait is a :class:`OneWaiter`, elsewhere an :class:`anyio.Event`.
+    wait is a :class:`LoopEvent`, elsewhere an :class:`anyio.Event`.
     """
 
     __slots__ = ("_done", "_error", "_value")
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._done: Signal = anyio.Event() if loop is None else OneWaiter(loop)
+        self._done: Signal = anyio.Event() if loop is None else LoopEvent(loop)
         self._value: T | None = None
         self._error: BaseException | None = None
 
